@@ -1,0 +1,43 @@
+"""Lazily opened parts (settings, store, registry, artifacts, service control) shared by the commands."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ferry.control.service import ServiceControl
+from ferry.control.store import ServiceRecord, Store
+from ferry.registry.artifacts import ArtifactStore
+from ferry.registry.models import ModelRegistry
+from ferry.settings import Settings
+
+
+class Context:
+    """What a command needs, opened on first use so `--help` touches nothing."""
+
+    def __init__(self, service_id: str | None = None) -> None:
+        self.service_id = service_id
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings()
+
+    @cached_property
+    def store(self) -> Store:
+        return Store.open(self.settings.store_url())
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.artifact_url(), self.settings.cache_path())
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.store.engine, self.artifacts)
+
+    @cached_property
+    def control(self) -> ServiceControl:
+        return ServiceControl(self.store, self.registry, self.artifacts)
+
+    @cached_property
+    def service(self) -> ServiceRecord:
+        """The service named by --id or FERRY_SERVICE, or the only one there is."""
+        return self.store.resolve_service(self.service_id or self.settings.service or None)

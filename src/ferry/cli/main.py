@@ -1,0 +1,65 @@
+"""Entry point of the `ferry` command: builds the parser, runs one command, maps errors to one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from ferry import __version__
+from ferry.cli import models, services
+from ferry.cli.context import Context
+from ferry.cli.output import fail
+from ferry.control.service import describe
+from ferry.errors import FerryError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--id",
+        dest="service_id",
+        default=argparse.SUPPRESS,
+        help="service id (default: $FERRY_SERVICE, or the only service)",
+    )
+    parser = Parser(
+        prog="ferry",
+        parents=[common],
+        description="ferry: serve models from a registry with your own pre/post-processing code.",
+        epilog="Settings come from FERRY_* variables: FERRY_HOME (default ~/.ferry), FERRY_STORE, "
+        "FERRY_ARTIFACT_ROOT, FERRY_SERVICE.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    services.register(sub, common)
+    models.register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(getattr(args, "service_id", None))
+    try:
+        args.func(ctx, args)
+    except FerryError as exc:
+        fail(str(exc))
+        return 1
+    except ValidationError as exc:
+        fail(describe(exc))
+        return 1
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Model commands: upload, list, publish, tag (the registry) and add, remove, endpoints (a service)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ferry.cli.context import Context
+from ferry.cli.output import console, emit_json, size, table, warn, when
+from ferry.cli.parsing import build_tensors, parse_aux_config
+from ferry.control.spec import ENGINE_NAMES, ModelQuery
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    model = sub.add_parser("model", parents=[common], help="registry models and the endpoints serving them")
+    msub = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
+    _upload(msub, common)
+    _list(msub, common)
+    p = msub.add_parser("publish", parents=[common], help="mark a model as published")
+    p.add_argument("--model-id", required=True, help="the model to publish")
+    p.set_defaults(func=publish)
+    p = msub.add_parser("tag", parents=[common], help="add tags to a model")
+    p.add_argument("--model-id", required=True, help="the model to tag")
+    p.add_argument("--tags", nargs="+", required=True, help="tags to add")
+    p.set_defaults(func=tag)
+    _add(msub, common)
+    p = msub.add_parser("remove", parents=[common], help="remove an endpoint, canary or auto-update rule")
+    p.add_argument("--endpoint", required=True, metavar="NAME[/VERSION]", help="what to remove")
+    p.set_defaults(func=remove)
+    p = msub.add_parser("endpoints", parents=[common], help="list the service's endpoints, canaries, rules")
+    p.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
+    p.set_defaults(func=endpoints)
+
+
+def _upload(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = msub.add_parser("upload", parents=[common], help="upload a model file or folder into the registry")
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--project", default="", help="model project")
+    p.add_argument("--framework", default="", help="framework label (sklearn, xgboost, onnx, ...)")
+    p.add_argument("--tags", nargs="*", default=[], help="tags")
+    p.add_argument("--publish", action="store_true", help="publish the model right away")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--path", help="local model file or folder to upload")
+    src.add_argument("--url", help="register a model that already lives at this URL (no copy)")
+    p.add_argument("--destination", help="fsspec URL to upload to instead of the default artifact root")
+    p.set_defaults(func=upload)
+
+
+def _list(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = msub.add_parser("list", parents=[common], help="list registry models, newest first")
+    p.add_argument("--name", help="exact model name")
+    p.add_argument("--project", help="exact project")
+    p.add_argument("--tags", nargs="*", default=[], help="only models carrying all of these tags")
+    p.add_argument("--published", action="store_true", help="only published models")
+    p.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
+    p.set_defaults(func=list_models)
+
+
+def _add(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = msub.add_parser("add", parents=[common], help="serve a model at an endpoint (new revision)")
+    p.add_argument("--engine", required=True, choices=ENGINE_NAMES, help="what runs the model")
+    p.add_argument("--endpoint", required=True, help="endpoint name: served at /serve/NAME[/VERSION]")
+    p.add_argument("--version", default="", help="endpoint version (default: none)")
+    p.add_argument("--model-id", help="registry model to serve")
+    p.add_argument("--name", help="pick the newest model with this exact name")
+    p.add_argument("--project", help="... and this exact project")
+    p.add_argument("--tags", nargs="*", default=[], help="... carrying all of these tags")
+    p.add_argument("--published", action="store_true", help="... and published")
+    p.add_argument("--preprocess", help="Preprocess code: a .py file, or a folder with preprocess.py")
+    for side in ("input", "output"):
+        p.add_argument(f"--{side}-size", nargs="+", help=f'{side} shapes: "[-1, 10]" per tensor, or 1 28 28')
+        p.add_argument(f"--{side}-type", nargs="+", help=f"{side} dtypes (numpy names: float32 int64 ...)")
+        p.add_argument(f"--{side}-name", nargs="+", help=f"{side} tensor names")
+    p.add_argument("--aux-config", nargs="+", help="engine settings as key=value pairs, or a config file")
+    p.set_defaults(func=add)
+
+
+def upload(ctx: Context, args: argparse.Namespace) -> None:
+    record = ctx.registry.upload(
+        name=args.name,
+        path=args.path,
+        url=args.url,
+        project=args.project,
+        framework=args.framework,
+        tags=args.tags,
+        publish=args.publish,
+        destination=args.destination,
+    )
+    print(f"Model created and registered, new Model ID={record.id}")
+
+
+def list_models(ctx: Context, args: argparse.Namespace) -> None:
+    found = ctx.registry.list(args.name, args.project, args.tags, args.published)
+    versions = _version_numbers(ctx, found)
+    docs = [{**m.to_dict(), "version": versions[m.id]} for m in found]
+    if args.json:
+        return emit_json(docs)
+    table(
+        "models (newest first)",
+        ("id", "project", "name", "version", "framework", "tags", "published", "size", "created"),
+        [
+            (
+                d["id"],
+                d["project"],
+                d["name"],
+                d["version"],
+                d["framework"],
+                " ".join(d["tags"]),
+                "yes" if d["published"] else "",
+                size(d["size"]),
+                when(d["created_at"]),
+            )
+            for d in docs
+        ],
+    )
+
+
+def _version_numbers(ctx: Context, found: list) -> dict[str, int]:
+    """Number each model 1, 2, ... by upload order within its project and name."""
+    numbers: dict[str, int] = {}
+    for project, name in {(m.project, m.name) for m in found}:
+        siblings = sorted(ctx.registry.list(name=name, project=project), key=lambda m: m.created_at)
+        numbers.update({m.id: i for i, m in enumerate(siblings, 1)})
+    return numbers
+
+
+def publish(ctx: Context, args: argparse.Namespace) -> None:
+    record = ctx.registry.publish(args.model_id)
+    print(f"Model {record.id} published")
+
+
+def tag(ctx: Context, args: argparse.Namespace) -> None:
+    record = ctx.registry.tag(args.model_id, args.tags)
+    print(f"Model {record.id} tags: {' '.join(record.tags)}")
+
+
+def add(ctx: Context, args: argparse.Namespace) -> None:
+    aux, aux_text = parse_aux_config(args.aux_config)
+    query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
+    outcome = ctx.control.add_endpoint(
+        ctx.service.id,
+        engine=args.engine,
+        endpoint=args.endpoint,
+        version=args.version,
+        model_id=args.model_id,
+        query=query,
+        preprocess=Path(args.preprocess) if args.preprocess else None,
+        inputs=build_tensors(args.input_name, args.input_type, args.input_size, "input"),
+        outputs=build_tensors(args.output_name, args.output_type, args.output_size, "output"),
+        aux_config=aux,
+        aux_config_text=aux_text,
+    )
+    for message in outcome.warnings:
+        warn(message)
+    print(f"revision {outcome.revision.number}: {outcome.revision.summary}")
+
+
+def remove(ctx: Context, args: argparse.Namespace) -> None:
+    outcome = ctx.control.remove_endpoint(ctx.service.id, args.endpoint)
+    print(f"revision {outcome.revision.number}: {outcome.revision.summary}")
+
+
+def endpoints(ctx: Context, args: argparse.Namespace) -> None:
+    revision = ctx.store.get_revision(ctx.service.id)
+    config = revision.config
+    if args.json:
+        doc = config.model_dump(mode="json", include={"endpoints", "canaries", "auto_update"})
+        return emit_json({"revision": revision.number, **doc})
+    console.print(f"service {ctx.service.id}, revision {revision.number}", highlight=False)
+    table(
+        "endpoints",
+        ("endpoint", "engine", "model", "preprocess", "inputs", "outputs"),
+        [
+            (
+                key,
+                e.engine,
+                e.model_id or "",
+                e.preprocess.filename if e.preprocess else "",
+                _tensors(e.inputs),
+                _tensors(e.outputs),
+            )
+            for key, e in sorted(config.endpoints.items())
+        ],
+    )
+    table(
+        "canaries",
+        ("endpoint", "weights", "targets"),
+        [
+            (k, c.weights, " ".join(c.input_endpoints) or f"{c.input_endpoint_prefix}*")
+            for k, c in config.canaries.items()
+        ],
+    )
+    table(
+        "auto-update rules",
+        ("endpoint", "engine", "model query", "max versions"),
+        [
+            (k, r.template.engine, r.query.model_dump(exclude_defaults=True), r.max_versions)
+            for k, r in config.auto_update.items()
+        ],
+    )
+
+
+def _tensors(specs) -> str:
+    return " ".join(f"{t.name or '?'}:{t.dtype or '?'}{list(t.shape) if t.shape else ''}" for t in specs)

@@ -1,0 +1,110 @@
+"""Parsers for the flag values that ClearML-Serving users type: shapes, dtypes, aux config, tensors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ferry.control.spec import TensorSpec, canonical_dtype
+from ferry.errors import InvalidInput
+
+
+def parse_shapes(tokens: list[str] | None, flag: str = "--input-size") -> list[tuple[int, ...]]:
+    """``"[-1, -1]" "[-1, 2]"`` -> one shape per JSON list; ``1 28 28`` -> a single shape."""
+    if not tokens:
+        return []
+    text = " ".join(tokens).strip()
+    if "[" not in text:
+        return [_ints(tokens, flag)]
+    joined = re.sub(r"\]\s*,?\s*\[", "],[", text)
+    try:
+        value = json.loads(f"[{joined}]")
+    except json.JSONDecodeError:
+        raise InvalidInput(f'bad {flag} {text!r}: write one JSON list per tensor, e.g. "[-1, 28, 28]"') from None
+    if all(isinstance(v, int) for v in value):  # a single "[1, 2]" with no nesting
+        return [tuple(value)]
+    if not all(isinstance(v, list) and all(isinstance(d, int) for d in v) for v in value):
+        raise InvalidInput(f"bad {flag} {text!r}: each shape is a list of integers such as [-1, 10]")
+    return [tuple(v) for v in value]
+
+
+def _ints(tokens: list[str], flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t.strip(",")) for t in tokens)
+    except ValueError:
+        raise InvalidInput(
+            f'bad {flag} {" ".join(tokens)!r}: give integers (1 28 28) or JSON lists ("[-1, 10]")'
+        ) from None
+
+
+def parse_dtypes(tokens: list[str] | None, flag: str = "--input-type") -> list[str]:
+    try:
+        return [canonical_dtype(t) for t in tokens or []]
+    except ValueError as exc:
+        raise InvalidInput(f"{flag}: {exc}") from None
+
+
+def build_tensors(
+    names: list[str] | None, types: list[str] | None, sizes: list[str] | None, side: str
+) -> tuple[TensorSpec, ...]:
+    """Zip ``--<side>-name/-type/-size`` into tensor specs; a single type or size applies to all."""
+    dtypes = parse_dtypes(types, f"--{side}-type")
+    shapes = parse_shapes(sizes, f"--{side}-size")
+    names = names or []
+    count = max(len(names), len(dtypes), len(shapes))
+    columns = {"name": names, "type": dtypes, "size": shapes}
+    for label, values in columns.items():
+        if len(values) not in (0, 1, count) or (label == "name" and len(values) not in (0, count)):
+            raise InvalidInput(f"--{side}-{label} has {len(values)} values for {count} tensors: give one per tensor")
+    return tuple(
+        TensorSpec(
+            name=names[i] if names else None,
+            dtype=_pick(dtypes, i),
+            shape=_pick(shapes, i),
+        )
+        for i in range(count)
+    )
+
+
+def _pick(values: list[Any], i: int) -> Any:
+    if not values:
+        return None
+    return values[i] if len(values) > 1 else values[0]
+
+
+def parse_aux_config(tokens: list[str] | None) -> tuple[dict[str, Any], str | None]:
+    """``key=value`` pairs (dotted keys nest, values JSON where they parse) or one config file path."""
+    if not tokens:
+        return {}, None
+    if len(tokens) == 1 and "=" not in tokens[0]:
+        path = Path(tokens[0])
+        if not path.is_file():
+            raise InvalidInput(f"--aux-config {tokens[0]!r} is neither key=value nor an existing file")
+        return {}, path.read_text()
+    config: dict[str, Any] = {}
+    for token in tokens:
+        key, sep, raw = token.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--aux-config {token!r}: write key=value, e.g. max_batch_size=32")
+        _set_dotted(config, key.strip(), _value(raw.strip()))
+    return config, None
+
+
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw.strip("'")
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InvalidInput(f"--aux-config {key!r}: {part!r} is already set to a value")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,133 @@
+"""Service commands: create, list, config, history, rollback, status."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ferry.cli.context import Context
+from ferry.cli.output import console, emit_json, table, when
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("create", parents=[common], help="create a serving service and print its id")
+    p.add_argument("--name", required=True, help="service name (need not be unique: the id is what counts)")
+    p.add_argument("--project", default="", help="project the service belongs to")
+    p.add_argument("--tags", nargs="*", default=[], help="free-form tags")
+    p.set_defaults(func=create)
+
+    p = sub.add_parser("list", parents=[common], help="list services with their ids, revision and instances")
+    _json_flag(p)
+    p.set_defaults(func=list_services)
+
+    p = sub.add_parser("config", parents=[common], help="show or change service-wide settings")
+    p.add_argument("--base-serving-url", help="public URL of the serving instances (for send_request)")
+    p.add_argument("--triton-grpc-server", help="HOST:PORT of the Triton server for --engine triton")
+    p.add_argument("--metric-log-freq", type=float, help="fraction of requests whose metrics are logged (0-1)")
+    _json_flag(p)
+    p.set_defaults(func=config)
+
+    p = sub.add_parser("history", parents=[common], help="list the service's revisions: number, time, change")
+    _json_flag(p)
+    p.set_defaults(func=history)
+
+    p = sub.add_parser("rollback", parents=[common], help="re-activate an old revision as a new one")
+    p.add_argument("--to", type=int, required=True, metavar="REVISION", help="revision number to restore")
+    p.set_defaults(func=rollback)
+
+    p = sub.add_parser("status", parents=[common], help="show the service's live instances and their state")
+    _json_flag(p)
+    p.set_defaults(func=status)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
+
+
+def create(ctx: Context, args: argparse.Namespace) -> None:
+    record = ctx.store.create_service(args.name, args.project, args.tags)
+    print(f"New Serving Service created: id={record.id}")
+
+
+def list_services(ctx: Context, args: argparse.Namespace) -> None:
+    rows = []
+    for svc in ctx.store.list_services():
+        live = ctx.store.list_instances(svc.id)
+        rows.append(
+            {
+                "id": svc.id,
+                "name": svc.name,
+                "project": svc.project,
+                "tags": svc.tags,
+                "created": svc.created_at,
+                "revision": ctx.store.head(svc.id),
+                "instances": len(live),
+            }
+        )
+    if args.json:
+        return emit_json(rows)
+    columns = ("id", "name", "project", "revision", "instances", "created")
+    table("services", columns, [[r[c] if c != "created" else when(r[c]) for c in columns] for r in rows])
+
+
+def config(ctx: Context, args: argparse.Namespace) -> None:
+    changes = {
+        "base_serving_url": args.base_serving_url,
+        "triton_grpc_server": args.triton_grpc_server,
+        "metric_log_freq": args.metric_log_freq,
+    }
+    sid = ctx.service.id
+    if any(v is not None for v in changes.values()):
+        outcome = ctx.control.configure(sid, **changes)
+        console.print(f"revision {outcome.revision.number}: {outcome.revision.summary}", highlight=False)
+        settings = outcome.revision.config.settings
+    else:
+        settings = ctx.store.get_revision(sid).config.settings
+    if args.json:
+        return emit_json(settings.model_dump())
+    table(f"settings of service {sid}", ("setting", "value"), list(settings.model_dump().items()))
+
+
+def history(ctx: Context, args: argparse.Namespace) -> None:
+    revs = ctx.store.list_revisions(ctx.service.id)
+    if args.json:
+        return emit_json([{"revision": r.number, "created": r.created_at, "summary": r.summary} for r in revs])
+    table(
+        f"history of service {ctx.service.id}",
+        ("revision", "time", "change"),
+        [(r.number, when(r.created_at), r.summary) for r in revs],
+    )
+
+
+def rollback(ctx: Context, args: argparse.Namespace) -> None:
+    outcome = ctx.control.rollback(ctx.service.id, args.to)
+    print(f"revision {outcome.revision.number}: {outcome.revision.summary}")
+
+
+def status(ctx: Context, args: argparse.Namespace) -> None:
+    sid = ctx.service.id
+    head = ctx.store.head(sid)
+    live = ctx.store.list_instances(sid)
+    doc = {
+        "service": sid,
+        "revision": head,
+        "instances": [
+            {
+                "id": i.id,
+                "host": i.host,
+                "pid": i.pid,
+                "revision": i.revision,
+                "heartbeat_age_s": round(time.time() - i.heartbeat_at, 1),
+                "state": i.state,
+            }
+            for i in live
+        ],
+    }
+    if args.json:
+        return emit_json(doc)
+    console.print(f"service {sid}: revision {head}, {len(live)} live instance(s)", highlight=False)
+    table(
+        "instances",
+        ("id", "host", "pid", "revision", "heartbeat age (s)"),
+        [(i["id"], i["host"], i["pid"], i["revision"], i["heartbeat_age_s"]) for i in doc["instances"]],
+    )

@@ -1,0 +1,1 @@
+"""Control plane: the desired state of every service (specs, store, operations, auto-update)."""

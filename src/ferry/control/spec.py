@@ -1,0 +1,231 @@
+"""Validated documents of the control plane: endpoints, canaries, rules, metrics and a whole service config."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ferry.registry.artifacts import ArtifactRef
+
+ENGINE_NAMES = (
+    "sklearn",
+    "xgboost",
+    "lightgbm",
+    "onnxruntime",
+    "torchscript",
+    "triton",
+    "custom",
+    "custom_async",
+)
+"""Every engine an endpoint may name; ``ferry.engines`` registers one implementation per name."""
+
+MODEL_FREE_ENGINES = ("custom", "custom_async")
+"""Engines whose endpoints may have no model at all (the user's ``process`` does the work)."""
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+BYTES_DTYPES = {"bytes", "str", "string", "object", "bytes_", "object_"}
+DTYPES = {"bool", "float16", "float32", "float64"} | {f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)}
+DTYPE_ALIASES = {
+    "bool_": "bool",
+    "half": "float16",
+    "single": "float32",
+    "double": "float64",
+    "float": "float64",
+    "int": "int64",
+    "long": "int64",
+    "fp16": "float16",
+    "fp32": "float32",
+    "fp64": "float64",
+    "f2": "float16",
+    "f4": "float32",
+    "f8": "float64",
+    "i1": "int8",
+    "i2": "int16",
+    "i4": "int32",
+    "i8": "int64",
+    "u1": "uint8",
+    "u2": "uint16",
+    "u4": "uint32",
+    "u8": "uint64",
+}
+
+
+def check_name(value: str, what: str = "endpoint name") -> str:
+    """Return ``value`` stripped of surrounding slashes, or raise ValueError naming the rule."""
+    name = value.strip().strip("/")
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '.' or '-' (no '/', no spaces)")
+    return name
+
+
+def canonical_dtype(name: str) -> str:
+    """Map a dtype name (numpy's, a short alias like fp32, Triton's TYPE_FP32, or bytes) to numpy's name."""
+    raw = str(name).strip().lower().removeprefix("type_").removeprefix("np.").removeprefix("numpy.")
+    if raw in BYTES_DTYPES:
+        return "bytes"
+    if raw in DTYPES:
+        return raw
+    if raw in DTYPE_ALIASES:
+        return DTYPE_ALIASES[raw]
+    raise ValueError(f"unknown dtype {name!r}: use a numpy dtype name such as float32, int64, uint8, bool or bytes")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(Frozen):
+    """One model input or output: name, dtype and shape (``-1`` marks a dynamic axis)."""
+
+    name: str | None = None
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_dtype(value)
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and any(d == 0 or d < -1 for d in value):
+            raise ValueError(f"bad shape {list(value)}: each axis is a positive size or -1 (dynamic)")
+        return value
+
+
+class EndpointSpec(Frozen):
+    """What one ``name/version`` serves: engine, model, preprocess code, tensors and engine settings."""
+
+    name: str
+    version: str = ""
+    engine: str
+    model_id: str | None = None
+    preprocess: ArtifactRef | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    aux_config: dict[str, Any] = Field(default_factory=dict)
+    aux_config_text: str | None = None
+    auto_update: str | None = None
+    """Name of the auto-update rule that created this endpoint, if any."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        value = str(value).strip().strip("/")
+        return check_name(value, "version") if value else value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value not in ENGINE_NAMES:
+            raise ValueError(f"unknown engine {value!r}: choose one of {', '.join(ENGINE_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _model_needed(self) -> EndpointSpec:
+        if self.model_id is None and self.engine not in MODEL_FREE_ENGINES and self.auto_update is None:
+            raise ValueError(
+                f"engine {self.engine!r} needs a model: give --model-id, or --name/--project "
+                f"(only {' and '.join(MODEL_FREE_ENGINES)} endpoints may have none)"
+            )
+        return self
+
+    @property
+    def key(self) -> str:
+        """The URL path under /serve/: ``name`` or ``name/version``."""
+        return endpoint_key(self.name, self.version)
+
+
+def endpoint_key(name: str, version: str = "") -> str:
+    return f"{name}/{version}" if version else name
+
+
+class ModelQuery(Frozen):
+    """Which registry models match: exact name and project, all of the tags, published only or not."""
+
+    name: str | None = None
+    project: str | None = None
+    tags: tuple[str, ...] = ()
+    published: bool = False
+
+
+class CanarySpec(Frozen):
+    """Requests to ``endpoint`` split by ``weights`` over fixed endpoints or the newest under a prefix."""
+
+    endpoint: str
+    weights: tuple[float, ...]
+    input_endpoints: tuple[str, ...] = ()
+    input_endpoint_prefix: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return check_name(value, "canary endpoint")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(w < 0 for w in value) or sum(value) <= 0:
+            raise ValueError("canary weights must be non-negative numbers with a positive sum")
+        return value
+
+    @model_validator(mode="after")
+    def _targets(self) -> CanarySpec:
+        if bool(self.input_endpoints) == bool(self.input_endpoint_prefix):
+            raise ValueError("a canary takes either --input-endpoints or --input-endpoint-prefix")
+        if self.input_endpoints and len(self.input_endpoints) != len(self.weights):
+            raise ValueError(
+                f"{len(self.weights)} weights for {len(self.input_endpoints)} input endpoints: give one each"
+            )
+        return self
+
+
+class AutoUpdateSpec(Frozen):
+    """Keep the newest ``max_versions`` models matching ``query`` deployed as ``endpoint/1..N``."""
+
+    endpoint: str
+    query: ModelQuery
+    template: EndpointSpec
+    max_versions: int = Field(default=1, ge=1)
+
+
+class MetricVariable(Frozen):
+    """One request variable an endpoint logs."""
+
+    kind: Literal["scalar", "enum", "value", "counter"]
+    buckets: tuple[float, ...] = ()
+    values: tuple[str, ...] = ()
+
+
+class MetricSpec(Frozen):
+    """Which variables an endpoint logs and the fraction of requests sampled."""
+
+    endpoint: str
+    log_freq: float | None = Field(default=None, ge=0, le=1)
+    variables: dict[str, MetricVariable] = Field(default_factory=dict)
+
+
+class ServiceSettings(Frozen):
+    """Service-wide settings changed by ``ferry config``."""
+
+    base_serving_url: str | None = None
+    triton_grpc_server: str | None = None
+    metric_log_freq: float = Field(default=1.0, ge=0, le=1)
+
+
+class ServiceConfig(Frozen):
+    """The whole desired state of one service: stored as one document per revision."""
+
+    endpoints: dict[str, EndpointSpec] = Field(default_factory=dict)
+    canaries: dict[str, CanarySpec] = Field(default_factory=dict)
+    auto_update: dict[str, AutoUpdateSpec] = Field(default_factory=dict)
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict)
+    settings: ServiceSettings = Field(default_factory=ServiceSettings)

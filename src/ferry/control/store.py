@@ -1,0 +1,247 @@
+"""Store: services, their immutable revisions, instances and events, over SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from ferry.control.spec import ServiceConfig
+from ferry.db import events, instances, make_engine, retry_on_conflict, revisions, services
+from ferry.errors import Conflict, InvalidInput, NotFound
+
+Change = Callable[[ServiceConfig], tuple[ServiceConfig, str]]
+"""Takes the head config, returns the new config and a one-line summary of what changed."""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    id: str
+    name: str
+    project: str
+    tags: list[str]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Revision:
+    service_id: str
+    number: int
+    created_at: float
+    summary: str
+    config: ServiceConfig
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    service_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    revision: int | None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Store:
+    """The control plane's durable state. Safe to share between threads and processes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        return cls(make_engine(url))
+
+    # services -------------------------------------------------------------------------------------
+
+    def create_service(self, name: str, project: str = "", tags: list[str] | None = None) -> ServiceRecord:
+        """Create a service with an empty config as revision 1."""
+        if not name.strip():
+            raise InvalidInput("a service needs a non-empty --name")
+        record = ServiceRecord(uuid.uuid4().hex, name, project or "", list(tags or []), time.time())
+        with self.engine.begin() as conn:
+            conn.execute(insert(services).values(**record.__dict__))
+            conn.execute(
+                insert(revisions).values(
+                    service_id=record.id,
+                    number=1,
+                    created_at=record.created_at,
+                    summary=f"service {name!r} created",
+                    config=ServiceConfig().model_dump_json(),
+                )
+            )
+        return record
+
+    def list_services(self) -> list[ServiceRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(services).order_by(services.c.created_at)).mappings().all()
+        return [ServiceRecord(**row) for row in rows]
+
+    def get_service(self, service_id: str) -> ServiceRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(services).where(services.c.id == service_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no service with id {service_id!r}: `ferry list` shows the services")
+        return ServiceRecord(**row)
+
+    def resolve_service(self, ident: str | None) -> ServiceRecord:
+        """Find a service by id, or by name when unambiguous; with no ident, the only service."""
+        if ident:
+            try:
+                return self.get_service(ident)
+            except NotFound:
+                matches = [s for s in self.list_services() if s.name == ident]
+                if len(matches) == 1:
+                    return matches[0]
+                if matches:
+                    raise _ambiguous(f"the name {ident!r}", matches) from None
+                raise
+        every = self.list_services()
+        if len(every) == 1:
+            return every[0]
+        if not every:
+            raise NotFound('no service exists yet: create one with `ferry create --name "my service"`')
+        raise _ambiguous("no --id was given and", every)
+
+    # revisions ------------------------------------------------------------------------------------
+
+    def head(self, service_id: str) -> int:
+        """The newest revision number: the one instances should serve."""
+        with self.engine.connect() as conn:
+            number = conn.execute(
+                select(func.max(revisions.c.number)).where(revisions.c.service_id == service_id)
+            ).scalar()
+        if number is None:
+            raise NotFound(f"no service with id {service_id!r}: `ferry list` shows the services")
+        return int(number)
+
+    def get_revision(self, service_id: str, number: int | None = None) -> Revision:
+        """Revision ``number`` of the service, or its head when ``number`` is None."""
+        query = select(revisions).where(revisions.c.service_id == service_id)
+        if number is None:
+            query = query.order_by(revisions.c.number.desc()).limit(1)
+        else:
+            query = query.where(revisions.c.number == number)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            self.get_service(service_id)
+            raise NotFound(
+                f"service {service_id} has no revision {number}: `ferry --id {service_id} history` lists them"
+            )
+        return _revision(row)
+
+    def list_revisions(self, service_id: str) -> list[Revision]:
+        self.get_service(service_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(revisions).where(revisions.c.service_id == service_id).order_by(revisions.c.number)
+            ).mappings()
+            return [_revision(row) for row in rows]
+
+    def commit(self, service_id: str, change: Change) -> Revision:
+        """Apply ``change`` to the head config and store the result as the next revision.
+
+        Two writers racing for the same number: the loser's insert fails on the primary key and it
+        re-reads the new head and applies its change again, so neither edit is lost.
+        """
+        self.get_service(service_id)
+        return retry_on_conflict(lambda: self._commit_once(service_id, change))
+
+    def _commit_once(self, service_id: str, change: Change) -> Revision:
+        with self.engine.begin() as conn:
+            row = (
+                conn.execute(
+                    select(revisions)
+                    .where(revisions.c.service_id == service_id)
+                    .order_by(revisions.c.number.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            config, summary = change(ServiceConfig.model_validate_json(row["config"]))
+            revision = Revision(service_id, row["number"] + 1, time.time(), summary, config)
+            conn.execute(
+                insert(revisions).values(
+                    service_id=service_id,
+                    number=revision.number,
+                    created_at=revision.created_at,
+                    summary=summary,
+                    config=config.model_dump_json(exclude_defaults=True),
+                )
+            )
+        return revision
+
+    # instances ------------------------------------------------------------------------------------
+
+    def register_instance(self, service_id: str, host: str, pid: int) -> str:
+        instance_id = uuid.uuid4().hex
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(instances).values(
+                    id=instance_id,
+                    service_id=service_id,
+                    host=host,
+                    pid=pid,
+                    started_at=now,
+                    heartbeat_at=now,
+                    revision=None,
+                    state={},
+                )
+            )
+        return instance_id
+
+    def heartbeat(self, instance_id: str, revision: int | None, state: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(instances)
+                .where(instances.c.id == instance_id)
+                .values(heartbeat_at=time.time(), revision=revision, state=state)
+            )
+
+    def remove_instance(self, instance_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(instances.delete().where(instances.c.id == instance_id))
+
+    def list_instances(self, service_id: str, alive_within: float | None = 30.0) -> list[InstanceRecord]:
+        """Instances of the service whose last heartbeat is at most ``alive_within`` seconds old."""
+        query = select(instances).where(instances.c.service_id == service_id)
+        if alive_within is not None:
+            query = query.where(instances.c.heartbeat_at >= time.time() - alive_within)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(instances.c.started_at)).mappings().all()
+        return [InstanceRecord(**row) for row in rows]
+
+    # events ---------------------------------------------------------------------------------------
+
+    def add_event(self, kind: str, message: str, service_id: str | None = None, **data: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(events).values(service_id=service_id, time=time.time(), kind=kind, message=message, data=data)
+            )
+
+    def list_events(self, service_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(events).order_by(events.c.id.desc()).limit(limit)
+        if service_id is not None:
+            query = query.where(events.c.service_id == service_id)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def _revision(row: Any) -> Revision:
+    config = ServiceConfig.model_validate_json(row["config"])
+    return Revision(row["service_id"], row["number"], row["created_at"], row["summary"], config)
+
+
+def _ambiguous(prefix: str, matches: list[ServiceRecord]) -> Conflict:
+    listing = ", ".join(f"{s.id} ({s.name})" for s in matches)
+    return Conflict(f"{prefix} several services match; pass --id with one of: {listing}")

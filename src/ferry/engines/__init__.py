@@ -1,0 +1,5 @@
+"""Engines that run a model, looked up by name so that heavy libraries load only when used."""
+
+from ferry.engines.base import ENGINES, Engine, StatsFn, load_engine
+
+__all__ = ["ENGINES", "Engine", "StatsFn", "load_engine"]

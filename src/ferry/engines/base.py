@@ -1,0 +1,122 @@
+"""The Engine protocol, the engine name table and the shared model-file loading."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ferry.control.spec import EndpointSpec
+from ferry.errors import EngineError, FerryError
+
+if TYPE_CHECKING:
+    from ferry.serving.userclass import UserCode
+
+StatsFn = Callable[[dict], None] | None
+
+
+class Engine(Protocol):
+    """Runs one endpoint version's model; ``is_async`` means ``run`` returns an awaitable."""
+
+    is_async: bool
+
+    def run(self, data: Any, state: dict, collect: StatsFn) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+ENGINES: dict[str, str | None] = {
+    "sklearn": "ferry.engines.sklearn:SklearnEngine",
+    "xgboost": "ferry.engines.xgboost:XGBoostEngine",
+    "lightgbm": "ferry.engines.lightgbm:LightGBMEngine",
+    "onnxruntime": None,
+    "torchscript": None,
+    "triton": None,
+    "custom": "ferry.engines.custom:CustomEngine",
+    "custom_async": "ferry.engines.custom:CustomAsyncEngine",
+}
+"""Engine name -> "module:Class" (None: not implemented in this version)."""
+
+REQUIREMENTS = {
+    "sklearn": ("scikit-learn", "pip install scikit-learn"),
+    "xgboost": ("xgboost", "pip install 'ferry[xgboost]'"),
+    "lightgbm": ("lightgbm", "pip install 'ferry[lightgbm]'"),
+    "onnxruntime": ("onnxruntime", "pip install 'ferry[onnx]'"),
+    "torchscript": ("torch", "pip install 'ferry[torch]'"),
+    "triton": ("tritonclient", "pip install 'ferry[triton]'"),
+}
+"""Engine name -> (the library it needs, how to install it)."""
+
+
+def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> Engine:
+    """Build the engine ``spec.engine`` for one endpoint version.
+
+    ``loaded`` is what the user's ``load(model_path)`` returned; classic engines use it as the model
+    when it is not None, else they load ``model_path`` themselves. Raises EngineError on any failure.
+    """
+    engine_cls = engine_class(spec.engine)
+    try:
+        return engine_cls(spec, model_path, loaded, user)
+    except FerryError:
+        raise
+    except Exception as exc:
+        raise EngineError(
+            f"endpoint {spec.key}: the {spec.engine} engine failed to load: {type(exc).__name__}: {exc}",
+            endpoint=spec.key,
+        ) from exc
+
+
+def engine_class(name: str) -> type:
+    """Import and return the class that implements engine ``name``."""
+    target = ENGINES.get(name)
+    if target is None:
+        raise EngineError(f"engine {name} is not available in this version of ferry")
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        library, install = REQUIREMENTS.get(name, (name, f"pip install {name}"))
+        raise EngineError(f"the {name} engine needs {library}: {install} ({exc})") from exc
+    return getattr(module, class_name)
+
+
+def read_model(spec: EndpointSpec, model_path: Path | None, reader: Callable[[Path], Any]) -> Any:
+    """Load ``model_path`` with ``reader``; any failure is an EngineError naming endpoint, file and cause."""
+    if model_path is None:
+        raise EngineError(
+            f"endpoint {spec.key}: the {spec.engine} engine needs a model file, and there is none "
+            "(or return the model from Preprocess.load)",
+            endpoint=spec.key,
+        )
+    try:
+        return reader(Path(model_path))
+    except FerryError:
+        raise
+    except Exception as exc:
+        raise EngineError(
+            f"endpoint {spec.key}: cannot load the {spec.engine} model {model_path}: {type(exc).__name__}: {exc}",
+            endpoint=spec.key,
+            file=str(model_path),
+        ) from exc
+
+
+def unpickle(path: Path) -> Any:
+    """A joblib or plain pickle file's object."""
+    import joblib
+
+    try:
+        return joblib.load(path)
+    except Exception as joblib_error:
+        try:
+            with open(path, "rb") as file:
+                return pickle.load(file)
+        except Exception:
+            cause = f"{type(joblib_error).__name__}: {joblib_error}"
+            raise ValueError(f"not a readable joblib or pickle file ({cause})") from joblib_error
+
+
+def is_frame(data: Any) -> bool:
+    """True for a pandas DataFrame (duck-typed: pandas stays optional)."""
+    return hasattr(data, "columns") and hasattr(data, "iloc")

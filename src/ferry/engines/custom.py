@@ -1,0 +1,50 @@
+"""The custom engines: the user's ``Preprocess.process`` is the model call (no model file of ours)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ferry.control.spec import EndpointSpec
+from ferry.engines.base import StatsFn
+from ferry.errors import EngineError
+
+if TYPE_CHECKING:
+    from ferry.serving.userclass import UserCode
+
+
+class CustomEngine:
+    """Calls ``process(data, state, collect)``; async exactly when ``process`` is ``async def``."""
+
+    is_async = False
+
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+        if user.process.fn is None:
+            raise EngineError(
+                f"endpoint {spec.key}: {spec.engine} engine needs Preprocess.process "
+                "(def process(self, data, state, collect_custom_statistics_fn) in the preprocess file)",
+                endpoint=spec.key,
+            )
+        self._process = user.process.fn
+        self.is_async = user.process.is_async
+
+    def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
+        return self._process(data, state, collect)
+
+    def close(self) -> None:
+        self._process = None
+
+
+class CustomAsyncEngine(CustomEngine):
+    """Always async: a plain ``process`` runs in a worker thread so the event loop stays free."""
+
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+        super().__init__(spec, model_path, loaded, user)
+        self._sync = not self.is_async
+        self.is_async = True
+
+    def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
+        if self._sync:
+            return asyncio.to_thread(self._process, data, state, collect)
+        return self._process(data, state, collect)

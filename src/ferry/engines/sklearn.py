@@ -1,0 +1,38 @@
+"""The sklearn engine: a joblib/pickle model whose ``predict`` (or aux_config ``method``) is called."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ferry.control.spec import EndpointSpec
+from ferry.engines.base import StatsFn, read_model, unpickle
+from ferry.errors import EngineError
+
+if TYPE_CHECKING:
+    from ferry.serving.userclass import UserCode
+
+
+class SklearnEngine:
+    is_async = False
+
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+        self.model = loaded if loaded is not None else read_model(spec, model_path, unpickle)
+        method = spec.aux_config.get("method") or "predict"
+        self._predict = getattr(self.model, method, None)
+        if not callable(self._predict):
+            raise EngineError(
+                f"endpoint {spec.key}: the model ({type(self.model).__name__}) has no method {method!r} "
+                "(set aux_config method=predict, predict_proba, ...)",
+                endpoint=spec.key,
+            )
+
+    def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
+        if isinstance(data, (list, tuple)):
+            data = np.asarray(data)
+        return self._predict(data)
+
+    def close(self) -> None:
+        self.model = self._predict = None

@@ -1,0 +1,75 @@
+"""ferry's error kinds, each with the status code a transport maps it to (no web imports here)."""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Base of every error ferry raises on purpose; ``status_code`` follows HTTP semantics."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(FerryError):
+    """The caller sent something malformed: a bad flag value, a bad request body."""
+
+    status_code = 400
+
+
+class NotFound(FerryError):
+    """A service, model, endpoint, version or revision that does not exist."""
+
+    status_code = 404
+
+
+class Conflict(FerryError):
+    """The change collides with the current state (for example an ambiguous name)."""
+
+    status_code = 409
+
+
+class PayloadTooLarge(FerryError):
+    """A request body over the configured limit."""
+
+    status_code = 413
+
+
+class UserCodeError(FerryError):
+    """The user's Preprocess code raised; the message names the endpoint and the stage."""
+
+    status_code = 422
+
+
+class Overloaded(FerryError):
+    """Too much in flight; the caller should retry later."""
+
+    status_code = 429
+
+
+class EngineError(FerryError):
+    """The engine failed to load or to run a model."""
+
+    status_code = 500
+
+
+class NotReady(FerryError):
+    """The endpoint exists but is still loading; retry after ``retry_after`` seconds."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0, **details: object) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class Timeout(FerryError):
+    """A request or an upstream call took longer than allowed."""
+
+    status_code = 504

@@ -1,0 +1,1 @@
+"""Model registry: model records in the store and their artifacts behind fsspec URLs."""

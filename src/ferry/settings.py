@@ -1,0 +1,53 @@
+"""Process knobs (``FERRY_`` environment prefix). What an instance serves lives in the store, never here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read once at process start; every field can be set as ``FERRY_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.ferry"), description="Folder for the default store, artifacts, cache.")
+    """Folder holding the default SQLite store, artifact root and download cache."""
+
+    store: str = Field(default="", description="SQLAlchemy URL of the store; default sqlite under home.")
+    """SQLAlchemy URL of the store, e.g. ``postgresql+psycopg://user@host/db``; empty means SQLite in home."""
+
+    artifact_root: str = Field(default="", description="fsspec URL where artifacts are written.")
+    """Default fsspec URL artifacts are uploaded to; empty means ``<home>/artifacts``."""
+
+    cache_dir: Path | None = Field(default=None, description="Local cache of downloaded artifacts.")
+    """Where downloaded artifacts are cached by sha256; default ``<home>/cache``."""
+
+    service: str = Field(default="", description="Default service id when --id is not given.")
+    """Service id used when the command line gives no ``--id``."""
+
+    host: str = "127.0.0.1"
+    """Address ``ferry serve`` binds."""
+
+    port: int = 8080
+    """Port ``ferry serve`` binds."""
+
+    workers: int = 1
+    """Serving processes sharing the port."""
+
+    poll_interval: float = 1.0
+    """Seconds between an instance's checks of the store for a new revision."""
+
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.home_dir() / 'ferry.db'}"
+
+    def artifact_url(self) -> str:
+        return self.artifact_root or str(self.home_dir() / "artifacts")
+
+    def cache_path(self) -> Path:
+        return (self.cache_dir or self.home_dir() / "cache").expanduser()

@@ -1,0 +1,186 @@
+"""The real `ferry` command in a subprocess against a temporary FERRY_HOME (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ferry.cli.main import build_parser
+from tests.conftest import FERRY_BIN, Ferry
+
+PREPROCESS = """
+class Preprocess:
+    def preprocess(self, body, state, collect_custom_statistics_fn=None):
+        return [[body["x0"], body["x1"]]]
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"\x80\x04not really a model" * 10)
+    pre = tmp_path / "preprocess.py"
+    pre.write_text(PREPROCESS)
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "preprocess.py").write_text("import helpers\n" + PREPROCESS)
+    (folder / "helpers.py").write_text("SCALE = 2\n")
+    return {"model": model, "pre": pre, "folder": folder}
+
+
+def model_id(out: str) -> str:
+    assert out.strip().splitlines()[-1].startswith("Model created and registered, new Model ID=")
+    return out.strip().rsplit("=", 1)[1]
+
+
+def test_registry_and_endpoint_flow(ferry: Ferry, files: dict[str, Path]):
+    sid = ferry.service()
+    assert len(sid) == 32
+    services = ferry("list", "--json").json()
+    assert [(s["id"], s["name"], s["revision"]) for s in services] == [(sid, "serving example", 1)]
+
+    up = ferry("--id", sid, "model", "upload", "--name", "logreg", "--project", "demo", "--path", str(files["model"]))
+    mid = model_id(up.out)
+    listed = ferry("--id", sid, "model", "list", "--json").json()
+    assert listed[0]["id"] == mid and listed[0]["size"] == files["model"].stat().st_size
+    assert listed[0]["version"] == 1 and listed[0]["published"] is False
+    ferry("--id", sid, "model", "publish", "--model-id", mid)
+    ferry("--id", sid, "model", "tag", "--model-id", mid, "--tags", "prod", "v1")
+    (one,) = ferry("model", "list", "--published", "--tags", "prod", "--json").json()
+    assert one["tags"] == ["prod", "v1"]
+
+    add = ferry(
+        "--id", sid, "model", "add", "--engine", "sklearn", "--endpoint", "test_model_sklearn",
+        "--name", "logreg", "--project", "demo", "--published", "--preprocess", str(files["pre"]),
+        "--input-size", "[-1, 2]", "--input-type", "float32", "--output-size", "-1", "1",
+    )  # fmt: skip
+    assert add.out.startswith("revision 2: endpoint test_model_sklearn added (sklearn, model " + mid)
+    ferry("model", "add", "--engine", "custom", "--endpoint", "pipe", "--version", "2",
+          "--preprocess", str(files["folder"]))  # fmt: skip
+    eps = ferry("model", "endpoints", "--json").json()
+    assert eps["revision"] == 3 and set(eps["endpoints"]) == {"test_model_sklearn", "pipe/2"}
+    sk = eps["endpoints"]["test_model_sklearn"]
+    assert sk["model_id"] == mid and sk["inputs"] == [{"name": None, "dtype": "float32", "shape": [-1, 2]}]
+    assert sk["outputs"][0]["shape"] == [-1, 1] and len(sk["preprocess"]["sha256"]) == 64
+    assert eps["endpoints"]["pipe/2"]["preprocess"]["is_dir"] is True
+
+    replaced = ferry("model", "add", "--engine", "custom", "--endpoint", "pipe", "--version", "2")
+    assert "already existed: replaced it" in replaced.err
+    ferry("model", "remove", "--endpoint", "pipe/2")
+    ferry("config", "--metric-log-freq", "0.5", "--triton-grpc-server", "127.0.0.1:8001")
+    assert ferry("config", "--json").json()["metric_log_freq"] == 0.5
+
+    hist = ferry("history", "--json").json()
+    assert [h["revision"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    assert hist[4]["summary"] == "endpoint pipe/2 removed"
+    assert ferry("rollback", "--to", "3").out.startswith("revision 7: rollback to revision 3")
+    eps = ferry("model", "endpoints", "--json").json()
+    assert eps["revision"] == 7 and set(eps["endpoints"]) == {"test_model_sklearn", "pipe/2"}
+    assert ferry("config", "--json").json()["metric_log_freq"] == 1.0
+    status = ferry("status", "--json").json()
+    assert status == {"service": sid, "revision": 7, "instances": []}
+
+
+def test_folder_and_url_uploads(ferry_sqlite: Ferry, files: dict[str, Path], tmp_path: Path):
+    ferry = ferry_sqlite
+    ferry.service()
+    folder_id = model_id(ferry("model", "upload", "--name", "hf", "--path", str(files["folder"])).out)
+    url_id = model_id(ferry("model", "upload", "--name", "remote", "--url", files["model"].as_uri()).out)
+    by_id = {m["id"]: m for m in ferry("model", "list", "--json").json()}
+    assert by_id[folder_id]["is_dir"] is True and by_id[folder_id]["filename"] == "code"
+    assert by_id[url_id]["url"] == files["model"].as_uri()
+
+
+def test_every_listing_prints_only_json(ferry_sqlite: Ferry):
+    ferry_sqlite.service()
+    for cmd in (["list"], ["model", "list"], ["model", "endpoints"], ["history"], ["status"], ["config"]):
+        json.loads(ferry_sqlite(*cmd, "--json").out)
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]):
+    out = subprocess.run([FERRY_BIN, "model", "add", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "usage: ferry model add" in out and "--aux-config" in out
+    commands = [[], ["create"], ["list"], ["config"], ["history"], ["rollback"], ["status"], ["model"]]
+    commands += [["model", c] for c in ("upload", "list", "publish", "tag", "add", "remove", "endpoints")]
+    for cmd in commands:
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args([*cmd, "--help"])
+        assert done.value.code == 0
+        assert f"usage: ferry {' '.join(cmd)}".strip() in capsys.readouterr().out
+
+
+def test_every_flag_has_help_text():
+    def walk(parser: argparse.ArgumentParser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from walk(child)
+            elif action.option_strings:
+                yield parser.prog, action
+
+    undocumented = [f"{prog} {a.option_strings[0]}" for prog, a in walk(build_parser()) if not a.help]
+    assert undocumented == []
+
+
+def test_two_adds_at_once_both_survive(ferry: Ferry):
+    ferry.service()
+    procs = [
+        subprocess.Popen(
+            [FERRY_BIN, "model", "add", "--engine", "custom", "--endpoint", f"e{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    eps = ferry("model", "endpoints", "--json").json()
+    assert set(eps["endpoints"]) == {"e0", "e1", "e2", "e3"} and eps["revision"] == 5
+
+
+BAD_INPUT = [
+    (["--id", "nope", "history"], "no service with id 'nope'"),
+    (["model", "upload", "--name", "m", "--path", "missing.pkl"], "missing.pkl"),
+    (["model", "add", "--engine", "custom", "--endpoint", "e", "--preprocess", "missing.py"], "missing.py"),
+    (["model", "add", "--engine", "custom", "--endpoint", "e", "--input-size", "[1, x]"], "bad --input-size"),
+    (["model", "add", "--engine", "custom", "--endpoint", "e", "--input-type", "float33"], "unknown dtype"),
+    (["model", "add", "--engine", "onnx", "--endpoint", "e"], "invalid choice: 'onnx'"),
+    (["model", "add", "--engine", "custom", "--endpoint", "a/b"], "no '/', no spaces"),
+    (["model", "add", "--engine", "custom", "--endpoint", "a b"], "no '/', no spaces"),
+    (["model", "add", "--engine", "sklearn", "--endpoint", "e", "--name", "nothing"], "no model matches"),
+    (["model", "add", "--engine", "sklearn", "--endpoint", "e"], "needs a model"),
+    (["model", "add", "--engine", "sklearn", "--endpoint", "e", "--model-id", "zzz"], "no model with id"),
+    (["rollback", "--to", "99"], "has no revision 99"),
+    (["model", "remove", "--endpoint", "ghost"], "no endpoint, canary or auto-update rule 'ghost'"),
+    (["model", "publish", "--model-id", "zzz"], "no model with id"),
+    (["config", "--metric-log-freq", "3"], "metric_log_freq"),
+]
+
+
+def test_bad_input_is_one_line_and_changes_nothing(ferry_sqlite: Ferry):
+    sid = ferry_sqlite.service()
+    for args, message in BAD_INPUT:
+        result = ferry_sqlite(*args, ok=False)
+        assert message in result.err, args
+        assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert ferry_sqlite("--id", sid, "history", "--json").json()[-1]["revision"] == 1
+    assert ferry_sqlite("model", "list", "--json").json() == []
+    home = Path(os.environ["FERRY_HOME"])
+    leftovers = [p for p in home.rglob("*") if ".staging" in p.parts or p.name.startswith(".download")]
+    assert leftovers == []
+
+
+def test_ambiguous_service_name_lists_ids(ferry_sqlite: Ferry):
+    a = ferry_sqlite.service("twin")
+    b = ferry_sqlite.service("twin")
+    err = ferry_sqlite("history", ok=False).err
+    assert a in err and b in err
+    assert ferry_sqlite("--id", b, "history", "--json").json()[0]["revision"] == 1
+    assert ferry_sqlite("history", "--json", env={"FERRY_SERVICE": a}).json()[0]["revision"] == 1

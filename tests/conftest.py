@@ -1,0 +1,158 @@
+"""Shared fixtures: a throwaway FERRY_HOME, a real PostgreSQL server, and the real `ferry` command."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FERRY_BIN = str(Path(sys.executable).with_name("ferry"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ferry_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "ferry-home"
+    for name in ("FERRY_STORE", "FERRY_ARTIFACT_ROOT", "FERRY_SERVICE", "FERRY_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FERRY_HOME", str(home))
+    return home
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server of our own on a free loopback port, for the whole session."""
+    bindir = _pg_bin()
+    if bindir is None:
+        message = "PostgreSQL is not installed (scripts/test.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="ferry-pg-"))  # not under pytest's 0700 root-only tmp
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    log = root / "pg.log"
+    subprocess.run(
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: str):
+    """A fresh, empty database on the session's server."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    plain = pg_server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{pg_server}/{name}"
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, ferry_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using this runs twice: on SQLite under FERRY_HOME and on a real PostgreSQL database."""
+    sqlite = f"sqlite:///{ferry_home / 'ferry.db'}"
+    url = sqlite if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    monkeypatch.setenv("FERRY_STORE", url)
+    return url
+
+
+# --- the real command ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+class Ferry:
+    """Runs the installed `ferry` console script in a subprocess with the test's environment."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+
+    def __call__(self, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> Result:
+        proc = subprocess.run(
+            [FERRY_BIN, *args],
+            capture_output=True,
+            text=True,
+            cwd=self.cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if ok and proc.returncode != 0:
+            raise AssertionError(f"ferry {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        if not ok and proc.returncode == 0:
+            raise AssertionError(f"ferry {' '.join(args)} should have failed:\n{proc.stdout}")
+        return result
+
+    def service(self, name: str = "serving example") -> str:
+        out = self("create", "--name", name).out
+        return out.strip().rsplit("id=", 1)[1]
+
+
+@pytest.fixture
+def ferry(store_url: str, tmp_path: Path) -> Ferry:
+    """The `ferry` command against a fresh store (runs on SQLite and on PostgreSQL)."""
+    return Ferry(tmp_path)
+
+
+@pytest.fixture
+def ferry_sqlite(ferry_home: Path, tmp_path: Path) -> Ferry:
+    """The `ferry` command against the default embedded store only."""
+    return Ferry(tmp_path)
