@@ -1,0 +1,1 @@
+"""The HTTP face of the data plane (the only package that speaks ASGI/HTTP)."""

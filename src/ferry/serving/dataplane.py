@@ -1,0 +1,126 @@
+"""DataPlane: request in, result out. Routes to a loaded runtime and runs it; no HTTP here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from ferry.serving.routing import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+def no_statistics(values: dict) -> None:
+    """The custom-statistics sink until metrics are wired: accepts and drops the values."""
+
+
+class DataPlane:
+    """Serves requests from the current RouteTable, which the reconciler replaces in one assignment."""
+
+    def __init__(self, workers: int = 32) -> None:
+        self.table = RouteTable()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ferry-stage")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loaded_once = threading.Event()
+
+    # the request path ---------------------------------------------------------------------------
+
+    async def infer(self, endpoint: str, version: str | None, body: Any) -> Any:
+        """Run ``body`` through ``endpoint[/version]``; raises FerryError kinds with status codes."""
+        runtime = self.table.resolve(endpoint, version)
+        return await runtime.run(body, no_statistics, self.pool)
+
+    def ready(self) -> bool:
+        """True once the first revision has been loaded (failed versions do not block readiness)."""
+        return self.loaded_once.is_set()
+
+    def swap(self, table: RouteTable) -> RouteTable:
+        """Install ``table`` atomically; returns the table it replaced."""
+        old, self.table = self.table, table
+        if not table.loading:
+            self.loaded_once.set()
+        return old
+
+    # send_request: endpoint-to-endpoint calls from user code ------------------------------------
+
+    def send_request_sync(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
+        """Blocking call to another endpoint; safe from any thread; the JSON answer, or None on failure."""
+        try:
+            runtime = self.table.resolve(*_target(endpoint, version))
+            if runtime.all_sync or self.loop is None:
+                # Run right here: hopping back to the loop and the pool could deadlock a full pool.
+                return _as_json(runtime.run_sync(data, {}, no_statistics))
+            if _on_event_loop():
+                raise RuntimeError("a blocking send_request from async code would stall the server: use custom_async")
+            future = asyncio.run_coroutine_threadsafe(runtime.run(data, no_statistics, self.pool), self.loop)
+            return _as_json(future.result())
+        except Exception as exc:  # the contract: a failed call returns None
+            log.warning("send_request to %s failed: %s", endpoint, exc)
+            return None
+
+    async def send_request_async(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
+        """Awaitable call to another endpoint (custom_async); the JSON answer, or None on failure."""
+        try:
+            return _as_json(await self.infer(*_target(endpoint, version), data))
+        except Exception as exc:
+            log.warning("send_request to %s failed: %s", endpoint, exc)
+            return None
+
+    def send_request_for(self, engine: str):
+        """The send_request a Preprocess of ``engine`` gets: awaitable under custom_async."""
+        return self.send_request_async if engine == "custom_async" else self.send_request_sync
+
+    # state for heartbeats -----------------------------------------------------------------------
+
+    def endpoint_states(self) -> dict[str, dict[str, Any]]:
+        table = self.table
+        states: dict[str, dict[str, Any]] = {
+            key: {"state": "ready", "requests": rt.requests, "errors": rt.errors, "inflight": rt.inflight}
+            for key, rt in table.runtimes.items()
+        }
+        states.update({key: {"state": "failed", "error": err} for key, err in table.failed.items()})
+        states.update({key: {"state": "loading"} for key in table.loading if key not in states})
+        return states
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _target(endpoint: str, version: str | None) -> tuple[str, str | None]:
+    name = endpoint.strip("/")
+    if version is None and "/" in name:
+        name, version = name.split("/", 1)
+    return name, (str(version) if version not in (None, "") else None)
+
+
+def _as_json(value: Any) -> Any:
+    """What an HTTP caller would have got: numpy arrays become lists, and so on."""
+    return orjson.loads(dumps(value))
+
+
+def _fallback(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot serialise {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes of a postprocess result (numpy arrays and scalars included)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=_fallback)
