@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     poll_interval: float = 1.0
     """Seconds between an instance's checks of the store for a new revision."""
 
+    heartbeat_interval: float = 2.0
+    """Seconds between an instance's heartbeats; one silent for five intervals counts as gone."""
+
     max_body_mb: float = 64.0
     """Largest request body (after gzip inflation) ``ferry serve`` accepts, in MiB; larger gets 413."""
 

@@ -128,6 +128,24 @@ def status(ctx: Context, args: argparse.Namespace) -> None:
     console.print(f"service {sid}: revision {head}, {len(live)} live instance(s)", highlight=False)
     table(
         "instances",
-        ("id", "host", "pid", "revision", "heartbeat age (s)"),
-        [(i["id"], i["host"], i["pid"], i["revision"], i["heartbeat_age_s"]) for i in doc["instances"]],
+        ("id", "host", "pid", "revision", "heartbeat age (s)", "cpu %", "rss MB"),
+        [
+            (
+                i["id"],
+                i["host"],
+                i["pid"],
+                i["revision"],
+                i["heartbeat_age_s"],
+                i["state"].get("cpu_percent", ""),
+                round(i["state"].get("rss_bytes", 0) / 2**20),
+            )
+            for i in doc["instances"]
+        ],
     )
+    rows = []
+    for inst in doc["instances"]:
+        for key, ep in sorted(inst["state"].get("endpoints", {}).items()):
+            rows.append(
+                (inst["id"][:8], key, ep["state"], ep.get("requests", ""), ep.get("errors", ""), ep.get("error", ""))
+            )
+    table("endpoints per instance", ("instance", "endpoint", "state", "requests", "errors", "error"), rows)

@@ -48,6 +48,11 @@ class InstanceRecord:
     revision: int | None
     state: dict[str, Any] = field(default_factory=dict)
 
+    def is_live(self, now: float | None = None) -> bool:
+        """Heard from within five of its own heartbeat intervals."""
+        window = max(1.0, 5 * float(self.state.get("heartbeat_interval", 2.0)))
+        return (now or time.time()) - self.heartbeat_at <= window
+
 
 class Store:
     """The control plane's durable state. Safe to share between threads and processes."""
@@ -212,14 +217,15 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(instances.delete().where(instances.c.id == instance_id))
 
-    def list_instances(self, service_id: str, alive_within: float | None = 30.0) -> list[InstanceRecord]:
-        """Instances of the service whose last heartbeat is at most ``alive_within`` seconds old."""
+    def list_instances(self, service_id: str, alive_within: float | None = None) -> list[InstanceRecord]:
+        """Instances of the service: live ones only (see ``is_live``) unless ``alive_within`` is given."""
         query = select(instances).where(instances.c.service_id == service_id)
         if alive_within is not None:
             query = query.where(instances.c.heartbeat_at >= time.time() - alive_within)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(instances.c.started_at)).mappings().all()
-        return [InstanceRecord(**row) for row in rows]
+        found = [InstanceRecord(**row) for row in rows]
+        return found if alive_within is not None else [i for i in found if i.is_live()]
 
     # events ---------------------------------------------------------------------------------------
 

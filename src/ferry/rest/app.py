@@ -123,5 +123,7 @@ def create_app() -> FerryApp:
     registry = ModelRegistry(store.engine, artifacts)
     service = store.resolve_service(settings.service or None)
     plane = DataPlane()
-    reconciler = Reconciler(plane, store, registry, artifacts, service.id, settings.poll_interval)
+    reconciler = Reconciler(
+        plane, store, registry, artifacts, service.id, settings.poll_interval, settings.heartbeat_interval
+    )
     return FerryApp(plane, reconciler, max_body=int(settings.max_body_mb * (1 << 20)))

@@ -162,6 +162,7 @@ class Reconciler:
         self._process = self._process or psutil.Process()
         return {
             "endpoints": self.plane.endpoint_states(),
+            "heartbeat_interval": self.heartbeat_interval,
             "cpu_percent": self._process.cpu_percent(),
             "rss_bytes": self._process.memory_info().rss,
             "log": list(self.recent.lines),

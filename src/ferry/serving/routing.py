@@ -37,13 +37,17 @@ class RouteTable:
         runtime = self.runtimes.get(key)
         if runtime is not None:
             return runtime
-        if key in self.loading or (not version and any(k.split("/")[0] == endpoint for k in self.loading)):
-            raise NotReady(f"endpoint {key} is loading; retry shortly", retry_after=1.0)
-        if key in self.failed:
-            raise NotReady(
-                f"endpoint {key} failed to load: {self.failed[key]} (`ferry status` shows it; fix and add it again)",
-                retry_after=5.0,
-            )
+        unready = [key] if version else [key, *(k for k in (*self.loading, *self.failed) if _name(k) == endpoint)]
+        for candidate in unready:
+            if candidate in self.loading:
+                raise NotReady(f"endpoint {candidate} is loading; retry shortly", retry_after=1.0)
+        for candidate in unready:
+            if candidate in self.failed:
+                raise NotReady(
+                    f"endpoint {candidate} failed to load: {self.failed[candidate]} "
+                    "(`ferry status` shows it; fix and add it again)",
+                    retry_after=5.0,
+                )
         served = ", ".join(sorted(self.runtimes)) or "none"
         raise NotFound(f"no endpoint {key!r} on this service; served endpoints: {served}")
 
@@ -61,6 +65,10 @@ def _newest_versions(runtimes: Mapping[str, EndpointRuntime]) -> dict[str, str]:
         elif current is None or (runtimes[current].spec.version and _later(version, runtimes[current].spec.version)):
             newest[name] = key
     return newest
+
+
+def _name(key: str) -> str:
+    return key.split("/", 1)[0]
 
 
 def _later(a: str, b: str) -> bool:

@@ -1,0 +1,208 @@
+"""`ferry serve` as users run it: a real process, driven by the real CLI and real HTTP."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from tests.conftest import Ferry
+from tests.server import Server
+
+pytestmark = pytest.mark.e2e
+
+SKLEARN = Path(__file__).parents[2] / "examples" / "sklearn" / "preprocess.py"
+
+
+def code(tmp_path: Path, name: str, source: str) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return str(path)
+
+
+def tagged(tmp_path: Path, tag: str) -> str:
+    return code(
+        tmp_path,
+        f"tag_{tag}",
+        f"""
+        class Preprocess:
+            def process(self, data, state, collect=None):
+                return {{"tag": "{tag}"}}
+        """,
+    )
+
+
+@pytest.fixture
+def model_id(ferry_sqlite: Ferry, tmp_path: Path) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2))
+    joblib.dump(LogisticRegression().fit(x, (x.sum(axis=1) > 0).astype(int)), tmp_path / "m.pkl")
+    out = ferry_sqlite("model", "upload", "--name", "logreg", "--project", "e2e", "--path", str(tmp_path / "m.pkl"))
+    return out.out.strip().rsplit("=", 1)[1]
+
+
+@pytest.fixture
+def server(ferry_sqlite: Ferry, tmp_path: Path):
+    ferry_sqlite.service()
+    srv = Server(tmp_path)
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def add(ferry: Ferry, *args: str) -> float:
+    """Run `ferry model add ...`; returns the moment it returned."""
+    ferry("model", "add", *args)
+    return time.monotonic()
+
+
+def test_sklearn_served_within_two_seconds_of_add(ferry_sqlite: Ferry, model_id: str, tmp_path: Path):
+    """With the default 1 s poll: the first sklearn endpoint (cold process), then a second one timed."""
+    ferry_sqlite.service()
+    server = Server(tmp_path, env={"FERRY_POLL_INTERVAL": "1.0"})
+    try:
+        server.wait_ready()
+        add(ferry_sqlite, "--engine", "sklearn", "--endpoint", "test_model_sklearn", "--model-id", model_id,
+            "--preprocess", str(SKLEARN))  # fmt: skip
+        server.wait_for(lambda: server.post("/serve/test_model_sklearn", {"x0": 1, "x1": 2}).status_code == 200)
+        assert server.post("/serve/test_model_sklearn", {"x0": 1, "x1": 2}).json() == {"y": [1]}
+        assert server.post("/serve/test_model_sklearn/", {"x0": -1, "x1": -2}).json() == {"y": [0]}
+        done = add(ferry_sqlite, "--engine", "sklearn", "--endpoint", "second", "--model-id", model_id,
+                   "--preprocess", str(SKLEARN))  # fmt: skip
+        server.wait_for(lambda: server.post("/serve/second", {"x0": 1, "x1": 2}).status_code == 200)
+        assert time.monotonic() - done < 2.0
+    finally:
+        server.stop()
+
+
+def test_changes_under_load_fail_no_request(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
+    """Requests to /serve/m never fail while versions are added, replaced and removed."""
+    add(ferry_sqlite, "--engine", "custom", "--endpoint", "m", "--version", "1", "--preprocess", tagged(tmp_path, "1"))
+    server.wait_for(lambda: server.post("/serve/m", {}).status_code == 200)
+    failures: list[str] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                r = client.post("/serve/m", json={})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                else:
+                    seen.add(r.json()["tag"])
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        add(
+            ferry_sqlite,
+            "--engine",
+            "custom",
+            "--endpoint",
+            "m",
+            "--version",
+            "2",
+            "--preprocess",
+            tagged(tmp_path, "2"),
+        )
+        server.wait_for(lambda: "2" in seen)
+        add(
+            ferry_sqlite,
+            "--engine",
+            "custom",
+            "--endpoint",
+            "m",
+            "--version",
+            "2",
+            "--preprocess",
+            tagged(tmp_path, "2b"),
+        )
+        server.wait_for(lambda: "2b" in seen)
+        ferry_sqlite("model", "remove", "--endpoint", "m/2")
+        seen.discard("1")
+        server.wait_for(lambda: "1" in seen)
+        ferry_sqlite("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "plain"))
+        server.wait_for(lambda: "plain" in seen)  # an unversioned endpoint takes /serve/m over
+        ferry_sqlite("model", "remove", "--endpoint", "m/1")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert failures == [], failures[:5]
+
+
+def test_errors_over_http(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
+    raising = code(tmp_path, "raising", """
+        class Preprocess:
+            def preprocess(self, body, state, collect=None):
+                return body["x"]
+            def process(self, data, state, collect=None):
+                return data
+        """)  # fmt: skip
+    add(ferry_sqlite, "--engine", "custom", "--endpoint", "good", "--preprocess", tagged(tmp_path, "g"))
+    add(ferry_sqlite, "--engine", "custom", "--endpoint", "raising", "--preprocess", raising)
+    add(ferry_sqlite, "--engine", "custom", "--endpoint", "broken", "--preprocess",
+        code(tmp_path, "broken", "import no_such_module_here\n"))  # fmt: skip
+    server.wait_for(lambda: server.post("/serve/good", {}).status_code == 200)
+    r = server.post("/serve/raising", {"y": 1})
+    assert r.status_code == 422 and "endpoint raising: preprocess raised KeyError: 'x'" in r.json()["error"]
+    r = server.post("/serve/broken", {})
+    assert r.status_code == 503 and "no_such_module_here" in r.json()["error"] and "retry-after" in r.headers
+    r = server.post("/serve/ghost", {})
+    assert r.status_code == 404 and "broken" not in r.json()["error"] and "good" in r.json()["error"]
+    r = server.client.post("/serve/good", content=b"x" * (65 << 20))
+    assert r.status_code == 413
+    status = ferry_sqlite("status", "--json").json()
+    (inst,) = status["instances"]
+    assert inst["state"]["endpoints"]["broken"]["state"] == "failed"
+    assert "no_such_module_here" in inst["state"]["endpoints"]["broken"]["error"]
+    assert inst["state"]["endpoints"]["good"]["state"] == "ready"
+    assert "broken" in ferry_sqlite("status").out  # the human view shows it too
+    assert server.client.get("/health/live").status_code == 200
+
+
+def test_engine_crash_is_500_and_process_survives(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
+    crash = code(tmp_path, "crash", """
+        class Preprocess:
+            def process(self, data, state, collect=None):
+                raise MemoryError("out of memory in the model")
+        """)  # fmt: skip
+    add(ferry_sqlite, "--engine", "custom", "--endpoint", "c", "--preprocess", crash)
+    add(ferry_sqlite, "--engine", "custom", "--endpoint", "ok", "--preprocess", tagged(tmp_path, "ok"))
+    server.wait_for(lambda: server.post("/serve/ok", {}).status_code == 200)
+    r = server.post("/serve/c", {})
+    assert r.status_code == 422 and "MemoryError" in r.json()["error"]
+    assert server.post("/serve/ok", {}).json() == {"tag": "ok"}
+
+
+def test_two_workers_both_serve_and_age_out(ferry_sqlite: Ferry, tmp_path: Path):
+    ferry_sqlite.service()
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        server.wait_ready()
+        add(ferry_sqlite, "--engine", "custom", "--endpoint", "w", "--preprocess", tagged(tmp_path, "w"))
+        server.wait_for(lambda: server.post("/serve/w", {}).status_code == 200)
+        server.wait_for(lambda: len(ferry_sqlite("status", "--json").json()["instances"]) == 2, what="2 instances")
+        head = ferry_sqlite("history", "--json").json()[-1]["revision"]
+        server.wait_for(
+            lambda: {i["revision"] for i in ferry_sqlite("status", "--json").json()["instances"]} == {head},
+            what="both workers on the head revision",
+        )
+        for _ in range(20):  # whichever worker answers, it answers the same
+            assert server.post("/serve/w", {}).json() == {"tag": "w"}
+    finally:
+        server.stop(sig=9)  # a crash: no chance to deregister
+    deadline = time.monotonic() + 10
+    while ferry_sqlite("status", "--json").json()["instances"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ferry_sqlite("status", "--json").json()["instances"] == []
