@@ -161,6 +161,8 @@ BAD_INPUT = [
     (["model", "remove", "--endpoint", "ghost"], "no endpoint, canary or auto-update rule 'ghost'"),
     (["model", "publish", "--model-id", "zzz"], "no model with id"),
     (["config", "--metric-log-freq", "3"], "metric_log_freq"),
+    (["model", "add", "--engine", "triton", "--endpoint", "e", "--model-id", "zzz"], "no model with id"),
+    (["model", "add", "--engine", "custom", "--endpoint", "e", "--aux-config", "a=1", "a.b=2"], "already set"),
 ]
 
 
@@ -184,3 +186,14 @@ def test_ambiguous_service_name_lists_ids(ferry_sqlite: Ferry):
     assert a in err and b in err
     assert ferry_sqlite("--id", b, "history", "--json").json()[0]["revision"] == 1
     assert ferry_sqlite("history", "--json", env={"FERRY_SERVICE": a}).json()[0]["revision"] == 1
+
+
+def test_triton_engine_needs_a_configured_server(ferry_sqlite: Ferry, files: dict[str, Path]):
+    ferry_sqlite.service()
+    mid = model_id(ferry_sqlite("model", "upload", "--name", "m", "--path", str(files["model"])).out)
+    err = ferry_sqlite("model", "add", "--engine", "triton", "--endpoint", "t", "--model-id", mid, ok=False).err
+    assert "ferry config --triton-grpc-server HOST:PORT" in err and "--engine onnxruntime" in err
+    ferry_sqlite("config", "--triton-grpc-server", "127.0.0.1:8001")
+    assert ferry_sqlite("model", "add", "--engine", "triton", "--endpoint", "t", "--model-id", mid).out.startswith(
+        "revision 3: endpoint t added (triton"
+    )

@@ -65,7 +65,7 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path):
+def service(tmp_path: Path, ferry_home: Path):
     svc = Service(tmp_path)
     yield svc
     svc.close()

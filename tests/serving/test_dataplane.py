@@ -284,3 +284,26 @@ def test_stage_pool_is_not_deadlocked_by_nested_calls(service):
     worker.start()
     assert done.wait(30), "nested send_request calls deadlocked the stage pool"
     assert result[0] == ["leaf"] * 100
+
+
+def test_clearml_storage_manager_stand_in(service, tmp_path):
+    """A ClearML-Serving file that fetches an extra file with StorageManager runs unchanged."""
+    extra = tmp_path / "labels.txt"
+    extra.write_text("negative\npositive\n")
+    code = service.code(
+        f"""
+        from clearml import StorageManager
+
+        class Preprocess:
+            def __init__(self):
+                path = StorageManager.get_local_copy(remote_url={extra.as_uri()!r})
+                self.labels = open(path).read().split()
+                self.missing = StorageManager.get_local_copy(remote_url={(tmp_path / "nope").as_uri()!r})
+
+            def process(self, data, state, collect=None):
+                return {{"label": self.labels[data], "missing": self.missing}}
+        """
+    )
+    service.add("labels", code=code)
+    service.apply()
+    assert infer(service, "labels", 1) == {"label": "positive", "missing": None}

@@ -72,6 +72,11 @@ class ServiceControl:
 
         def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
             warnings.clear()
+            if spec.engine == "triton" and not config.settings.triton_grpc_server:
+                raise InvalidInput(
+                    "--engine triton needs a Triton server: set it with `ferry config --triton-grpc-server HOST:PORT`, "
+                    "or serve the model in-process with --engine onnxruntime, torchscript, sklearn, xgboost or lightgbm"
+                )
             verb = "added"
             if spec.key in config.endpoints:
                 warnings.append(f"endpoint {spec.key!r} already existed: replaced it")

@@ -18,6 +18,7 @@ from typing import Any
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import UserCodeError
+from ferry.serving import clearml_shim
 
 ENTRY_FILE = "preprocess.py"
 HOOK_NAMES = ("preprocess", "process", "postprocess", "load", "unload")
@@ -96,6 +97,7 @@ def _import(entry: Path, spec: EndpointSpec) -> ModuleType:
     if module_spec is None or module_spec.loader is None:
         raise UserCodeError(f"endpoint {spec.key}: cannot import {entry} as Python code", stage="import")
     module = importlib.util.module_from_spec(module_spec)
+    clearml_shim.install()
     with _IMPORT_LOCK, _isolated(entry):
         # Registered while it runs: dataclasses and typing look the defining module up by name.
         sys.modules[name] = module
