@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 2.0
     """Seconds between an instance's heartbeats; one silent for five intervals counts as gone."""
 
+    startup_timeout: float = 120.0
+    """Seconds a new serving process waits for its first revision to load before it takes traffic."""
+
     max_body_mb: float = 64.0
     """Largest request body (after gzip inflation) ``ferry serve`` accepts, in MiB; larger gets 413."""
 

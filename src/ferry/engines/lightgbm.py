@@ -10,19 +10,24 @@ import numpy as np
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import StatsFn, is_frame, read_model, unpickle
+from ferry.engines.tensor import RowBatching
 
 if TYPE_CHECKING:
     from ferry.serving.userclass import UserCode
 
 
-class LightGBMEngine:
+class LightGBMEngine(RowBatching):
     is_async = False
 
     def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+        self.endpoint_key = spec.key
         self.model = loaded if loaded is not None else read_model(spec, model_path, read_lightgbm)
 
     def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
         return self.model.predict(data if is_frame(data) else np.asarray(data))
+
+    def predict_rows(self, rows: np.ndarray) -> Any:
+        return self.model.predict(rows)
 
     def close(self) -> None:
         self.model = None

@@ -9,16 +9,18 @@ import numpy as np
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import StatsFn, read_model, unpickle
+from ferry.engines.tensor import RowBatching
 from ferry.errors import EngineError
 
 if TYPE_CHECKING:
     from ferry.serving.userclass import UserCode
 
 
-class SklearnEngine:
+class SklearnEngine(RowBatching):
     is_async = False
 
     def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+        self.endpoint_key = spec.key
         self.model = loaded if loaded is not None else read_model(spec, model_path, unpickle)
         method = spec.aux_config.get("method") or "predict"
         self._predict = getattr(self.model, method, None)
@@ -33,6 +35,9 @@ class SklearnEngine:
         if isinstance(data, (list, tuple)):
             data = np.asarray(data)
         return self._predict(data)
+
+    def predict_rows(self, rows: np.ndarray) -> Any:
+        return self._predict(rows)
 
     def close(self) -> None:
         self.model = self._predict = None

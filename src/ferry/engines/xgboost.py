@@ -11,15 +11,17 @@ import xgboost
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import StatsFn, is_frame, read_model, unpickle
+from ferry.engines.tensor import RowBatching
 
 if TYPE_CHECKING:
     from ferry.serving.userclass import UserCode
 
 
-class XGBoostEngine:
+class XGBoostEngine(RowBatching):
     is_async = False
 
     def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+        self.endpoint_key = spec.key
         self.model = loaded if loaded is not None else read_model(spec, model_path, read_xgboost)
 
     def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
@@ -28,6 +30,9 @@ class XGBoostEngine:
         if isinstance(data, xgboost.DMatrix):
             return self.model.get_booster().predict(data)
         return self.model.predict(data if is_frame(data) else np.asarray(data))
+
+    def predict_rows(self, rows: np.ndarray) -> Any:
+        return self.run(rows, {}, None)
 
     def close(self) -> None:
         self.model = None

@@ -21,8 +21,15 @@ SERVE = "/serve/"
 class FerryApp:
     """A plain ASGI app: the request path stays short; the reconciler runs in its lifespan."""
 
-    def __init__(self, plane: DataPlane, reconciler: Reconciler | None = None, max_body: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        reconciler: Reconciler | None = None,
+        max_body: int = 64 << 20,
+        startup_timeout: float = 120.0,
+    ) -> None:
         self.plane = plane
+        self.startup_timeout = startup_timeout
         self.reconciler = reconciler
         self.max_body = max_body
         self._task: asyncio.Task | None = None
@@ -83,6 +90,8 @@ class FerryApp:
                 self.plane.loop = asyncio.get_running_loop()
                 if self.reconciler is not None:
                     self._task = asyncio.create_task(self.reconciler.run())
+                    # Take no traffic before the first revision is loaded (bounded, then serve 503s for the rest).
+                    await asyncio.to_thread(self.plane.loaded_once.wait, self.startup_timeout)
                 await send_({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.reconciler is not None and self._task is not None:
@@ -126,4 +135,4 @@ def create_app() -> FerryApp:
     reconciler = Reconciler(
         plane, store, registry, artifacts, service.id, settings.poll_interval, settings.heartbeat_interval
     )
-    return FerryApp(plane, reconciler, max_body=int(settings.max_body_mb * (1 << 20)))
+    return FerryApp(plane, reconciler, int(settings.max_body_mb * (1 << 20)), settings.startup_timeout)

@@ -12,7 +12,9 @@ from typing import Any
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn, load_engine
+from ferry.engines.tensor import TensorEngine
 from ferry.errors import EngineError, FerryError, UserCodeError
+from ferry.serving.batching import BatchPolicy, DynamicBatcher, dynamic_axes
 from ferry.serving.userclass import Hook, UserCode, load_user_code
 
 INLINE_BUDGET_S = 0.001
@@ -22,18 +24,20 @@ INLINE_BUDGET_S = 0.001
 class EndpointRuntime:
     """A loaded endpoint version. Built off the request path; shared by every request it serves."""
 
-    def __init__(self, spec: EndpointSpec, user: UserCode, engine: Engine) -> None:
+    def __init__(self, spec: EndpointSpec, user: UserCode, engine: Engine, batcher: DynamicBatcher | None = None):
         self.spec = spec
         self.user = user
         self.engine = engine
+        self.batcher = batcher
         self.inflight = 0
         self.requests = 0
         self.errors = 0
         self._idle = threading.Condition()
         pre, post = user.preprocess, user.postprocess
-        self.all_sync = not (pre.is_async or post.is_async or engine.is_async)
-        self.avg_seconds = float("inf")  # unknown until the first run: start off the loop
+        self.all_sync = batcher is None and not (pre.is_async or post.is_async or engine.is_async)
         self.inline_budget = float(spec.aux_config.get("inline_budget_ms", INLINE_BUDGET_S * 1000)) / 1000
+        self._cost = dict.fromkeys(("pipeline", "preprocess", "postprocess"), float("inf"))
+        """Average CPU seconds per call; unknown (inf) until measured, so first calls run off the loop."""
 
     @classmethod
     def build(
@@ -46,7 +50,8 @@ class EndpointRuntime:
         """Import the user's code, call its ``load``, load the engine. Blocking: run it off the loop."""
         user = load_user_code(code_path, spec, send_request)
         loaded = _call_load(spec, user.load, model_path)
-        return cls(spec, user, load_engine(spec, model_path, loaded, user))
+        engine = load_engine(spec, model_path, loaded, user)
+        return cls(spec, user, engine, _batcher(spec, engine))
 
     @property
     def key(self) -> str:
@@ -55,17 +60,15 @@ class EndpointRuntime:
     # running ------------------------------------------------------------------------------------
 
     async def run(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
-        """pre -> engine -> post for one request; sync stages run in ``pool``, async ones are awaited."""
+        """pre -> engine -> post for one request; cheap sync code runs inline, costly sync code in ``pool``."""
         self._enter()
         try:
             state: dict[str, Any] = {}
             if self.all_sync:
-                if self.avg_seconds < self.inline_budget:
-                    return self.run_sync(body, state, collect)
-                return await asyncio.get_running_loop().run_in_executor(pool, self.run_sync, body, state, collect)
-            data = await self._stage("preprocess", self.user.preprocess, pool, body, state, collect)
-            data = await self._engine(data, state, collect, pool)
-            return await self._stage("postprocess", self.user.postprocess, pool, data, state, collect)
+                return await self._sync("pipeline", self.run_sync, pool, body, state, collect)
+            data = await self._hook("preprocess", self.user.preprocess, pool, body, state, collect)
+            data = await self._model(data, state, collect, pool)
+            return await self._hook("postprocess", self.user.postprocess, pool, data, state, collect)
         except BaseException:
             self.errors += 1
             raise
@@ -73,8 +76,7 @@ class EndpointRuntime:
             self._leave()
 
     def run_sync(self, body: Any, state: dict[str, Any], collect: StatsFn) -> Any:
-        """The whole pipeline in the calling thread (every stage is sync); keeps its average duration."""
-        started = time.thread_time()  # CPU time: waiting for the GIL does not count
+        """The whole pipeline in the calling thread, without batching (for blocking send_request)."""
         data = self._call_sync("preprocess", self.user.preprocess, body, state, collect)
         try:
             data = self.engine.run(data, state, collect)
@@ -82,26 +84,39 @@ class EndpointRuntime:
             raise
         except Exception as exc:
             raise self._engine_error(exc) from exc
-        result = self._call_sync("postprocess", self.user.postprocess, data, state, collect)
+        return self._call_sync("postprocess", self.user.postprocess, data, state, collect)
+
+    async def _sync(self, what: str, fn: Callable[..., Any], pool: Executor, *args: Any) -> Any:
+        """Run sync ``fn`` inline when it is known to be cheap (a thread hop would cost more), else in pool."""
+        if self._cost[what] < self.inline_budget:
+            return self._timed(what, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, self._timed, what, fn, *args)
+
+    def _timed(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        started = time.thread_time()  # CPU time: waiting for the GIL does not count
+        result = fn(*args)
         elapsed = time.thread_time() - started
-        average = self.avg_seconds
-        self.avg_seconds = elapsed if average == float("inf") else 0.9 * average + 0.1 * elapsed
+        average = self._cost[what]
+        self._cost[what] = elapsed if average == float("inf") else 0.9 * average + 0.1 * elapsed
         return result
 
-    async def _stage(self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict, collect: StatsFn) -> Any:
+    async def _hook(self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict, collect: StatsFn) -> Any:
         if hook.fn is None:
             return data
         try:
             if hook.is_async:
                 return await hook.fn(data, state, collect)
-            return await asyncio.get_running_loop().run_in_executor(pool, hook.fn, data, state, collect)
+            return await self._sync(stage, hook.fn, pool, data, state, collect)
         except FerryError:
             raise
         except Exception as exc:
             raise self._user_error(stage, exc) from exc
 
-    async def _engine(self, data: Any, state: dict, collect: StatsFn, pool: Executor) -> Any:
+    async def _model(self, data: Any, state: dict, collect: StatsFn, pool: Executor) -> Any:
         try:
+            if self.batcher is not None:
+                outputs = await self.batcher.submit(self.engine.prepare(data))
+                return self.engine.unwrap(outputs)
             if self.engine.is_async:
                 return await self.engine.run(data, state, collect)
             return await asyncio.get_running_loop().run_in_executor(pool, self.engine.run, data, state, collect)
@@ -162,12 +177,26 @@ class EndpointRuntime:
     def close(self) -> None:
         """Call the user's ``unload`` and release the engine; errors are reported, not raised."""
         try:
+            if self.batcher is not None:
+                self.batcher.close()
             if self.user.unload.fn is not None:
                 result = self.user.unload.fn()
                 if self.user.unload.is_async:
                     asyncio.run(result)
         finally:
             self.engine.close()
+
+
+def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
+    policy = BatchPolicy.from_spec(spec)
+    if not policy.enabled:
+        return None
+    if not isinstance(engine, TensorEngine):
+        raise EngineError(
+            f"endpoint {spec.key}: the {spec.engine} engine cannot batch requests: "
+            "remove max_batch_size from --aux-config"
+        )
+    return DynamicBatcher(engine, policy, dynamic_axes(spec, engine.input_names), spec.key)
 
 
 def _call_load(spec: EndpointSpec, hook: Hook, model_path: Path | None) -> Any:

@@ -1,0 +1,117 @@
+"""The tensor contract shared by batchable engines: preprocess output -> named arrays -> model -> outputs.
+
+An engine that implements ``prepare``/``run_tensors``/``unwrap`` can be wrapped by the DynamicBatcher:
+each request's data is prepared alone, many requests' feeds are stacked along axis 0 into one
+``run_tensors`` call, and each request gets its own rows of the outputs back through ``unwrap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ferry.control.spec import EndpointSpec, TensorSpec
+from ferry.errors import UserCodeError
+
+Feeds = dict[str, np.ndarray]
+"""Model inputs by name, each with the batch on axis 0."""
+
+
+@runtime_checkable
+class TensorEngine(Protocol):
+    """An engine whose model call takes named arrays and returns arrays (batchable)."""
+
+    is_async: bool
+    input_names: tuple[str, ...]
+
+    def prepare(self, data: Any) -> Feeds: ...
+
+    def run_tensors(self, feeds: Feeds) -> list[np.ndarray]: ...
+
+    def unwrap(self, outputs: list[np.ndarray]) -> Any: ...
+
+
+def input_specs(spec: EndpointSpec, default_names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    """The endpoint's input specs, named after the model's own inputs where the spec gives no names."""
+    if not spec.inputs:
+        return tuple(TensorSpec(name=n) for n in default_names)
+    return tuple(
+        t if t.name else t.model_copy(update={"name": default_names[i] if i < len(default_names) else f"input_{i}"})
+        for i, t in enumerate(spec.inputs)
+    )
+
+
+def to_feeds(data: Any, inputs: Sequence[TensorSpec], endpoint: str) -> Feeds:
+    """Preprocess output (a dict by name, a list/tuple in spec order, or one array) as typed arrays."""
+    names = [t.name for t in inputs]
+    if isinstance(data, Mapping):
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise UserCodeError(
+                f"endpoint {endpoint}: preprocess returned no {missing} (expected inputs {names})", stage="preprocess"
+            )
+        values = [data[n] for n in names]
+    elif len(inputs) == 1:
+        values = [data]
+    elif isinstance(data, (list, tuple)) and len(data) == len(inputs):
+        values = list(data)
+    else:
+        raise UserCodeError(
+            f"endpoint {endpoint}: preprocess must return {len(inputs)} inputs {names} "
+            "(a dict by name, or a list in that order)"
+        )
+    return {t.name: _array(v, t, endpoint) for t, v in zip(inputs, values, strict=True)}
+
+
+def _array(value: Any, spec: TensorSpec, endpoint: str) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor from the user's code
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value, dtype=_numpy_dtype(spec.dtype))
+    except (TypeError, ValueError) as exc:
+        raise UserCodeError(f"endpoint {endpoint}: input {spec.name} cannot be made {spec.dtype}: {exc}") from None
+    if spec.shape is not None and array.ndim == len(spec.shape) - 1:
+        array = array[np.newaxis]  # one unbatched example: give it the batch axis
+    return array
+
+
+def _numpy_dtype(name: str | None) -> Any:
+    if name is None:
+        return None
+    return np.object_ if name == "bytes" else np.dtype(name)
+
+
+def unwrap_outputs(outputs: list[np.ndarray]) -> Any:
+    """One output comes back as its array; several as a list in output order."""
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+class RowBatching:
+    """For one-input models that take rows (sklearn, xgboost, lightgbm): batchable by stacking rows.
+
+    The class using it defines ``predict_rows(array) -> array``.
+    """
+
+    input_names = ("input",)
+    endpoint_key = ""
+
+    def prepare(self, data: Any) -> Feeds:
+        if isinstance(data, (str, bytes, Mapping)) or hasattr(data, "columns") or not hasattr(data, "__len__"):
+            raise UserCodeError(
+                f"endpoint {self.endpoint_key}: with max_batch_size > 1, preprocess must return rows "
+                f"(a list of lists or a 2-D array), not {type(data).__name__}",
+                stage="preprocess",
+            )
+        array = np.asarray(data)
+        return {"input": array[np.newaxis] if array.ndim == 1 else array}
+
+    def run_tensors(self, feeds: Feeds) -> list[np.ndarray]:
+        return [np.asarray(self.predict_rows(feeds["input"]))]
+
+    def unwrap(self, outputs: list[np.ndarray]) -> Any:
+        return outputs[0]
+
+    def predict_rows(self, rows: np.ndarray) -> Any:
+        raise NotImplementedError
