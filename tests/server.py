@@ -52,6 +52,23 @@ class Server:
     def post(self, path: str, body=None, **kwargs) -> httpx.Response:
         return self.client.post(path, json=body, **kwargs)
 
+    def serve(self, endpoint: str, body=None) -> httpx.Response:
+        return self.post(f"/serve/{endpoint}", body)
+
+    def wait_endpoint(self, endpoint: str, body=None, timeout: float = 20) -> object:
+        """POST until ``endpoint`` answers 200 (it appears once its revision loads); its JSON answer."""
+        answers: list[httpx.Response] = []
+
+        def answered() -> bool:
+            answers.append(self.serve(endpoint, body))
+            status, text = answers[-1].status_code, answers[-1].text
+            if status not in (200, 404, 503) or "failed to load" in text:
+                raise AssertionError(f"/serve/{endpoint} answered {status}: {text}\n{self.log()}")
+            return status == 200
+
+        self.wait_for(answered, timeout, f"/serve/{endpoint} answering 200")
+        return answers[-1].json()
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Ferry
-from tests.e2e.conftest import ExampleServer
+from tests.server import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def iris(sample: list[float]) -> dict[str, float]:
     return {f"x{i}": value for i, value in enumerate(sample)}
 
 
-def test_xgboost(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServer, tmp_path: Path) -> None:
+def test_xgboost(e2e_ferry: Ferry, e2e_service: str, example_server: Server, tmp_path: Path) -> None:
     model = tmp_path / "xgb_model"  # native format, no extension
     train("xgboost", model)
     upload(e2e_ferry, "train xgboost model", model)
@@ -73,22 +73,22 @@ def test_xgboost(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServ
         PROJECT,
     )
 
-    assert example_server.wait_for("test_model_xgb", iris(SETOSA)) == {"y": [0]}
-    assert example_server.post("test_model_xgb", iris(VIRGINICA)).json() == {"y": [2]}
+    assert example_server.wait_endpoint("test_model_xgb", iris(SETOSA)) == {"y": [0]}
+    assert example_server.serve("test_model_xgb", iris(VIRGINICA)).json() == {"y": [2]}
 
 
-def test_lightgbm(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServer, tmp_path: Path) -> None:
+def test_lightgbm(e2e_ferry: Ferry, e2e_service: str, example_server: Server, tmp_path: Path) -> None:
     model = tmp_path / "lgbm_model"  # text format, no extension
     train("lightgbm", model)
     model_id = upload(e2e_ferry, "train lightgbm model", model)
     preprocess = EXAMPLES / "lightgbm" / "preprocess.py"
     add(e2e_ferry, e2e_service, "lightgbm", "test_model_lgbm", preprocess, "--model-id", model_id)
 
-    assert example_server.wait_for("test_model_lgbm", iris(SETOSA)) == {"y": 0}
-    assert example_server.post("test_model_lgbm", iris(VIRGINICA)).json() == {"y": 2}
+    assert example_server.wait_endpoint("test_model_lgbm", iris(SETOSA)) == {"y": 0}
+    assert example_server.serve("test_model_lgbm", iris(VIRGINICA)).json() == {"y": 2}
 
 
-def test_custom(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServer, tmp_path: Path) -> None:
+def test_custom(e2e_ferry: Ferry, e2e_service: str, example_server: Server, tmp_path: Path) -> None:
     model = tmp_path / "custom-model.pkl"
     train("custom", model)
     upload(e2e_ferry, "custom model", model)
@@ -105,7 +105,7 @@ def test_custom(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServe
         PROJECT,
     )
 
-    assert example_server.wait_for("test_model_custom", {"features": [SETOSA, VIRGINICA]}) == {"y": [0, 2]}
+    assert example_server.wait_endpoint("test_model_custom", {"features": [SETOSA, VIRGINICA]}) == {"y": [0, 2]}
 
 
 def add_members(ferry: Ferry, service: str, tmp_path: Path, example: str, prefix: str) -> None:
@@ -119,31 +119,35 @@ def add_members(ferry: Ferry, service: str, tmp_path: Path, example: str, prefix
         add(ferry, service, "sklearn", f"{prefix}_{letter}", member, "--name", name, "--project", PROJECT)
 
 
-def test_ensemble(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServer, tmp_path: Path) -> None:
+def test_ensemble(e2e_ferry: Ferry, e2e_service: str, example_server: Server, tmp_path: Path) -> None:
     add_members(e2e_ferry, e2e_service, tmp_path, "ensemble", "ensemble")
     add(e2e_ferry, e2e_service, "custom", "test_model_ensemble", EXAMPLES / "ensemble" / "preprocess.py")
 
     body = {"x0": 2, "x1": -1}  # the data follow y = 3 x0 - 2 x1 + 1 = 9
-    answer = example_server.wait_for("test_model_ensemble", body)
-    a = example_server.post("ensemble_a", body).json()["y"]
-    b = example_server.post("ensemble_b", body).json()["y"]
+    answer = example_server.wait_endpoint("test_model_ensemble", body)
+    a = example_server.serve("ensemble_a", body).json()["y"]
+    b = example_server.serve("ensemble_b", body).json()["y"]
     assert a != b, "the two members should be different models"
     assert answer == {"y": [pytest.approx((a[0] + b[0]) / 2)]}
     assert 8 < answer["y"][0] < 11
 
 
-def test_pipeline_async(e2e_ferry: Ferry, e2e_service: str, example_server: ExampleServer, tmp_path: Path) -> None:
+def test_pipeline_async(e2e_ferry: Ferry, e2e_service: str, example_server: Server, tmp_path: Path) -> None:
     add_members(e2e_ferry, e2e_service, tmp_path, "pipeline_async", "pipeline")
     preprocess = EXAMPLES / "pipeline_async" / "preprocess.py"
     add(e2e_ferry, e2e_service, "custom_async", "test_model_pipeline_async", preprocess)
 
     agree = {"x0": 1, "x1": 2}  # far from the boundary x0 + x1 = 0: both say 1
-    assert example_server.wait_for("test_model_pipeline_async", agree) == {"y": 1.0, "a": {"y": [1]}, "b": {"y": [1]}}
+    assert example_server.wait_endpoint("test_model_pipeline_async", agree) == {
+        "y": 1.0,
+        "a": {"y": [1]},
+        "b": {"y": [1]},
+    }
 
     disagree = {"x0": -0.8, "x1": 0.6}  # near it, the linear model and the tree disagree
-    a = example_server.post("pipeline_a", disagree).json()
-    b = example_server.post("pipeline_b", disagree).json()
+    a = example_server.serve("pipeline_a", disagree).json()
+    b = example_server.serve("pipeline_b", disagree).json()
     assert a != b, "pick a body the two members disagree on"
-    answer = example_server.post("test_model_pipeline_async", disagree).json()
+    answer = example_server.serve("test_model_pipeline_async", disagree).json()
     assert answer == {"y": 0.5 * a["y"][0] + 0.5 * b["y"][0], "a": a, "b": b}
     assert answer["y"] == 0.5
