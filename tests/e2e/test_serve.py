@@ -57,6 +57,13 @@ def server(ferry_sqlite: Ferry, tmp_path: Path):
     srv.stop()
 
 
+def add_tagged(ferry: Ferry, tmp_path: Path, endpoint: str, tag: str) -> None:
+    """A custom endpoint NAME[/VERSION] whose answer is {"tag": tag}."""
+    name, _, version = endpoint.partition("/")
+    versioned = ["--version", version] if version else []
+    add(ferry, "--engine", "custom", "--endpoint", name, *versioned, "--preprocess", tagged(tmp_path, tag))
+
+
 def add(ferry: Ferry, *args: str) -> float:
     """Run `ferry model add ...`; returns the moment it returned."""
     ferry("model", "add", *args)
@@ -84,7 +91,7 @@ def test_sklearn_served_within_two_seconds_of_add(ferry_sqlite: Ferry, model_id:
 
 def test_changes_under_load_fail_no_request(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
     """Requests to /serve/m never fail while versions are added, replaced and removed."""
-    add(ferry_sqlite, "--engine", "custom", "--endpoint", "m", "--version", "1", "--preprocess", tagged(tmp_path, "1"))
+    add_tagged(ferry_sqlite, tmp_path, "m/1", "1")
     server.wait_for(lambda: server.post("/serve/m", {}).status_code == 200)
     failures: list[str] = []
     seen: set[str] = set()
@@ -103,34 +110,14 @@ def test_changes_under_load_fail_no_request(ferry_sqlite: Ferry, server: Server,
     for w in workers:
         w.start()
     try:
-        add(
-            ferry_sqlite,
-            "--engine",
-            "custom",
-            "--endpoint",
-            "m",
-            "--version",
-            "2",
-            "--preprocess",
-            tagged(tmp_path, "2"),
-        )
+        add_tagged(ferry_sqlite, tmp_path, "m/2", "2")
         server.wait_for(lambda: "2" in seen)
-        add(
-            ferry_sqlite,
-            "--engine",
-            "custom",
-            "--endpoint",
-            "m",
-            "--version",
-            "2",
-            "--preprocess",
-            tagged(tmp_path, "2b"),
-        )
+        add_tagged(ferry_sqlite, tmp_path, "m/2", "2b")
         server.wait_for(lambda: "2b" in seen)
         ferry_sqlite("model", "remove", "--endpoint", "m/2")
         seen.discard("1")
         server.wait_for(lambda: "1" in seen)
-        ferry_sqlite("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "plain"))
+        add_tagged(ferry_sqlite, tmp_path, "m", "plain")
         server.wait_for(lambda: "plain" in seen)  # an unversioned endpoint takes /serve/m over
         ferry_sqlite("model", "remove", "--endpoint", "m/1")
         time.sleep(1.0)
@@ -149,13 +136,14 @@ def test_errors_over_http(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
             def process(self, data, state, collect=None):
                 return data
         """)  # fmt: skip
-    add(ferry_sqlite, "--engine", "custom", "--endpoint", "good", "--preprocess", tagged(tmp_path, "g"))
+    add_tagged(ferry_sqlite, tmp_path, "good", "g")
     add(ferry_sqlite, "--engine", "custom", "--endpoint", "raising", "--preprocess", raising)
     add(ferry_sqlite, "--engine", "custom", "--endpoint", "broken", "--preprocess",
         code(tmp_path, "broken", "import no_such_module_here\n"))  # fmt: skip
     server.wait_for(lambda: server.post("/serve/good", {}).status_code == 200)
     r = server.post("/serve/raising", {"y": 1})
     assert r.status_code == 422 and "endpoint raising: preprocess raised KeyError: 'x'" in r.json()["error"]
+    server.wait_for(lambda: server.serve("broken", {}).status_code != 404)  # added last: the newest revision
     r = server.post("/serve/broken", {})
     assert r.status_code == 503 and "no_such_module_here" in r.json()["error"] and "retry-after" in r.headers
     r = server.post("/serve/ghost", {})
@@ -178,7 +166,7 @@ def test_engine_crash_is_500_and_process_survives(ferry_sqlite: Ferry, server: S
                 raise MemoryError("out of memory in the model")
         """)  # fmt: skip
     add(ferry_sqlite, "--engine", "custom", "--endpoint", "c", "--preprocess", crash)
-    add(ferry_sqlite, "--engine", "custom", "--endpoint", "ok", "--preprocess", tagged(tmp_path, "ok"))
+    add_tagged(ferry_sqlite, tmp_path, "ok", "ok")
     server.wait_for(lambda: server.post("/serve/ok", {}).status_code == 200)
     r = server.post("/serve/c", {})
     assert r.status_code == 422 and "MemoryError" in r.json()["error"]
@@ -190,7 +178,7 @@ def test_two_workers_both_serve_and_age_out(ferry_sqlite: Ferry, tmp_path: Path)
     server = Server(tmp_path, "--workers", "2")
     try:
         server.wait_ready()
-        add(ferry_sqlite, "--engine", "custom", "--endpoint", "w", "--preprocess", tagged(tmp_path, "w"))
+        add_tagged(ferry_sqlite, tmp_path, "w", "w")
         server.wait_for(lambda: server.post("/serve/w", {}).status_code == 200)
         server.wait_for(lambda: len(ferry_sqlite("status", "--json").json()["instances"]) == 2, what="2 instances")
         head = ferry_sqlite("history", "--json").json()[-1]["revision"]
