@@ -16,6 +16,6 @@ venv=${FERRY_VENV:-.venv}
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e '.[test]'
 
-"$venv/bin/ruff" check src tests
-"$venv/bin/ruff" format --check src tests
+"$venv/bin/ruff" check src tests examples bench
+"$venv/bin/ruff" format --check src tests examples bench
 exec "$venv/bin/python" -m pytest -q "$@"

@@ -1,0 +1,6 @@
+# Sourced by run_all.sh with SCENARIO set: sets ROUTE and BODY (empty BODY = scenario skipped).
+ROUTE=/serve/sklearn BODY=
+case $SCENARIO in
+  sklearn) BODY='{"x0": 1.0, "x1": 2.0}' ;;
+  minilm) ROUTE=/serve/minilm ;;   # not wired yet: empty BODY makes run_all.sh skip it
+esac

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# serve.sh SCENARIO PORT: build a fresh FERRY_HOME, train and register the example model, add its
+# endpoint, then exec `ferry serve` in the foreground (run_all.sh stops it by killing the process group).
+#   FERRY_WORKERS (default 2, as the floor), FERRY_VENV (default <repo>/.venv),
+#   FERRY_BATCH (aux config for the endpoint; default dynamic batching: max_batch_size=32),
+#   FERRY_SRC (ferry checkout whose examples/ are served; default the repo that holds this folder).
+set -euo pipefail
+scenario=$1 port=$2
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+venv=${FERRY_VENV:-$repo/.venv} src=${FERRY_SRC:-$repo}
+# A store or service from the caller's environment would leak into the run: use only our FERRY_HOME.
+unset FERRY_STORE FERRY_ARTIFACT_ROOT FERRY_CACHE_DIR FERRY_SERVICE
+export FERRY_HOME=${PEERS_HOME:-/tmp/peers}/ferry-home-$scenario
+rm -rf "$FERRY_HOME" && mkdir -p "$FERRY_HOME"
+ferry() { "$venv/bin/ferry" "$@"; }
+case $scenario in
+  sklearn)
+    "$venv/bin/python" "$src/examples/sklearn/train.py" "$FERRY_HOME/m.pkl"
+    sid=$(ferry create --name bench | sed -n 's/.*id=//p')
+    mid=$(ferry --id "$sid" model upload --name logreg --project bench --path "$FERRY_HOME/m.pkl" \
+          | sed -n 's/.*Model ID=//p')
+    # shellcheck disable=SC2086 # FERRY_BATCH is a list of key=value words
+    ferry --id "$sid" model add --engine sklearn --endpoint sklearn --model-id "$mid" \
+      --preprocess "$src/examples/sklearn/preprocess.py" --aux-config ${FERRY_BATCH:-max_batch_size=32} ;;
+  *) echo "ferry adapter: no scenario '$scenario' yet" >&2; exit 2 ;;
+esac
+exec "$venv/bin/ferry" --id "$sid" serve --host 127.0.0.1 --port "$port" --workers "${FERRY_WORKERS:-2}"
