@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ferry.cli import convert
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
 from ferry.cli.parsing import build_tensors, parse_aux_config
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = msub.add_parser("endpoints", parents=[common], help="list the service's endpoints, canaries, rules")
     p.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
     p.set_defaults(func=endpoints)
+    convert.register(msub, common)
 
 
 def _upload(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -1,0 +1,58 @@
+"""`ferry model convert`: a saved Hugging Face model to a checked ONNX file, plus the lines that serve it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.markup import escape
+
+from ferry.cli.context import Context
+from ferry.cli.output import err_console
+from ferry.errors import InvalidInput
+
+
+def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ferry.convert import TASKS  # numpy only: torch and transformers load when the command runs
+
+    p = msub.add_parser(
+        "convert",
+        parents=[common],
+        help="export a saved Hugging Face model to ONNX, check it against PyTorch, print the add line",
+        description="Export a transformers model folder (save_pretrained) to ONNX with dynamic batch and "
+        "sequence axes, compare ONNX Runtime with PyTorch on sample sentences, and print the `ferry model "
+        "upload` and `ferry model add --engine onnxruntime` lines that serve it. Needs `pip install 'ferry[hf]'`.",
+    )
+    p.add_argument("--hf", required=True, type=Path, metavar="FOLDER", help="a saved transformers model folder")
+    p.add_argument("--task", required=True, choices=list(TASKS), help="logits for classification, else hidden states")
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--atol", type=float, default=1e-3, help="largest accepted |PyTorch - ONNX| (default: 1e-3)")
+    p.add_argument("--endpoint", help="endpoint name in the printed add line (default: the output file's stem)")
+    p.add_argument("--name", help="model name in the printed upload/add lines (default: the output file's stem)")
+    p.add_argument("--project", default="", help="model project in the printed upload/add lines")
+    p.add_argument("--preprocess", help="Preprocess file or folder for the printed add line")
+    p.set_defaults(func=convert)
+
+
+def convert(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.convert import command_line, shape_text
+    from ferry.convert import convert as run
+
+    if args.opset < 7 or args.atol < 0:
+        raise InvalidInput("--opset must be 7 or more and --atol 0 or more")
+    done = run(args.hf, args.task, args.output, args.opset, args.atol, progress=_progress)
+    name = args.name or args.output.stem
+    print(
+        f"max abs difference PyTorch vs ONNX Runtime: {done.max_abs_diff:.3g} "
+        f"(--atol {args.atol:g}, {done.samples} sentences in one padded batch)"
+    )
+    inputs = " ".join(done.input_names)
+    print(f"wrote {done.output}: inputs {inputs}, output {done.output_name} {shape_text(done.output_size)}")
+    print("serve it with:")
+    print(command_line(done.upload_args(name, args.project)))
+    print(command_line(done.add_args(args.endpoint or args.output.stem, name, args.project, args.preprocess)))
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[dim]{escape(message)}[/dim]", highlight=False)

@@ -1,0 +1,104 @@
+"""The Hugging Face examples for real: MiniLM fine-tuned, converted, uploaded, added as printed, served over HTTP."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import Ferry
+from tests.server import Server
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        importlib.util.find_spec("ferry.engines.onnxruntime") is None,
+        reason="ferry.engines.onnxruntime does not exist yet: nothing can serve the converted model",
+    ),
+]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PROJECT = "serving examples"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # every subprocess: models load from folders only
+
+
+def run(*argv: str) -> str:
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"{argv} failed:\n{proc.stderr[-3000:]}{proc.stdout}"
+    return proc.stdout
+
+
+def serve_as_printed(ferry: Ferry, convert_out: str) -> None:
+    """Run the `ferry model upload` and `ferry model add` lines that `model convert` printed, as printed."""
+    for verb in ("upload", "add"):
+        line = next(line for line in convert_out.splitlines() if line.startswith(f"ferry model {verb} "))
+        ferry(*shlex.split(line)[1:])
+
+
+def answer(server: Server, endpoint: str, text: str) -> dict:
+    """POST {"text": ..}; waits while the endpoint loads, fails at once if it failed to load."""
+    response = None
+
+    def ready() -> bool:
+        nonlocal response
+        response = server.post(f"/serve/{endpoint}", {"text": text})
+        if response.status_code == 200:
+            return True
+        if response.status_code not in (404, 503) or "failed" in response.text:
+            raise AssertionError(f"/serve/{endpoint}: {response.status_code} {response.text}\n{server.log()}")
+        return False
+
+    server.wait_for(ready, timeout=60, what=f"/serve/{endpoint} answering")
+    return response.json()
+
+
+@pytest.fixture
+def server(ferry_sqlite: Ferry, tmp_path: Path):
+    ferry_sqlite.service()
+    srv = Server(tmp_path)
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def test_sentiment_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:
+    hf, preprocess, onnx = tmp_path / "hf-model", tmp_path / "preprocess", tmp_path / "model.onnx"
+    run(str(EXAMPLES / "huggingface" / "train.py"), str(hf), "--preprocess-dir", str(preprocess), "--quick")
+    assert {p.name for p in preprocess.iterdir()} >= {"preprocess.py", "tokenizer.json"}
+    out = ferry_sqlite("model", "convert", "--hf", str(hf), "--task", "text-classification", "--output", str(onnx),
+                       "--endpoint", "sentiment", "--name", "minilm sentiment", "--project", PROJECT,
+                       "--preprocess", str(preprocess)).out  # fmt: skip
+    assert "--input-name input_ids token_type_ids attention_mask" in out and '--output-size "[-1, 2]"' in out
+    serve_as_printed(ferry_sqlite, out)
+
+    great = answer(server, "sentiment", "what a great movie")
+    assert great["label"] == "positive", great
+    assert len(great["scores"]) == 2 and abs(sum(great["scores"]) - 1) < 1e-6
+    dull = server.post("/serve/sentiment", {"text": "a dull, boring mess"}).json()
+    assert dull["label"] == "negative", dull
+    assert server.post("/serve/sentiment", {"nothing": 1}).status_code == 422
+
+
+def test_embeddings_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:
+    preprocess, onnx = tmp_path / "embed-preprocess", tmp_path / "minilm.onnx"
+    minilm = run(str(EXAMPLES / "huggingface_embeddings" / "prepare.py"), str(preprocess)).strip()
+    out = ferry_sqlite("model", "convert", "--hf", minilm, "--task", "feature-extraction", "--output", str(onnx),
+                       "--endpoint", "embed", "--name", "minilm encoder", "--project", PROJECT,
+                       "--preprocess", str(preprocess)).out  # fmt: skip
+    assert '--output-name last_hidden_state --output-type float32 --output-size "[-1, -1, 384]"' in out
+    serve_as_printed(ferry_sqlite, out)
+
+    movie = np.array(answer(server, "embed", "what a great movie")["embedding"])
+    film = np.array(server.post("/serve/embed", {"text": "a wonderful film"}).json()["embedding"])
+    kernel = np.array(server.post("/serve/embed", {"text": "the linux kernel scheduler"}).json()["embedding"])
+    assert movie.shape == (384,) and abs(np.linalg.norm(movie) - 1) < 1e-4
+    assert movie @ film > movie @ kernel + 0.2, (movie @ film, movie @ kernel)
