@@ -2,5 +2,5 @@
 ROUTE=/serve/sklearn BODY=
 case $SCENARIO in
   sklearn) BODY='{"x0": 1.0, "x1": 2.0}' ;;
-  minilm) ROUTE=/serve/minilm ;;   # not wired yet: empty BODY makes run_all.sh skip it
+  minilm) ROUTE=/serve/minilm BODY='{"text": "what a great movie"}' ;;
 esac

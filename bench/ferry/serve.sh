@@ -22,6 +22,20 @@ case $scenario in
     # shellcheck disable=SC2086 # FERRY_BATCH is a list of key=value words
     ferry --id "$sid" model add --engine sklearn --endpoint sklearn --model-id "$mid" \
       --preprocess "$src/examples/sklearn/preprocess.py" --aux-config ${FERRY_BATCH:-max_batch_size=32} ;;
+  minilm)
+    # The peers' model (shared/peers/models.py builds it into $PEERS_HOME/models/minilm) and the
+    # Hugging Face example's preprocess (server-side tokenizer, no padding) beside its tokenizer.json.
+    models=${PEERS_HOME:-/tmp/peers}/models/minilm
+    code=$FERRY_HOME/minilm-preprocess
+    mkdir -p "$code" && cp "$src/examples/huggingface/preprocess.py" "$models/tokenizer.json" "$code/"
+    sid=$(ferry create --name bench | sed -n 's/.*id=//p')
+    mid=$(ferry --id "$sid" model upload --name minilm --project bench --path "$models/model.onnx" \
+          | sed -n 's/.*Model ID=//p')
+    # shellcheck disable=SC2086
+    ferry --id "$sid" model add --engine onnxruntime --endpoint minilm --model-id "$mid" --preprocess "$code" \
+      --input-name input_ids attention_mask token_type_ids --input-type int64 int64 int64 \
+      --input-size "[-1, -1]" "[-1, -1]" "[-1, -1]" --output-name logits --output-type float32 \
+      --output-size "[-1, 2]" --aux-config ${FERRY_BATCH:-max_batch_size=32 max_queue_delay_ms=2} ;;
   *) echo "ferry adapter: no scenario '$scenario' yet" >&2; exit 2 ;;
 esac
 exec "$venv/bin/ferry" --id "$sid" serve --host 127.0.0.1 --port "$port" --workers "${FERRY_WORKERS:-2}"

@@ -47,6 +47,9 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # ferry does not read client addresses; the middleware costs every request
+        server_header=False,
+        date_header=False,
         timeout_graceful_shutdown=30,
     )
 

@@ -14,6 +14,7 @@ import numpy as np
 from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
 from ferry.errors import UserCodeError
+from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,14 @@ class _Pending:
 class DynamicBatcher:
     """Wraps one TensorEngine: ``await submit(feeds)`` returns that request's outputs."""
 
-    def __init__(self, engine: TensorEngine, policy: BatchPolicy, dynamic_axes: dict[str, set[int]], key: str):
+    def __init__(
+        self,
+        engine: TensorEngine,
+        policy: BatchPolicy,
+        dynamic_axes: dict[str, set[int]],
+        key: str,
+        inline_budget_s: float = INLINE_BUDGET_S,
+    ) -> None:
         self.engine = engine
         self.policy = policy
         self.dynamic_axes = dynamic_axes
@@ -72,6 +80,7 @@ class DynamicBatcher:
         self._slots: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"ferry-batch-{key}")
+        self._cost = CostMeter(inline_budget_s)
 
     async def submit(self, feeds: Feeds) -> list[np.ndarray]:
         rows = _rows(feeds, self.key)
@@ -136,8 +145,11 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._execute, batch)
+            if self._cost.cheap:  # a fast model (sklearn): a thread hop and GIL hand-offs would cost more
+                results = self._cost.call(self._execute, batch)
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._executor, self._cost.call, self._execute, batch)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     _resolve(item.future, result)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -15,10 +14,8 @@ from ferry.engines import Engine, StatsFn, load_engine
 from ferry.engines.tensor import TensorEngine
 from ferry.errors import EngineError, FerryError, UserCodeError
 from ferry.serving.batching import BatchPolicy, DynamicBatcher, dynamic_axes
+from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
 from ferry.serving.userclass import Hook, UserCode, load_user_code
-
-INLINE_BUDGET_S = 0.001
-"""A sync pipeline whose average run is under this runs on the event loop: a thread hop would cost more."""
 
 
 class EndpointRuntime:
@@ -35,9 +32,8 @@ class EndpointRuntime:
         self._idle = threading.Condition()
         pre, post = user.preprocess, user.postprocess
         self.all_sync = batcher is None and not (pre.is_async or post.is_async or engine.is_async)
-        self.inline_budget = float(spec.aux_config.get("inline_budget_ms", INLINE_BUDGET_S * 1000)) / 1000
-        self._cost = dict.fromkeys(("pipeline", "preprocess", "postprocess"), float("inf"))
-        """Average CPU seconds per call; unknown (inf) until measured, so first calls run off the loop."""
+        budget = inline_budget(spec)
+        self._cost = {stage: CostMeter(budget) for stage in ("pipeline", "preprocess", "postprocess")}
 
     @classmethod
     def build(
@@ -88,17 +84,10 @@ class EndpointRuntime:
 
     async def _sync(self, what: str, fn: Callable[..., Any], pool: Executor, *args: Any) -> Any:
         """Run sync ``fn`` inline when it is known to be cheap (a thread hop would cost more), else in pool."""
-        if self._cost[what] < self.inline_budget:
-            return self._timed(what, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(pool, self._timed, what, fn, *args)
-
-    def _timed(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        started = time.thread_time()  # CPU time: waiting for the GIL does not count
-        result = fn(*args)
-        elapsed = time.thread_time() - started
-        average = self._cost[what]
-        self._cost[what] = elapsed if average == float("inf") else 0.9 * average + 0.1 * elapsed
-        return result
+        meter = self._cost[what]
+        if meter.cheap:
+            return meter.call(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, meter.call, fn, *args)
 
     async def _hook(self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict, collect: StatsFn) -> Any:
         if hook.fn is None:
@@ -196,7 +185,12 @@ def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
             f"endpoint {spec.key}: the {spec.engine} engine cannot batch requests: "
             "remove max_batch_size from --aux-config"
         )
-    return DynamicBatcher(engine, policy, dynamic_axes(spec, engine.input_names), spec.key)
+    return DynamicBatcher(engine, policy, dynamic_axes(spec, engine.input_names), spec.key, inline_budget(spec))
+
+
+def inline_budget(spec: EndpointSpec) -> float:
+    """Seconds of sync work that may run on the event loop (aux config ``inline_budget_ms``; 0 turns it off)."""
+    return float(spec.aux_config.get("inline_budget_ms", INLINE_BUDGET_S * 1000)) / 1000
 
 
 def _call_load(spec: EndpointSpec, hook: Hook, model_path: Path | None) -> Any:
