@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import orjson
@@ -128,7 +129,7 @@ def create_app() -> FerryApp:
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store.open(settings.store_url())
-    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=False)
+    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
     registry = ModelRegistry(store.engine, artifacts)
     service = store.resolve_service(settings.service or None)
     plane = DataPlane()
