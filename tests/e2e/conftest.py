@@ -45,3 +45,15 @@ def example_server(e2e_home: Path, e2e_service: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def server(ferry_sqlite: Ferry, tmp_path: Path) -> Iterator[Server]:
+    """A new service and one `ferry serve` for it, for one test."""
+    ferry_sqlite.service()
+    srv = Server(tmp_path)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

@@ -46,28 +46,7 @@ def serve_as_printed(ferry: Ferry, convert_out: str) -> None:
 
 def answer(server: Server, endpoint: str, text: str) -> dict:
     """POST {"text": ..}; waits while the endpoint loads, fails at once if it failed to load."""
-    response = None
-
-    def ready() -> bool:
-        nonlocal response
-        response = server.post(f"/serve/{endpoint}", {"text": text})
-        if response.status_code == 200:
-            return True
-        if response.status_code not in (404, 503) or "failed" in response.text:
-            raise AssertionError(f"/serve/{endpoint}: {response.status_code} {response.text}\n{server.log()}")
-        return False
-
-    server.wait_for(ready, timeout=60, what=f"/serve/{endpoint} answering")
-    return response.json()
-
-
-@pytest.fixture
-def server(ferry_sqlite: Ferry, tmp_path: Path):
-    ferry_sqlite.service()
-    srv = Server(tmp_path)
-    srv.wait_ready()
-    yield srv
-    srv.stop()
+    return server.wait_endpoint(endpoint, {"text": text}, timeout=60)
 
 
 def test_sentiment_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:

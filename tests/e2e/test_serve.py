@@ -48,15 +48,6 @@ def model_id(ferry_sqlite: Ferry, tmp_path: Path) -> str:
     return out.out.strip().rsplit("=", 1)[1]
 
 
-@pytest.fixture
-def server(ferry_sqlite: Ferry, tmp_path: Path):
-    ferry_sqlite.service()
-    srv = Server(tmp_path)
-    srv.wait_ready()
-    yield srv
-    srv.stop()
-
-
 def add_tagged(ferry: Ferry, tmp_path: Path, endpoint: str, tag: str) -> None:
     """A custom endpoint NAME[/VERSION] whose answer is {"tag": tag}."""
     name, _, version = endpoint.partition("/")
