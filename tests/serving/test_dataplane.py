@@ -307,3 +307,39 @@ def test_clearml_storage_manager_stand_in(service, tmp_path):
     service.add("labels", code=code)
     service.apply()
     assert infer(service, "labels", 1) == {"label": "positive", "missing": None}
+
+
+def test_a_failed_load_is_retried_without_a_new_revision(service, monkeypatch):
+    """The model's bytes are missing (an artifact store outage), then come back: the endpoint loads."""
+    from pathlib import Path
+
+    from ferry.serving import reconciler
+
+    monkeypatch.setattr(reconciler, "RETRY_FIRST_S", 0.1)
+    mid = service.model()
+    stored = Path(service.registry.get(mid).url.removeprefix("file://"))
+    hidden = stored.with_name("away")
+    stored.rename(hidden)
+    service.add("sk", "sklearn", model_id=mid, code=service.code(SKLEARN_CODE))
+    service.reconciler.poll_interval = 0.05
+
+    async def until(check, timeout=10.0):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, service.plane.endpoint_states()
+            await asyncio.sleep(0.05)
+
+    async def scenario():
+        service.plane.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(service.reconciler.run())
+        try:
+            await until(lambda: "sk" in service.plane.table.failed)
+            assert "not found" in service.plane.table.failed["sk"]
+            hidden.rename(stored)
+            await until(lambda: "sk" in service.plane.table.runtimes)
+            return await service.plane.infer("sk", None, {"x0": 3, "x1": 2})
+        finally:
+            service.reconciler.stop()
+            await task
+
+    assert asyncio.run(scenario())["y"] == [1]

@@ -23,6 +23,10 @@ from ferry.serving.routing import RouteTable
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 300.0
+"""Endpoints that failed to load are retried after 5 s, then 10, 20, ... up to every 5 minutes."""
+
 
 class RecentLog(logging.Handler):
     """Keeps the last lines ferry logged, for the heartbeat."""
@@ -59,6 +63,8 @@ class Reconciler:
         self.applied: int | None = None
         self.recent = RecentLog()
         self._stop = asyncio.Event()
+        self._retry_delay = RETRY_FIRST_S
+        self._retry_at = 0.0
         self._process: Any = None
 
     async def run(self) -> None:
@@ -87,7 +93,14 @@ class Reconciler:
         try:
             head = await asyncio.to_thread(self.store.head, self.service_id)
             if head != self.applied:
-                await asyncio.to_thread(self.apply, head)
+                self._retry_delay = RETRY_FIRST_S
+            elif not (self.plane.table.failed and time.monotonic() >= self._retry_at):
+                return
+            else:  # a load may have failed for a passing reason (artifact store down): try again, backing off
+                log.info("retrying %s endpoint(s) that failed to load", len(self.plane.table.failed))
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
+            await asyncio.to_thread(self.apply, head)
+            self._retry_at = time.monotonic() + self._retry_delay
         except Exception:  # the store may be briefly unreachable: keep serving what is loaded
             log.exception("reconcile of service %s failed; serving revision %s", self.service_id, self.applied)
 
