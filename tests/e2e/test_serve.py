@@ -185,3 +185,24 @@ def test_two_workers_both_serve_and_age_out(ferry_sqlite: Ferry, tmp_path: Path)
     while ferry_sqlite("status", "--json").json()["instances"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ferry_sqlite("status", "--json").json()["instances"] == []
+
+
+def test_live_changes_on_every_store(ferry: Ferry, tmp_path: Path):
+    """The same serve loop on SQLite and on a real PostgreSQL server: add, replace, remove, heartbeat."""
+    ferry.service()
+    server = Server(tmp_path)
+    try:
+        server.wait_ready()
+        add_tagged(ferry, tmp_path, "live", "one")
+        assert server.wait_endpoint("live") == {"tag": "one"}
+        add_tagged(ferry, tmp_path, "live", "two")
+        server.wait_for(lambda: server.serve("live").json() == {"tag": "two"}, what="replaced code answering")
+        ferry("model", "remove", "--endpoint", "live")
+        server.wait_for(lambda: server.serve("live").status_code == 404, what="removed endpoint gone")
+        head = ferry("history", "--json").json()[-1]["revision"]
+        server.wait_for(
+            lambda: [i["revision"] for i in ferry("status", "--json").json()["instances"]] == [head],
+            what="the instance reporting the head revision",
+        )
+    finally:
+        server.stop()
