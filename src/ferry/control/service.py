@@ -14,7 +14,6 @@ from ferry.control.spec import (
     ModelQuery,
     ServiceConfig,
     TensorSpec,
-    endpoint_key,
 )
 from ferry.control.store import Revision, Store
 from ferry.errors import InvalidInput, NotFound
@@ -172,6 +171,3 @@ def _with(config: ServiceConfig, **changes: Any) -> ServiceConfig:
 def _names(config: ServiceConfig) -> str:
     names = [*config.endpoints, *config.canaries, *config.auto_update]
     return ", ".join(sorted(names)) or "(none)"
-
-
-__all__ = ["Outcome", "ServiceControl", "endpoint_key", "validated"]

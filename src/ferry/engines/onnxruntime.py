@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ferry.control.spec import EndpointSpec, TensorSpec
-from ferry.engines.base import StatsFn, read_model
-from ferry.engines.tensor import Feeds, input_specs, to_feeds, unwrap_outputs
+from ferry.engines.base import read_model
+from ferry.engines.tensor import Feeds, TensorRunner, input_specs, to_feeds
 from ferry.errors import EngineError
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ ONNX_DTYPES = {
 """ONNX Runtime's ``tensor(...)`` element types -> the spec's dtype names."""
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(TensorRunner):
     """Runs an ONNX model in ONNX Runtime; a TensorEngine, so the batcher may stack requests."""
 
     is_async = False
@@ -67,13 +67,6 @@ class OnnxRuntimeEngine:
     def run_tensors(self, feeds: Feeds) -> list[np.ndarray]:
         """One session run; the spec's outputs in order."""
         return [np.asarray(out) for out in self.session.run(self.output_names, feeds)]
-
-    def unwrap(self, outputs: list[np.ndarray]) -> Any:
-        """One output as its array, several as a list."""
-        return unwrap_outputs(outputs)
-
-    def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
-        return self.unwrap(self.run_tensors(self.prepare(data)))
 
     def close(self) -> None:
         self.session = None

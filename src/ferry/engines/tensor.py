@@ -88,6 +88,17 @@ def unwrap_outputs(outputs: list[np.ndarray]) -> Any:
     return outputs[0] if len(outputs) == 1 else outputs
 
 
+class TensorRunner:
+    """``run`` and ``unwrap`` for engines whose model maps named arrays to arrays (onnxruntime, torchscript)."""
+
+    def unwrap(self, outputs: list[np.ndarray]) -> Any:
+        """One output as its array, several as a list."""
+        return unwrap_outputs(outputs)
+
+    def run(self, data: Any, state: dict, collect: Any) -> Any:
+        return self.unwrap(self.run_tensors(self.prepare(data)))
+
+
 class RowBatching:
     """For one-input models that take rows (sklearn, xgboost, lightgbm): batchable by stacking rows.
 

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import StatsFn, read_model
-from ferry.engines.tensor import Feeds, input_specs, to_feeds, unwrap_outputs
+from ferry.engines.base import read_model
+from ferry.engines.tensor import Feeds, TensorRunner, input_specs, to_feeds
 from ferry.errors import EngineError
 
 if TYPE_CHECKING:
     from ferry.serving.userclass import UserCode
 
 
-class TorchScriptEngine:
+class TorchScriptEngine(TensorRunner):
     """Runs a TorchScript module under ``torch.inference_mode``; a TensorEngine, so the batcher may stack requests."""
 
     is_async = False
@@ -67,13 +67,6 @@ class TorchScriptEngine:
         if isinstance(result, (tuple, list)):
             return [to_numpy(value) for value in result]
         return [to_numpy(result)]
-
-    def unwrap(self, outputs: list[np.ndarray]) -> Any:
-        """One output as its array, several as a list."""
-        return unwrap_outputs(outputs)
-
-    def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
-        return self.unwrap(self.run_tensors(self.prepare(data)))
 
     def close(self) -> None:
         self.model = None

@@ -51,9 +51,6 @@ class RouteTable:
         served = ", ".join(sorted(self.runtimes)) or "none"
         raise NotFound(f"no endpoint {key!r} on this service; served endpoints: {served}")
 
-    def keys(self) -> list[str]:
-        return sorted(self.runtimes)
-
 
 def _newest_versions(runtimes: Mapping[str, EndpointRuntime]) -> dict[str, str]:
     newest: dict[str, str] = {}
