@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # compare.sh [REV] [SECONDS]: ferry from this work tree (A) against ferry at REV (B, default HEAD~1), in one
-# run, alternating A B A B ... (ROUNDS rounds, default 3), same adapter, scenario (sklearn) and load.
+# run, alternating A B A B ... (ROUNDS rounds, default 3), same adapter, scenario and load.
+#   SCENARIO: sklearn (default) or minilm (builds the peers' MiniLM model first, as minilm.sh does)
 # Prints every run, then the median req/s of each side and the ratio B/A.
 #   PEERS_DIR (default <repo>/../shared/peers), PEERS_HOME (default /tmp/peers), FERRY_WORKERS (default 2)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 peers=${PEERS_DIR:-$(cd "$repo/.." && pwd)/shared/peers}
-rev=${1:-HEAD~1} secs=${2:-15} rounds=${ROUNDS:-3}
+rev=${1:-HEAD~1} secs=${2:-15} rounds=${ROUNDS:-3} scenario=${SCENARIO:-sklearn}
 home=${PEERS_HOME:-/tmp/peers}
 [[ -x $peers/run_all.sh ]] || { echo "no run_all.sh in $peers: set PEERS_DIR" >&2; exit 1; }
 (( rounds >= 2 )) || { echo "ROUNDS must be at least 2" >&2; exit 1; }
@@ -23,19 +24,27 @@ git -C "$repo" worktree add -q --detach "$tmp/wt" "$sha"
 venv_a=${FERRY_VENV:-$repo/.venv}
 FERRY_VENV=$venv_a FERRY_SRC=$repo bash "$here/ferry/setup.sh"
 FERRY_VENV=$tmp/venv FERRY_SRC=$tmp/wt bash "$here/ferry/setup.sh"
+if [[ $scenario == minilm ]]; then
+  "$tmp/venv/bin/pip" install -q onnxruntime tokenizers
+  if [[ ! -f $home/models/minilm/model.onnx ]]; then
+    scripts=$tmp/scripts && mkdir -p "$scripts" && cp "$peers/models.py" "$scripts/"  # see minilm.sh: not beside triton/
+    HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv_a/bin/python" "$scripts/models.py"
+  fi
+  for side in A B; do mkdir -p "$home/compare-$side" && ln -sfn "$home/models" "$home/compare-$side/models"; done
+fi
 
 # one SIDE VENV SRC: one run_all.sh run of the ferry adapter; prints "req/s p50 p99 errors".
 # Each side gets its own PEERS_HOME, so logs and FERRY_HOME stay apart.
 one() {
   local line
-  line=$(SCENARIOS=sklearn PEERS_HOME=$home/compare-$1 FERRY_VENV=$2 FERRY_SRC=$3 \
+  line=$(SCENARIOS=$scenario PEERS_HOME=$home/compare-$1 FERRY_VENV=$2 FERRY_SRC=$3 \
          "$peers/run_all.sh" "$secs" "$here/ferry" | awk '$1=="ferry"')
   [[ $(awk '{print $3}' <<<"$line") =~ ^[0-9.]+$ ]] || { echo "side $1 failed: $line" >&2; exit 1; }
   awk '{print $3, $4, $6, $7}' <<<"$line"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 
-echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  sklearn  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $scenario  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# A = $a_label   B = $rev ($sha)"
 printf '%-5s %-4s %9s %8s %8s %6s\n' round side req/s p50_ms p99_ms errors
 ra=() rb=()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,13 +24,18 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
+    func,
+    select,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 metadata = MetaData()
 T = TypeVar("T")
+SCHEMA_LOCK = 0x66657272  # "ferr": the advisory lock key held while the schema is created
 
 services = Table(
     "services",
@@ -94,8 +102,11 @@ models = Table(
 Index("models_by_name", models.c.project, models.c.name, models.c.created_at)
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for ``url``; SQLite files get their folder, WAL mode and a busy timeout."""
+def make_engine(url: str, create_tables: bool = True) -> Engine:
+    """Create an engine for ``url``; SQLite files get their folder, WAL mode and a busy timeout.
+
+    ``create_tables=False`` does not connect: a serving process may start while the store is down.
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -104,17 +115,21 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    retry_on_conflict(lambda: _create_tables(engine))
+    if create_tables:
+        retry_on_conflict(lambda: _create_tables(engine))
     return engine
 
 
 def _create_tables(engine: Engine) -> None:
-    try:
-        metadata.create_all(engine)
-    except (OperationalError, ProgrammingError) as exc:
-        if "already exists" not in str(exc):  # another process created them between check and create
-            raise
-        metadata.create_all(engine)
+    # Several processes may open a fresh store at once. PostgreSQL: one at a time (IF NOT EXISTS alone
+    # still clashes in its catalog); SQLite serialises schema changes by itself.
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK)))
+        for table in metadata.sorted_tables:
+            conn.execute(CreateTable(table, if_not_exists=True))
+            for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -125,14 +140,62 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE = 1555, 2067
+
+
+@cache
+def _postgres_conflicts() -> tuple[type[BaseException], ...]:
+    try:
+        from psycopg import errors
+    except ImportError:  # the postgres extra is not installed: no PostgreSQL errors can occur
+        return ()
+    return (errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` means a concurrent writer won the race, so running the transaction again can succeed.
+
+    Decided by the driver's error class and code, never by message text: SQLite busy, locked or a
+    unique clash (pysqlite reads outside the write transaction), PostgreSQL unique violation,
+    serialization failure or deadlock.
+    """
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    if isinstance(orig, (sqlite3.OperationalError, sqlite3.IntegrityError)):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is None:  # Python 3.10's sqlite3 carries no codes: take its class alone
+            return True
+        if isinstance(orig, sqlite3.IntegrityError):
+            return code in (SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE)
+        return code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)  # the low byte: BUSY_SNAPSHOT is a BUSY
+    return isinstance(orig, _postgres_conflicts())
+
+
 def retry_on_conflict(fn: Callable[[], T], attempts: int = 50) -> T:
-    """Run ``fn`` again when a concurrent writer won the race (unique clash, SQLite busy snapshot)."""
+    """Run ``fn`` again when a concurrent writer won the race (see ``is_conflict``); other errors pass."""
     for attempt in range(attempts):
         try:
             return fn()
-        except (IntegrityError, OperationalError) as exc:
-            transient = isinstance(exc, IntegrityError) or "locked" in str(exc) or "busy" in str(exc)
-            if not transient or attempt == attempts - 1:
+        except DBAPIError as exc:
+            if not is_conflict(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.005 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def lock_artifact(conn: Connection, url: str) -> None:
+    """Hold, until ``conn``'s transaction ends, the lock that orders recording and deleting objects at ``url``."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(url))))
+    else:  # SQLite has one writer at a time: a write that changes nothing takes that lock
+        conn.execute(delete(models).where(models.c.id.is_(None)))
+
+
+def artifact_in_use(conn: Connection, url: str) -> bool:
+    """Whether a model, or any revision of any service (its preprocess code), refers to the object at ``url``."""
+    model = conn.execute(select(models.c.id).where(models.c.url == url).limit(1)).first()
+    if model is not None:
+        return True
+    needle = json.dumps(url, ensure_ascii=False)  # as the URL appears, quoted, inside the config JSON
+    query = select(revisions.c.number).where(revisions.c.config.contains(needle, autoescape=True)).limit(1)
+    return conn.execute(query).first() is not None

@@ -23,6 +23,12 @@ class InvalidInput(FerryError):
     status_code = 400
 
 
+class InputMismatch(InvalidInput):
+    """The body parsed, but what it gives the model does not fit the input spec (names, rank, shape, dtype)."""
+
+    status_code = 422
+
+
 class NotFound(FerryError):
     """A service, model, endpoint, version or revision that does not exist."""
 
@@ -48,9 +54,13 @@ class UserCodeError(FerryError):
 
 
 class Overloaded(FerryError):
-    """Too much in flight; the caller should retry later."""
+    """Too many requests are waiting for this endpoint; the caller should retry after ``retry_after`` seconds."""
 
-    status_code = 429
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0, **details: object) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
 
 
 class EngineError(FerryError):

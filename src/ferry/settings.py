@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     max_body_mb: float = 64.0
     """Largest request body (after gzip inflation) ``ferry serve`` accepts, in MiB; larger gets 413."""
 
+    request_timeout_s: float = 60.0
+    """Seconds a request may take before it is answered 504; an endpoint's aux ``request_timeout_ms`` overrides it."""
+
+    drain_timeout_s: float = 30.0
+    """Seconds a replaced endpoint version's requests may take to finish; later ones are answered 503."""
+
+    serve_tokens: str = Field(default="", repr=False)
+    """Comma-separated bearer tokens ``ferry serve`` accepts; set, every route but the health probes needs one."""
+
+    serve_tokens_file: str = ""
+    """A file of bearer tokens (one a line, ``#`` comments); ``ferry serve --token-file`` sets it for its workers."""
+
     def home_dir(self) -> Path:
         return self.home.expanduser()
 

@@ -106,7 +106,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]):
     out = subprocess.run([FERRY_BIN, "model", "add", "--help"], capture_output=True, text=True, check=True).stdout
     assert "usage: ferry model add" in out and "--aux-config" in out
     commands = [[], ["create"], ["list"], ["config"], ["history"], ["rollback"], ["status"], ["model"]]
-    commands += [["model", c] for c in ("upload", "list", "publish", "tag", "add", "remove", "endpoints")]
+    commands += [["model", c] for c in ("upload", "list", "publish", "tag", "delete", "add", "remove", "endpoints")]
     for cmd in commands:
         with pytest.raises(SystemExit) as done:
             build_parser().parse_args([*cmd, "--help"])
@@ -213,3 +213,42 @@ def test_upload_to_an_s3_destination(ferry_sqlite: Ferry, files, s3_bucket: str)
     key = record["url"].removeprefix(f"s3://{s3_bucket}/")
     body = boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     assert body == files["model"].read_bytes()
+
+
+def test_model_delete_refuses_a_served_model_and_keeps_shared_bytes(ferry: Ferry, files: dict[str, Path]):
+    sid = ferry.service("shop")
+    served = model_id(ferry("model", "upload", "--name", "m", "--path", str(files["model"])).out)
+    twin = model_id(ferry("model", "upload", "--name", "twin", "--path", str(files["model"])).out)
+    ferry("model", "add", "--engine", "sklearn", "--endpoint", "price", "--version", "2", "--model-id", served)
+
+    refused = ferry("model", "delete", "--model-id", served, ok=False)
+    assert f"model {served} is served by service 'shop' ({sid}) endpoint(s) price/2" in refused.err
+    assert f"`ferry --id {sid} model remove --endpoint price/2`" in refused.err and "--force" in refused.err
+    assert {m["id"] for m in ferry("model", "list", "--json").json()} == {served, twin}
+
+    forced = ferry("model", "delete", "--model-id", served, "--force")
+    assert forced.out.strip() == f"Model {served} deleted" and "fail to load" in forced.err
+    (left,) = ferry("model", "list", "--json").json()
+    assert left["id"] == twin and Path(left["url"].removeprefix("file://")).read_bytes() == files["model"].read_bytes()
+
+    ferry("model", "delete", "--model-id", twin)  # nothing serves it, nothing else holds its bytes
+    assert not Path(left["url"].removeprefix("file://")).exists()
+    assert "no model with id" in ferry("model", "delete", "--model-id", twin, ok=False).err
+
+
+def test_two_tags_at_once_both_land(ferry: Ferry, files: dict[str, Path]):
+    mid = model_id(ferry("model", "upload", "--name", "m", "--path", str(files["model"])).out)
+    procs = [
+        subprocess.Popen(
+            [FERRY_BIN, "model", "tag", "--model-id", mid, "--tags", f"t{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    (model,) = ferry("model", "list", "--json").json()
+    assert model["tags"] == ["t0", "t1", "t2", "t3"]

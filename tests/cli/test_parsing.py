@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ferry.cli.parsing import build_tensors, parse_aux_config, parse_shapes
+from ferry.control.aux_config import validate_aux_config
 from ferry.errors import InvalidInput
 
 
@@ -62,3 +63,14 @@ def test_aux_config_file_and_errors(tmp_path):
         parse_aux_config(["missing.pbtxt"])
     with pytest.raises(InvalidInput, match="already set"):
         parse_aux_config(["a=1", "a.b=2"])
+
+
+def test_dotted_aux_keys_reach_the_engines_check_nested():
+    config, _ = parse_aux_config(["max_batch_size=8", "dynamic_batching.max_queue_delay_microseconds=500"])
+    assert validate_aux_config("onnxruntime", config) == {
+        "max_batch_size": 8,
+        "dynamic_batching": {"max_queue_delay_microseconds": 500.0},
+    }
+    config, _ = parse_aux_config(["dynamic_batching.max_queue_delay_microsecond=500"])
+    with pytest.raises(InvalidInput, match="unknown key 'dynamic_batching.max_queue_delay_microsecond'"):
+        validate_aux_config("onnxruntime", config)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
 import pytest
+from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import Store
+from ferry.db import instances, is_conflict, retry_on_conflict, services
 from ferry.errors import Conflict, NotFound
 
 
@@ -109,3 +113,174 @@ def test_events_are_kept_in_order(store: Store):
     kinds = [e["kind"] for e in store.list_events(svc.id)]
     assert kinds == ["model.tagged", "model.published"]
     assert store.list_events(svc.id)[0]["data"] == {"model_id": "m1"}
+
+
+def test_a_fresh_store_opened_by_many_at_once(store_url: str):
+    """Four processes' worth of first starts race to create the schema; all of them get a working store."""
+    start = threading.Barrier(4)
+    opened: list[Store | BaseException] = []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            opened.append(Store.open(store_url))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            opened.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(s, Store) for s in opened), opened
+    svc = opened[0].create_service("s")
+    assert [s.id for s in opened[3].list_services()] == [svc.id]
+
+
+def _age(store: Store, instance_id: str, seconds: float) -> None:
+    """Make the instance's last heartbeat ``seconds`` old, as if its process had died then."""
+    with store.engine.begin() as conn:
+        conn.execute(update(instances).where(instances.c.id == instance_id).values(heartbeat_at=time.time() - seconds))
+
+
+def _instance_ids(store: Store) -> set[str]:
+    with store.engine.connect() as conn:
+        return set(conn.execute(select(instances.c.id)).scalars())
+
+
+def test_dead_instances_are_pruned(store: Store):
+    svc = store.create_service("s")
+    crashed, paused, alive = (store.register_instance(svc.id, "host", pid) for pid in (1, 2, 3))
+    _age(store, crashed, 600)  # silent for 300 heartbeat intervals: dead
+    _age(store, paused, 30)  # silent for 15: not live, not yet dead
+    assert [i.id for i in store.list_instances(svc.id)] == [alive]
+    assert _instance_ids(store) == {paused, alive}
+    assert store.heartbeat(crashed, 1, {}) is False  # tells a process that was only paused to register again
+    assert store.heartbeat(paused, 1, {}) is True
+    _age(store, paused, 600)
+    store.register_instance(svc.id, "host", 4)
+    assert paused not in _instance_ids(store)
+
+
+def test_conflicts_are_told_apart_by_error_class_not_text(store_url: str):
+    """Real contention on each store: what a concurrent writer causes is retried, other failures are not."""
+    engine = Store.open(store_url).engine
+    seen = []
+    for provoke in _CONFLICTS[engine.dialect.name]:
+        with pytest.raises(DBAPIError) as caught:
+            provoke(engine)
+        assert is_conflict(caught.value), caught.value
+        orig = caught.value.orig
+        seen.append(getattr(orig, "sqlite_errorname", type(orig).__name__))
+    assert seen == _EXPECTED[engine.dialect.name]
+    with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    assert not is_conflict(caught.value)
+    with pytest.raises(DBAPIError) as caught, engine.begin() as conn:  # NOT NULL violated: retrying cannot help
+        conn.execute(insert(services).values(id="x", name=None, project="", tags=[], created_at=0.0))
+    assert not is_conflict(caught.value)
+
+
+def test_retry_waits_out_a_writer_holding_the_sqlite_lock(tmp_path):
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    Store.open(url)  # the schema
+    blocker = sqlite3.connect(tmp_path / "locked.db", check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    impatient = create_engine(url, connect_args={"timeout": 0.01})  # no busy handler to hide the conflict
+    threading.Timer(0.3, blocker.rollback).start()
+    attempts = []
+
+    def create() -> None:
+        attempts.append(1)
+        with impatient.begin() as conn:
+            conn.execute(insert(services).values(id="s", name="s", project="", tags=[], created_at=0.0))
+
+    retry_on_conflict(create)
+    assert len(attempts) > 1 and Store(impatient).get_service("s").name == "s"
+    blocker.close()
+
+
+def _sqlite_busy(engine) -> None:
+    path = engine.url.database
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        impatient = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.01})
+        with impatient.begin() as conn:
+            conn.execute(insert(services).values(id="busy", name="s", project="", tags=[], created_at=0.0))
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def _sqlite_stale_snapshot(engine) -> None:
+    """A read transaction that tries to write after another writer committed: SQLITE_BUSY_SNAPSHOT."""
+    path = engine.url.database
+    reader, writer = sqlite3.connect(path, isolation_level=None), sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM services").fetchall()
+        writer.execute("INSERT INTO services (id, name, project, tags, created_at) VALUES ('w', 's', '', '[]', 0)")
+        reader.execute("INSERT INTO services (id, name, project, tags, created_at) VALUES ('r', 's', '', '[]', 0)")
+    except sqlite3.OperationalError as exc:
+        raise OperationalError("stale snapshot", None, exc) from exc
+    finally:
+        reader.close()
+        writer.close()
+
+
+def _pg_unique(engine) -> None:
+    for _ in range(2):
+        with engine.begin() as conn:
+            conn.execute(insert(services).values(id="dup", name="s", project="", tags=[], created_at=0.0))
+
+
+def _pg_serialization(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(services).values(id="ser", name="s", project="", tags=[], created_at=0.0))
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as first, engine.connect() as second:
+        first.execute(select(services.c.name).where(services.c.id == "ser")).all()
+        with second.begin():
+            second.execute(update(services).where(services.c.id == "ser").values(name="second"))
+        first.execute(update(services).where(services.c.id == "ser").values(name="first"))
+
+
+def _pg_deadlock(engine) -> None:
+    with engine.begin() as conn:
+        for sid in ("d1", "d2"):
+            conn.execute(insert(services).values(id=sid, name="s", project="", tags=[], created_at=0.0))
+    first, second = engine.connect(), engine.connect()
+    errors: list[BaseException] = []
+
+    def lock_both(conn, a: str, b: str, ready: threading.Barrier) -> None:
+        try:
+            with conn.begin():
+                conn.execute(update(services).where(services.c.id == a).values(name=a))
+                ready.wait()
+                conn.execute(update(services).where(services.c.id == b).values(name=a))
+        except DBAPIError as exc:
+            errors.append(exc)
+
+    ready = threading.Barrier(2)
+    threads = [
+        threading.Thread(target=lock_both, args=(first, "d1", "d2", ready)),
+        threading.Thread(target=lock_both, args=(second, "d2", "d1", ready)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first.close()
+    second.close()
+    (error,) = errors  # PostgreSQL picks one victim
+    raise error
+
+
+_CONFLICTS = {
+    "sqlite": [_sqlite_busy, _sqlite_stale_snapshot],
+    "postgresql": [_pg_unique, _pg_serialization, _pg_deadlock],
+}
+_EXPECTED = {
+    "sqlite": ["SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT"],
+    "postgresql": ["UniqueViolation", "SerializationFailure", "DeadlockDetected"],
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,16 @@ from sklearn.linear_model import LogisticRegression
 from ferry.control.spec import ENGINE_NAMES, EndpointSpec
 from ferry.engines import ENGINES, load_engine
 from ferry.errors import EngineError
-from ferry.serving.userclass import Hook, UserCode
 
-NO_CODE = UserCode(instance=None, module=None)
+NO_CODE = None  # no user code: no process hook
 
 
 def spec(engine: str, **fields) -> EndpointSpec:
     return EndpointSpec(name="e", version="1", engine=engine, model_id="m1", **fields)
 
 
-def user_with_process(fn) -> UserCode:
-    return UserCode(instance=None, module=None, process=Hook(fn, inspect.iscoroutinefunction(fn)))
+def user_with_process(fn):
+    return fn
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ import pytest
 from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.engines import load_engine
 from ferry.engines.tensor import TensorEngine
-from ferry.errors import EngineError, UserCodeError
-from ferry.serving.userclass import UserCode
+from ferry.errors import EngineError, InputMismatch
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
-NO_CODE = UserCode(instance=None, module=None)
+NO_CODE = None  # no user code: no process hook
 SPEC_ORDER = ("input_ids", "token_type_ids", "attention_mask")
 """ClearML's huggingface example order: not the model's, so the engines must map by name."""
 
@@ -151,10 +150,62 @@ def test_onnx_dtype_the_model_rejects_fails_at_load(two_output_onnx):
         load_engine(spec("onnxruntime", [{"name": "x", "dtype": "float64"}]), two_output_onnx, None, NO_CODE)
 
 
-def test_onnx_wrong_number_of_inputs_is_a_user_code_error(bert_onnx, bert_batch):
+def test_onnx_wrong_number_of_inputs_is_an_input_mismatch(bert_onnx, bert_batch):
     engine = load_engine(spec("onnxruntime", int64_inputs(SPEC_ORDER)), bert_onnx, None, NO_CODE)
-    with pytest.raises(UserCodeError, match="must return 3 inputs"):
+    with pytest.raises(InputMismatch, match="must return 3 inputs"):
         engine.run([bert_batch["input_ids"], bert_batch["attention_mask"]], {}, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"input_ids": np.ones((3, 4, 5), dtype=np.int64)},
+         "endpoint e/1: input input_ids expects shape [-1, -1] (int64), got [3, 4, 5]"),
+        ({"attention_mask": [["a", "b"]]}, "endpoint e/1: input attention_mask cannot be made int64: invalid literal"),
+        ({"token_type_ids": [[10**30, 1]]}, "endpoint e/1: input token_type_ids cannot be made int64"),
+        ({"input_ids": [[1, 2], [3]]}, "endpoint e/1: input input_ids cannot be made int64: setting an array element"),
+        ({"token_type_ids": None}, "endpoint e/1: input token_type_ids cannot be made int64"),
+    ],
+)  # fmt: skip
+def test_onnx_inputs_are_checked_against_the_spec_before_the_model(bert_onnx, bert_batch, change, message):
+    engine = load_engine(spec("onnxruntime", int64_inputs(SPEC_ORDER)), bert_onnx, None, NO_CODE)
+    with pytest.raises(InputMismatch) as info:
+        engine.run({**bert_batch, **change}, {}, None)
+    assert str(info.value).startswith(message) and info.value.status_code == 422
+
+
+def test_onnx_missing_input_names_it_and_the_keys_received(bert_onnx, bert_batch):
+    engine = load_engine(spec("onnxruntime", int64_inputs(SPEC_ORDER)), bert_onnx, None, NO_CODE)
+    with pytest.raises(InputMismatch, match=r"input attention_mask is missing: expected inputs .*got \['input_ids'"):
+        engine.run({"input_ids": bert_batch["input_ids"], "token_type_ids": bert_batch["token_type_ids"]}, {}, None)
+
+
+def test_onnx_without_a_spec_shape_checks_the_models_own(two_output_onnx):
+    engine = load_engine(spec("onnxruntime"), two_output_onnx, None, NO_CODE)
+    assert engine.inputs[0].shape == (-1, 3)
+    with pytest.raises(InputMismatch, match=r"input x expects shape \[-1, 3\] \(float32\), got \[1, 2\]"):
+        engine.run([[1.0, 2.0]], {}, None)
+    y1, _ = engine.run([1.0, 2.0, 3.0], {}, None)  # one row: it gets the batch axis
+    assert y1.tolist() == [[2.0, 3.0, 4.0]]
+
+
+@pytest.mark.parametrize(
+    ("ids", "reason"),
+    [
+        (np.ones((1, 100), dtype=np.int64), "Add node: Attempting to broadcast"),  # over 64 positions: FAIL
+        (
+            np.array([[2, 500, 3]]),
+            "Gather node: indices element out of data bounds",
+        ),  # past the vocab: INVALID_ARGUMENT
+    ],
+)
+def test_onnx_inputs_the_model_refuses_are_input_mismatches(bert_onnx, ids, reason):
+    engine = load_engine(spec("onnxruntime"), bert_onnx, None, NO_CODE)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    with pytest.raises(InputMismatch) as info:
+        engine.run(feeds, {}, None)
+    assert str(info.value).startswith(f"endpoint e/1: the onnxruntime model rejected its input: {reason}")
+    assert info.value.details["stage"] == "model"
 
 
 # torchscript
@@ -211,8 +262,31 @@ def test_torchscript_corrupt_file_names_endpoint_and_file(tmp_path):
     assert "e/1" in str(info.value) and str(path) in str(info.value)
 
 
-def test_torchscript_wrong_number_of_inputs_is_a_user_code_error(bert_torchscript):
+def test_torchscript_wrong_number_of_inputs_is_an_input_mismatch(bert_torchscript):
     engine = load_engine(spec("torchscript"), bert_torchscript, None, NO_CODE)
     assert engine.input_names == ("input_ids", "attention_mask", "token_type_ids")
-    with pytest.raises(UserCodeError, match="must return 3 inputs"):
+    with pytest.raises(InputMismatch, match="must return 3 inputs"):
         engine.run([[1, 2, 3]] * 2, {}, None)
+
+
+def test_torchscript_shape_errors_are_input_mismatches_without_the_traceback(bert_torchscript):
+    engine = load_engine(spec("torchscript"), bert_torchscript, None, NO_CODE)
+    ids = np.ones((1, 100), dtype=np.int64)  # over the model's 64 positions
+    with pytest.raises(InputMismatch) as info:
+        engine.run([ids, np.ones_like(ids), np.zeros_like(ids)], {}, None)
+    message = str(info.value)
+    assert message.startswith("endpoint e/1: the torchscript model rejected its input: The size of tensor a (100)")
+    assert "Traceback" not in message and "/" not in message.removeprefix("endpoint e/1")
+
+
+def test_torchscript_untyped_input_takes_only_numbers(dict_module):
+    engine = load_engine(spec("torchscript"), None, dict_module, NO_CODE)
+    with pytest.raises(InputMismatch, match=r"endpoint e/1: input x expects numbers, got <U1 values"):
+        engine.run({"x": ["a"], "y": [1.0]}, {}, None)
+
+
+def test_torchscript_declared_shape_is_checked(dict_module):
+    engine = load_engine(spec("torchscript", [{"name": "x", "shape": (-1, 2)}, "y"]), None, dict_module, NO_CODE)
+    assert engine.run({"x": [1.0, 2.0], "y": [[3.0, 4.0]]}, {}, None)[0].tolist() == [[4.0, 6.0]]
+    with pytest.raises(InputMismatch, match=r"input x expects shape \[-1, 2\], got \[1, 3\]"):
+        engine.run({"x": [[1.0, 2.0, 3.0]], "y": [[3.0, 4.0]]}, {}, None)

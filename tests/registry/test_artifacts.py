@@ -222,6 +222,58 @@ def test_archive_escaping_its_folder_is_rejected(store: ArtifactStore, tmp_path:
     assert not (store.cache_dir / ref.sha256 / "evil").exists()
 
 
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    data = b"evil" if kind == tarfile.REGTYPE else b""
+    info.size = len(data)
+    return info, data
+
+
+UNSAFE_ARCHIVES = {
+    "dot-dot": ([_entry("../escaped.txt")], "'../escaped.txt' points outside the folder"),
+    "deep dot-dot": ([_entry("a/b/../../../escaped.txt")], "points outside the folder"),
+    "absolute": ([_entry("/tmp/escaped.txt")], "'/tmp/escaped.txt' is an absolute path"),
+    "symlink out": ([_entry("link", tarfile.SYMTYPE, "../../etc")], "'link' -> '../../etc' points outside"),
+    "absolute symlink": ([_entry("link", tarfile.SYMTYPE, "/etc")], "'link' -> '/etc' is an absolute path"),
+    "hardlink out": ([_entry("hard", tarfile.LNKTYPE, "../escaped.txt")], "'hard' -> '../escaped.txt' points"),
+    "write through a link": (
+        [_entry("inner", tarfile.SYMTYPE, "."), _entry("inner/escaped.txt")],
+        "'inner/escaped.txt' lies under the link 'inner'",
+    ),
+    "device": ([_entry("dev", tarfile.CHRTYPE)], "'dev' is a special file"),
+}
+
+
+@pytest.mark.parametrize("case", UNSAFE_ARCHIVES, ids=list(UNSAFE_ARCHIVES))
+def test_archive_entry_leaving_its_folder_is_refused(store: ArtifactStore, tmp_path: Path, case: str) -> None:
+    entries, message = UNSAFE_ARCHIVES[case]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data))
+    archive = _write(tmp_path / "packed" / "evil.tar.gz", buffer.getvalue())
+    ref = store.register(str(archive)).model_copy(update={"is_dir": True, "filename": "evil"})
+
+    with pytest.raises(EngineError, match="unsafe entry, so it was not unpacked") as refused:
+        store.fetch(ref)
+
+    assert message in str(refused.value) and "re-upload the folder" in str(refused.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["cache", "packed", "evil.tar.gz", ref.sha256])
+
+
+def test_links_inside_the_folder_still_unpack(store: ArtifactStore, tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path)
+    (folder / "weights" / "latest.bin").symlink_to("nested/part-1.bin")
+    ref = store.put(folder)
+
+    fetched = store.fetch(ref)
+
+    assert (fetched / "weights" / "latest.bin").read_bytes() == (
+        folder / "weights" / "nested" / "part-1.bin"
+    ).read_bytes()
+
+
 def test_small_transfers_stay_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     noisy = ArtifactStore(str(tmp_path / "remote"), tmp_path / "cache", progress=True)
     noisy.fetch(noisy.put(_write(tmp_path / "model.pkl", b"weights")))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ferry.control.spec import TensorSpec
-from ferry.errors import NotReady, UserCodeError
+from ferry.errors import InvalidInput, UserCodeError
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -132,12 +132,10 @@ def test_preprocess_that_cannot_be_batched_names_the_fix(service):
     assert isinstance(answer, UserCodeError) and "must return rows" in str(answer)
 
 
-def test_engine_that_cannot_batch_fails_to_load_with_the_fix(service):
-    service.add("c", code=service.code("class Preprocess:\n    def process(self, d, s, c=None):\n        return d\n"),
-                aux_config={"max_batch_size": 8})  # fmt: skip
-    service.apply()
-    (answer,) = run_many(service, "c", [1])
-    assert isinstance(answer, NotReady) and "cannot batch requests: remove max_batch_size" in str(answer)
+def test_engine_that_cannot_batch_is_refused_at_add_with_the_fix(service):
+    code = service.code("class Preprocess:\n    def process(self, d, s, c=None):\n        return d\n")
+    with pytest.raises(InvalidInput, match="the custom engine does not batch"):
+        service.add("c", code=code, aux_config={"max_batch_size": 8})
 
 
 def test_preferred_sizes_and_triton_style_keys(service, ragged):

@@ -343,3 +343,47 @@ def test_a_failed_load_is_retried_without_a_new_revision(service, monkeypatch):
             await task
 
     assert asyncio.run(scenario())["y"] == [1]
+
+
+def test_requests_past_the_drain_timeout_get_503_with_retry_after(service, caplog):
+    """A replaced version waits for its requests up to the drain timeout; the stragglers get 503, never 500."""
+    slow = service.code(
+        """
+        import time
+        class Preprocess:
+            def process(self, data, state, collect=None):
+                time.sleep(data)
+                return {"slept": data}
+        """
+    )
+    service.add("d", code=slow)
+    service.apply()
+    service.reconciler.drain_timeout = 0.3
+
+    async def go():
+        service.plane.loop = asyncio.get_running_loop()
+        quick = asyncio.ensure_future(service.plane.infer("d", None, 0.1))
+        stuck = asyncio.ensure_future(service.plane.infer("d", None, 1.5))
+        await asyncio.sleep(0.05)
+        service.add("d", code=echo_code(service, "new"))
+        await asyncio.to_thread(service.apply)  # swaps, then retires the old version: drains 0.3 s, unloads
+        after = await service.plane.infer("d", None, 0)
+        return await asyncio.gather(quick, stuck, return_exceptions=True), after
+
+    (quick, stuck), after = asyncio.run(go())
+    assert quick == {"slept": 0.1}  # finished within the drain on the version it resolved
+    assert isinstance(stuck, NotReady) and stuck.retry_after == 1.0 and "unloaded" in str(stuck)
+    assert after["tag"] == "new"
+    assert "still running after the 0.3 s drain" in caplog.text
+
+
+def test_a_request_that_resolved_a_retiring_version_runs_on_its_successor(service):
+    service.add("r", code=echo_code(service, "old"))
+    service.apply()
+    old = service.plane.table.resolve("r")
+    service.add("r", code=echo_code(service, "new"))
+    service.apply()
+    assert old.closed and old.inflight == 0
+    with pytest.raises(Exception, match="r"):
+        asyncio.run(old.run(1, None, service.plane.pool))  # a closed version takes nothing
+    assert infer(service, "r", 1)["tag"] == "new"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ferry.control.spec import EndpointSpec
+from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.errors import UserCodeError
+from ferry.registry.artifacts import ArtifactRef
 from ferry.serving.userclass import Hook, UserCode, load_user_code
 
 SPEC = EndpointSpec(name="e", version="1", engine="custom")
@@ -24,8 +25,20 @@ def write(folder: Path, code: str, name: str = "preprocess.py") -> Path:
     return path
 
 
-def load(source: Path | None, send_request=None) -> UserCode:
-    return load_user_code(source, SPEC, send_request)
+LOADED: list[UserCode] = []
+
+
+@pytest.fixture(autouse=True)
+def close_loaded():
+    yield
+    while LOADED:
+        LOADED.pop().close()
+
+
+def load(source: Path | None, send_request=None, spec: EndpointSpec = SPEC) -> UserCode:
+    user = load_user_code(source, spec, send_request)
+    LOADED.append(user)
+    return user
 
 
 def test_no_source_means_no_code():
@@ -71,8 +84,8 @@ def test_model_endpoint_is_set_before_load(tmp_path):
     """
     user = load(write(tmp_path, code))
     assert user.instance.seen == "unset"
-    assert user.instance.model_endpoint is SPEC
-    assert user.load.fn("model.bin") == (SPEC, "model.bin")
+    endpoint, local_file_name = user.load.fn("model.bin")
+    assert (endpoint.spec, endpoint.key, endpoint.serving_url, local_file_name) == (SPEC, "e/1", "e/1", "model.bin")
 
 
 def test_placeholder_send_request_is_replaced(tmp_path):
@@ -208,3 +221,106 @@ def test_numpy_float_gets_a_hint(tmp_path):
     with pytest.raises(UserCodeError, match="AttributeError") as info:
         load(write(tmp_path, code))
     assert "np.float was removed in numpy 1.24: use float or np.float64" in str(info.value)
+
+
+CLEARML_FIELDS = (
+    "engine_type",
+    "serving_url",
+    "model_id",
+    "version",
+    "preprocess_artifact",
+    "input_size",
+    "input_type",
+    "input_name",
+    "output_size",
+    "output_type",
+    "output_name",
+    "auxiliary_cfg",
+)
+
+
+ENDPOINT_CODE = f"""
+class Preprocess:
+    def load(self, local_file_name):
+        return {{name: getattr(self.model_endpoint, name) for name in {CLEARML_FIELDS!r}}}
+"""
+
+
+def endpoint_fields(tmp_path: Path, spec: EndpointSpec) -> dict:
+    return load(write(tmp_path, ENDPOINT_CODE), spec=spec).load.fn("model.bin")
+
+
+def test_model_endpoint_answers_clearml_field_names(tmp_path):
+    spec = EndpointSpec(
+        name="digits",
+        version="2",
+        engine="onnxruntime",
+        model_id="m-123",
+        preprocess=ArtifactRef(url="file:///store/pre.py", sha256="0" * 64, size=10, filename="preprocess.py"),
+        inputs=(
+            TensorSpec(name="pixels", dtype="fp32", shape=(-1, 28, 28)),
+            TensorSpec(name="mask", dtype="uint8", shape=(-1, 28, 28)),
+        ),
+        outputs=(TensorSpec(name="logits", dtype="float32", shape=(-1, 10)),),
+        aux_config={"max_batch_size": 8},
+    )
+    assert endpoint_fields(tmp_path, spec) == {
+        "engine_type": "onnxruntime",
+        "serving_url": "digits/2",
+        "model_id": "m-123",
+        "version": "2",
+        "preprocess_artifact": "file:///store/pre.py",
+        # ClearML's ModelEndpoint converts these to lists even for a single tensor.
+        "input_size": [[-1, 28, 28], [-1, 28, 28]],
+        "input_type": ["float32", "uint8"],
+        "input_name": ["pixels", "mask"],
+        "output_size": [[-1, 10]],
+        "output_type": ["float32"],
+        "output_name": ["logits"],
+        "auxiliary_cfg": {"max_batch_size": 8},
+    }
+
+
+def test_model_endpoint_without_version_tensors_or_aux(tmp_path):
+    fields = endpoint_fields(tmp_path, EndpointSpec(name="plain", engine="custom"))
+    assert fields["serving_url"] == "plain" and fields["version"] == ""
+    assert {name: value for name, value in fields.items() if value is not None} == {
+        "engine_type": "custom",
+        "serving_url": "plain",
+        "version": "",
+    }
+
+
+def test_model_endpoint_auxiliary_cfg_is_the_text_given(tmp_path):
+    text = "parameters { key: 'x' }"
+    spec = EndpointSpec(name="t", engine="custom", aux_config={"parameters": {"key": "x"}}, aux_config_text=text)
+    assert endpoint_fields(tmp_path, spec)["auxiliary_cfg"] == text
+
+
+def test_model_endpoint_is_read_only_and_keeps_ferry_names(tmp_path):
+    code = """
+    import copy, pickle
+
+    class Preprocess:
+        def process(self, data, state, collect):
+            ep = self.model_endpoint
+            try:
+                ep.version = "9"
+            except AttributeError as exc:
+                refused = str(exc)
+            copied = pickle.loads(pickle.dumps(copy.deepcopy(self))).model_endpoint
+            return ep.name, ep.engine, ep.key, ep.aux_config, copied.serving_url, refused, ep.as_dict(True)
+    """
+    spec = EndpointSpec(name="e", version="3", engine="custom", aux_config={"a": 1})
+    name, engine, key, aux, copied_url, refused, as_dict = load(write(tmp_path, code), spec=spec).process.fn(
+        None, {}, None
+    )
+    assert (name, engine, key, aux, copied_url) == ("e", "custom", "e/3", {"a": 1}, "e/3")
+    assert "model_endpoint is read-only" in refused and "'version'" in refused
+    assert as_dict == {"engine_type": "custom", "serving_url": "e/3", "version": "3", "auxiliary_cfg": {"a": 1}}
+
+
+def test_model_endpoint_unknown_field_lists_the_known_ones(tmp_path):
+    user = load(write(tmp_path, "class Preprocess:\n    pass\n"))
+    with pytest.raises(AttributeError, match="model_endpoint has no field 'input_shape'.*input_size"):
+        user.instance.model_endpoint.input_shape  # noqa: B018

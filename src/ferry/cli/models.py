@@ -1,4 +1,4 @@
-"""Model commands: upload, list, publish, tag (the registry) and add, remove, endpoints (a service)."""
+"""Model commands: upload, list, publish, tag, delete (the registry) and add, remove, endpoints (a service)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
 from ferry.cli.parsing import build_tensors, parse_aux_config
 from ferry.control.spec import ENGINE_NAMES, ModelQuery
+from ferry.errors import Conflict
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,6 +25,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--model-id", required=True, help="the model to tag")
     p.add_argument("--tags", nargs="+", required=True, help="tags to add")
     p.set_defaults(func=tag)
+    p = msub.add_parser("delete", parents=[common], help="delete a model from the registry (and its unshared bytes)")
+    p.add_argument("--model-id", required=True, help="the model to delete")
+    p.add_argument("--force", action="store_true", help="delete it even while an endpoint serves it")
+    p.set_defaults(func=delete)
     _add(msub, common)
     p = msub.add_parser("remove", parents=[common], help="remove an endpoint, canary or auto-update rule")
     p.add_argument("--endpoint", required=True, metavar="NAME[/VERSION]", help="what to remove")
@@ -134,6 +139,28 @@ def publish(ctx: Context, args: argparse.Namespace) -> None:
 def tag(ctx: Context, args: argparse.Namespace) -> None:
     record = ctx.registry.tag(args.model_id, args.tags)
     print(f"Model {record.id} tags: {' '.join(record.tags)}")
+
+
+def delete(ctx: Context, args: argparse.Namespace) -> None:
+    record = ctx.registry.get(args.model_id)
+    serving = ctx.store.endpoints_serving(record.id)
+    if serving and not args.force:
+        service_id, keys = next(iter(serving.items()))
+        raise Conflict(
+            f"model {record.id} is served by {_in_words(ctx, serving)}: remove those endpoints first "
+            f"(`ferry --id {service_id} model remove --endpoint {keys[0]}`), or pass --force to delete it anyway"
+        )
+    if serving:
+        warn(f"model {record.id} was served by {_in_words(ctx, serving)}: those endpoints fail to load from now on")
+    ctx.registry.remove(record.id)
+    print(f"Model {record.id} deleted")
+
+
+def _in_words(ctx: Context, serving: dict[str, list[str]]) -> str:
+    return "; ".join(
+        f"service {ctx.store.get_service(sid).name!r} ({sid}) endpoint(s) {', '.join(keys)}"
+        for sid, keys in serving.items()
+    )
 
 
 def add(ctx: Context, args: argparse.Namespace) -> None:

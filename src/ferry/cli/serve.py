@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+from pathlib import Path
 
 from ferry.cli.context import Context
-from ferry.cli.output import err_console
+from ferry.cli.output import err_console, warn
+from ferry.rest.auth import load_tokens
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -20,6 +23,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="serving processes sharing the port (default $FERRY_WORKERS, $CLEARML_SERVING_NUM_PROCESS or 1)",
     )
     p.add_argument("--poll-interval", type=float, default=None, help="seconds between checks for a new revision")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="require 'Authorization: Bearer <token>' on every route but /health/*; FILE holds one token a line "
+        "(# comments allowed). Default $FERRY_SERVE_TOKENS_FILE; $FERRY_SERVE_TOKENS adds comma-separated tokens",
+    )
     p.set_defaults(func=serve)
 
 
@@ -27,14 +37,15 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = ctx.settings
-    service = ctx.service
+    service_id, service_name = _service(ctx)
     workers = args.workers or _env_workers() or settings.workers
-    os.environ["FERRY_SERVICE"] = service.id  # worker processes build the app from the environment
+    os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
     if args.poll_interval is not None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
     host, port = args.host or settings.host, args.port or settings.port
+    locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     err_console.print(
-        f"serving service {service.id} ({service.name}) on http://{host}:{port} with {workers} worker(s)",
+        f"serving service {service_id} ({service_name}) on http://{host}:{port} with {workers} worker(s){locked}",
         highlight=False,
     )
     uvicorn.run(
@@ -52,6 +63,49 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         date_header=False,
         timeout_graceful_shutdown=30,
     )
+
+
+def _lock(inline: str, token_file: str, host: str) -> str:
+    """Check the tokens before any worker starts and hand their file to the workers; never print a token."""
+    if token_file:
+        token_file = str(Path(token_file).expanduser().resolve())  # workers may run in another directory
+        os.environ["FERRY_SERVE_TOKENS_FILE"] = token_file
+    tokens = load_tokens(inline, token_file)
+    if tokens:
+        return f", requests need one of {len(tokens)} bearer token(s)"
+    if not is_loopback(host):
+        warn(
+            f"serving on {host} without tokens: anyone who can reach this address can call every endpoint; "
+            "lock it with --token-file FILE (or FERRY_SERVE_TOKENS)"
+        )
+    return ""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name or an empty host may well face the network
+
+
+def _service(ctx: Context) -> tuple[str, str]:
+    """The service's id and name; with the store down, the id as given (the server waits for the store)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        service = ctx.service
+    except DBAPIError as exc:
+        wanted = ctx.service_id or ctx.settings.service
+        if not wanted:
+            raise
+        reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+        err_console.print(f"warning: the store is unreachable ({reason}); serving starts once it answers")
+        return wanted, "store unreachable"
+    return service.id, service.name
 
 
 def _env_workers() -> int | None:

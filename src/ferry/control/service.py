@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ferry.control.aux_config import validate_aux_config
 from ferry.control.spec import (
     MODEL_FREE_ENGINES,
     EndpointSpec,
@@ -54,6 +55,7 @@ class ServiceControl:
     ) -> Outcome:
         """Add (or replace) the endpoint ``endpoint[/version]`` serving one model."""
         self.store.get_service(service_id)
+        aux = validate_aux_config(engine, aux_config or {}, aux_config_text)
         model_id = self._pick_model(engine, model_id, query)
         spec = validated(
             EndpointSpec,
@@ -64,7 +66,7 @@ class ServiceControl:
             preprocess=self._upload_preprocess(preprocess),
             inputs=inputs,
             outputs=outputs,
-            aux_config=aux_config or {},
+            aux_config=aux,
             aux_config_text=aux_config_text,
         )
         warnings: list[str] = []

@@ -18,6 +18,12 @@ from ferry.errors import Conflict, InvalidInput, NotFound
 Change = Callable[[ServiceConfig], tuple[ServiceConfig, str]]
 """Takes the head config, returns the new config and a one-line summary of what changed."""
 
+LIVE_INTERVALS = 5
+"""An instance heard from within this many of its heartbeat intervals is live."""
+DEAD_INTERVALS = 30
+"""One silent for this many (and at least ``DEAD_AFTER_MIN_S``) is dead, and deleted from the store."""
+DEAD_AFTER_MIN_S = 10.0
+
 
 @dataclass(frozen=True)
 class ServiceRecord:
@@ -50,8 +56,18 @@ class InstanceRecord:
 
     def is_live(self, now: float | None = None) -> bool:
         """Heard from within five of its own heartbeat intervals."""
-        window = max(1.0, 5 * float(self.state.get("heartbeat_interval", 2.0)))
-        return (now or time.time()) - self.heartbeat_at <= window
+        return self._silent_for(now) <= max(1.0, LIVE_INTERVALS * self._interval)
+
+    def is_dead(self, now: float | None = None) -> bool:
+        """Silent for so long (``DEAD_INTERVALS`` of its heartbeat intervals) that the store forgets it."""
+        return self._silent_for(now) > max(DEAD_AFTER_MIN_S, DEAD_INTERVALS * self._interval)
+
+    @property
+    def _interval(self) -> float:
+        return float(self.state.get("heartbeat_interval", 2.0))
+
+    def _silent_for(self, now: float | None) -> float:
+        return (now or time.time()) - self.heartbeat_at
 
 
 class Store:
@@ -151,6 +167,28 @@ class Store:
             ).mappings()
             return [_revision(row) for row in rows]
 
+    def endpoints_serving(self, model_id: str) -> dict[str, list[str]]:
+        """The endpoints, per service id, that the head revision of each service serves ``model_id`` at."""
+        head = (
+            select(revisions.c.service_id, func.max(revisions.c.number).label("number"))
+            .group_by(revisions.c.service_id)
+            .subquery()
+        )
+        query = (
+            select(revisions.c.service_id, revisions.c.config)
+            .join(head, (revisions.c.service_id == head.c.service_id) & (revisions.c.number == head.c.number))
+            .where(revisions.c.config.contains(model_id, autoescape=True))
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        serving = {}
+        for service_id, text in rows:
+            endpoints = ServiceConfig.model_validate_json(text).endpoints
+            keys = sorted(key for key, spec in endpoints.items() if spec.model_id == model_id)
+            if keys:
+                serving[service_id] = keys
+        return serving
+
     def commit(self, service_id: str, change: Change) -> Revision:
         """Apply ``change`` to the head config and store the result as the next revision.
 
@@ -188,6 +226,8 @@ class Store:
     # instances ------------------------------------------------------------------------------------
 
     def register_instance(self, service_id: str, host: str, pid: int) -> str:
+        """Add a running instance of the service, forgetting the service's dead ones."""
+        self.list_instances(service_id)
         instance_id = uuid.uuid4().hex
         now = time.time()
         with self.engine.begin() as conn:
@@ -205,27 +245,45 @@ class Store:
             )
         return instance_id
 
-    def heartbeat(self, instance_id: str, revision: int | None, state: dict[str, Any]) -> None:
+    def heartbeat(self, instance_id: str, revision: int | None, state: dict[str, Any]) -> bool:
+        """Record a heartbeat; False when the instance is unknown (pruned as dead): it should register again."""
         with self.engine.begin() as conn:
-            conn.execute(
+            result = conn.execute(
                 update(instances)
                 .where(instances.c.id == instance_id)
                 .values(heartbeat_at=time.time(), revision=revision, state=state)
             )
+        return result.rowcount > 0
 
     def remove_instance(self, instance_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(instances.delete().where(instances.c.id == instance_id))
 
     def list_instances(self, service_id: str, alive_within: float | None = None) -> list[InstanceRecord]:
-        """Instances of the service: live ones only (see ``is_live``) unless ``alive_within`` is given."""
+        """Instances of the service: live ones only (see ``is_live``) unless ``alive_within`` is given.
+
+        Dead ones (see ``is_dead``) are deleted on the way: a crashed instance never deregisters itself.
+        """
         query = select(instances).where(instances.c.service_id == service_id)
-        if alive_within is not None:
-            query = query.where(instances.c.heartbeat_at >= time.time() - alive_within)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(instances.c.started_at)).mappings().all()
+        now = time.time()
         found = [InstanceRecord(**row) for row in rows]
-        return found if alive_within is not None else [i for i in found if i.is_live()]
+        self._prune([i for i in found if i.is_dead(now)])
+        if alive_within is None:
+            return [i for i in found if i.is_live(now)]
+        return [i for i in found if not i.is_dead(now) and now - i.heartbeat_at <= alive_within]
+
+    def _prune(self, dead: list[InstanceRecord]) -> None:
+        if not dead:
+            return
+        with self.engine.begin() as conn:
+            for instance in dead:  # unless it spoke up since we read it
+                conn.execute(
+                    instances.delete().where(
+                        instances.c.id == instance.id, instances.c.heartbeat_at <= instance.heartbeat_at
+                    )
+                )
 
     # events ---------------------------------------------------------------------------------------
 

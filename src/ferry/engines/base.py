@@ -6,15 +6,15 @@ import importlib
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import EngineError, FerryError
 
-if TYPE_CHECKING:
-    from ferry.serving.userclass import UserCode
-
 StatsFn = Callable[[dict], None] | None
+
+Process = Callable[..., Any] | None
+"""The user's ``Preprocess.process`` (sync or ``async def``), or None: the model call of custom engines."""
 
 
 class Engine(Protocol):
@@ -50,15 +50,16 @@ REQUIREMENTS = {
 """Engine name -> (the library it needs, how to install it)."""
 
 
-def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> Engine:
+def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> Engine:
     """Build the engine ``spec.engine`` for one endpoint version.
 
     ``loaded`` is what the user's ``load(model_path)`` returned; classic engines use it as the model
-    when it is not None, else they load ``model_path`` themselves. Raises EngineError on any failure.
+    when it is not None, else they load ``model_path`` themselves. ``process`` is the user's
+    ``Preprocess.process`` (custom engines call it). Raises EngineError on any failure.
     """
     engine_cls = engine_class(spec.engine)
     try:
-        return engine_cls(spec, model_path, loaded, user)
+        return engine_cls(spec, model_path, loaded, process)
     except FerryError:
         raise
     except Exception as exc:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import StatsFn
+from ferry.engines.base import Process, StatsFn
 from ferry.errors import EngineError
-
-if TYPE_CHECKING:
-    from ferry.serving.userclass import UserCode
 
 
 class CustomEngine:
@@ -19,15 +17,15 @@ class CustomEngine:
 
     is_async = False
 
-    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
-        if user.process.fn is None:
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
+        if process is None:
             raise EngineError(
                 f"endpoint {spec.key}: {spec.engine} engine needs Preprocess.process "
                 "(def process(self, data, state, collect_custom_statistics_fn) in the preprocess file)",
                 endpoint=spec.key,
             )
-        self._process = user.process.fn
-        self.is_async = user.process.is_async
+        self._process = process
+        self.is_async = inspect.iscoroutinefunction(process)
 
     def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
         return self._process(data, state, collect)
@@ -39,8 +37,8 @@ class CustomEngine:
 class CustomAsyncEngine(CustomEngine):
     """Always async: a plain ``process`` runs in a worker thread so the event loop stays free."""
 
-    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
-        super().__init__(spec, model_path, loaded, user)
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
+        super().__init__(spec, model_path, loaded, process)
         self._sync = not self.is_async
         self.is_async = True
 

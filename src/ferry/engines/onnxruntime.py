@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from ferry.control.spec import EndpointSpec, TensorSpec
-from ferry.engines.base import read_model
-from ferry.engines.tensor import Feeds, TensorRunner, input_specs, to_feeds
+from ferry.engines.base import Process, read_model
+from ferry.engines.tensor import ARGUMENT_WORDS, Feeds, TensorRunner, input_specs, rejected_input, to_feeds
 from ferry.errors import EngineError
-
-if TYPE_CHECKING:
-    from ferry.serving.userclass import UserCode
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -40,7 +39,7 @@ class OnnxRuntimeEngine(TensorRunner):
 
     is_async = False
 
-    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
         self.endpoint_key = spec.key
         if loaded is not None:
             self.session = loaded
@@ -50,7 +49,10 @@ class OnnxRuntimeEngine(TensorRunner):
                 spec, model_path, lambda path: ort.InferenceSession(str(path), options, providers=providers)
             )
         model_inputs = {i.name: i for i in self.session.get_inputs()}
-        self.inputs = tuple(_with_model_dtype(t, model_inputs, spec) for t in input_specs(spec, list(model_inputs)))
+        self.inputs = tuple(
+            _with_model_shape(_with_model_dtype(t, model_inputs, spec), model_inputs)
+            for t in input_specs(spec, list(model_inputs))
+        )
         self.input_names = tuple(t.name for t in self.inputs)
         missing = [n for n in model_inputs if n not in self.input_names]
         if missing:
@@ -65,11 +67,31 @@ class OnnxRuntimeEngine(TensorRunner):
         return to_feeds(data, self.inputs, self.endpoint_key)
 
     def run_tensors(self, feeds: Feeds) -> list[np.ndarray]:
-        """One session run; the spec's outputs in order."""
-        return [np.asarray(out) for out in self.session.run(self.output_names, feeds)]
+        """One session run; the spec's outputs in order. Arguments the model refuses are the request's fault (422)."""
+        try:
+            return [np.asarray(out) for out in self.session.run(self.output_names, feeds)]
+        except (InvalidArgument, Fail) as exc:
+            reason = ort_reason(exc)
+            if isinstance(exc, InvalidArgument) or ARGUMENT_WORDS.search(reason):
+                raise rejected_input(self.endpoint_key, "onnxruntime", reason) from exc
+            raise
 
     def close(self) -> None:
         self.session = None
+
+
+def ort_reason(exc: Exception) -> str:
+    """ONNX Runtime's message without its status prefix and the C++ source location and condition."""
+    text = ORT_PREFIX.sub("", str(exc).strip())
+    node, _, status = text.partition(" Status Message: ")
+    status = ORT_SOURCE.sub("", status)
+    match = ORT_NODE.search(node)
+    return f"{match.group(1)} node: {status}" if match and status else text
+
+
+ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+ORT_NODE = re.compile(r"while running (\w+) node")
+ORT_SOURCE = re.compile(r"^\S+:\d+ .*? was false\. ")
 
 
 def session_options(spec: EndpointSpec) -> ort.SessionOptions:
@@ -131,3 +153,12 @@ def _with_model_dtype(tensor: TensorSpec, model_inputs: dict[str, Any], spec: En
             endpoint=spec.key,
         )
     return tensor
+
+
+def _with_model_shape(tensor: TensorSpec, model_inputs: dict[str, Any]) -> TensorSpec:
+    """The input spec with the model's own shape where the spec gives none (symbolic axes become -1)."""
+    shape = model_inputs[tensor.name].shape
+    if tensor.shape is not None or not isinstance(shape, (list, tuple)) or not shape:
+        return tensor
+    axes = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
+    return tensor.model_copy(update={"shape": axes})

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import StatsFn, read_model, unpickle
+from ferry.engines.base import Process, StatsFn, read_model, unpickle
 from ferry.engines.tensor import RowBatching
 from ferry.errors import EngineError
-
-if TYPE_CHECKING:
-    from ferry.serving.userclass import UserCode
 
 
 class SklearnEngine(RowBatching):
     is_async = False
 
-    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
         self.endpoint_key = spec.key
         self.model = loaded if loaded is not None else read_model(spec, model_path, unpickle)
         method = spec.aux_config.get("method") or "predict"

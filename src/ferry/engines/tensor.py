@@ -7,13 +7,14 @@ each request's data is prepared alone, many requests' feeds are stacked along ax
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ferry.control.spec import EndpointSpec, TensorSpec
-from ferry.errors import UserCodeError
+from ferry.errors import InputMismatch, UserCodeError
 
 Feeds = dict[str, np.ndarray]
 """Model inputs by name, each with the batch on axis 0."""
@@ -44,13 +45,18 @@ def input_specs(spec: EndpointSpec, default_names: Sequence[str]) -> tuple[Tenso
 
 
 def to_feeds(data: Any, inputs: Sequence[TensorSpec], endpoint: str) -> Feeds:
-    """Preprocess output (a dict by name, a list/tuple in spec order, or one array) as typed arrays."""
+    """Preprocess output (a dict by name, a list/tuple in spec order, or one array) as typed arrays.
+
+    Each array is checked against its spec here, before the engine runs: a missing input, a wrong rank,
+    a fixed axis of another size or values that cannot become the dtype raise InputMismatch (422).
+    """
     names = [t.name for t in inputs]
     if isinstance(data, Mapping):
         missing = [n for n in names if n not in data]
         if missing:
-            raise UserCodeError(
-                f"endpoint {endpoint}: preprocess returned no {missing} (expected inputs {names})", stage="preprocess"
+            raise InputMismatch(
+                f"endpoint {endpoint}: input {missing[0]} is missing: expected inputs {names}, got {_keys(data)}",
+                endpoint=endpoint,
             )
         values = [data[n] for n in names]
     elif len(inputs) == 1:
@@ -58,11 +64,17 @@ def to_feeds(data: Any, inputs: Sequence[TensorSpec], endpoint: str) -> Feeds:
     elif isinstance(data, (list, tuple)) and len(data) == len(inputs):
         values = list(data)
     else:
-        raise UserCodeError(
-            f"endpoint {endpoint}: preprocess must return {len(inputs)} inputs {names} "
-            "(a dict by name, or a list in that order)"
+        raise InputMismatch(
+            f"endpoint {endpoint}: preprocess (or the request body) must return {len(inputs)} inputs {names} "
+            "(a dict by name, or a list in that order)",
+            endpoint=endpoint,
         )
     return {t.name: _array(v, t, endpoint) for t, v in zip(inputs, values, strict=True)}
+
+
+def _keys(data: Mapping) -> str:
+    keys = [str(k)[:40] for k in list(data)[:8]]
+    return f"{keys}" + (" ..." if len(data) > 8 else "")
 
 
 def _array(value: Any, spec: TensorSpec, endpoint: str) -> np.ndarray:
@@ -70,11 +82,54 @@ def _array(value: Any, spec: TensorSpec, endpoint: str) -> np.ndarray:
         value = value.detach().cpu().numpy()
     try:
         array = np.asarray(value, dtype=_numpy_dtype(spec.dtype))
-    except (TypeError, ValueError) as exc:
-        raise UserCodeError(f"endpoint {endpoint}: input {spec.name} cannot be made {spec.dtype}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputMismatch(
+            f"endpoint {endpoint}: input {spec.name} cannot be made {spec.dtype or 'an array'}: {_first_line(exc)}",
+            endpoint=endpoint,
+        ) from None
+    if spec.dtype is None and array.dtype.kind not in NUMERIC_KINDS:
+        raise _mismatch(spec, endpoint, f"{array.dtype} values", "numbers")
     if spec.shape is not None and array.ndim == len(spec.shape) - 1:
         array = array[np.newaxis]  # one unbatched example: give it the batch axis
+    if spec.shape is not None and not _fits(array.shape, spec.shape):
+        raise _mismatch(spec, endpoint, f"{list(array.shape)}", f"shape {list(spec.shape)}")
     return array
+
+
+NUMERIC_KINDS = "biufc"
+"""numpy dtype kinds a model without a declared dtype can take: bool, ints, floats, complex."""
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Same rank and every fixed axis the same size; axis 0 is the batch axis and takes any size."""
+    if len(shape) != len(expected):
+        return False
+    return all(want == -1 or got == want for got, want in zip(shape[1:], expected[1:], strict=True))
+
+
+def _mismatch(spec: TensorSpec, endpoint: str, got: str, expected: str) -> InputMismatch:
+    dtype = f" ({spec.dtype})" if spec.dtype else ""
+    return InputMismatch(
+        f"endpoint {endpoint}: input {spec.name} expects {expected}{dtype}, got {got}", endpoint=endpoint
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+ARGUMENT_WORDS = re.compile(
+    r"shape|size|dimension|rank|broadcast|reshape|dtype|data type|scalar type|index|indices|out of (range|bounds)",
+    re.IGNORECASE,
+)
+"""Words of a model library's error about the arrays it was given (the request's fault, not ferry's)."""
+
+
+def rejected_input(endpoint: str, engine: str, reason: str) -> InputMismatch:
+    """The 422 for arrays that passed the spec but that the model itself refused (say, a sequence too long)."""
+    return InputMismatch(
+        f"endpoint {endpoint}: the {engine} model rejected its input: {reason}", endpoint=endpoint, stage="model"
+    )
 
 
 def _numpy_dtype(name: str | None) -> Any:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import read_model
-from ferry.engines.tensor import Feeds, TensorRunner, input_specs, to_feeds
+from ferry.engines.base import Process, read_model
+from ferry.engines.tensor import ARGUMENT_WORDS, Feeds, TensorRunner, input_specs, rejected_input, to_feeds
 from ferry.errors import EngineError
-
-if TYPE_CHECKING:
-    from ferry.serving.userclass import UserCode
 
 
 class TorchScriptEngine(TensorRunner):
@@ -23,7 +20,7 @@ class TorchScriptEngine(TensorRunner):
 
     is_async = False
 
-    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
         self.endpoint_key = spec.key
         self.device = torch.device(spec.aux_config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
         threads = int(spec.aux_config.get("intra_op_num_threads", 1))
@@ -48,10 +45,18 @@ class TorchScriptEngine(TensorRunner):
         return feeds
 
     def run_tensors(self, feeds: Feeds) -> list[np.ndarray]:
-        """``forward(*inputs)`` in spec order; the outputs as numpy arrays."""
+        """``forward(*inputs)`` in spec order; the outputs as numpy arrays. Shape errors are the request's (422)."""
         tensors = [torch.as_tensor(feeds[name], device=self.device) for name in self.input_names]
-        with torch.inference_mode():
-            return self.outputs(self.model(*tensors))
+        try:
+            with torch.inference_mode():
+                return self.outputs(self.model(*tensors))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            reason = torch_reason(exc)
+            if ARGUMENT_WORDS.search(reason):
+                raise rejected_input(self.endpoint_key, "torchscript", reason) from exc
+            raise
 
     def outputs(self, result: Any) -> list[np.ndarray]:
         """A tensor, a tuple/list of them, or a dict (ordered by the spec's output names) as numpy arrays."""
@@ -78,6 +83,12 @@ def forward_arguments(model: Any) -> list[str]:
     if schema is None:
         return ["input"]
     return [a.name for a in schema.arguments[1:] if not a.has_default_value()] or ["input"]
+
+
+def torch_reason(exc: BaseException) -> str:
+    """The last line of a (TorchScript) error: the cause, without the interpreter's traceback of local paths."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("RuntimeError: ") if lines else type(exc).__name__
 
 
 def to_numpy(value: Any) -> np.ndarray:

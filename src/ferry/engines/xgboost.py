@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xgboost
 
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import StatsFn, is_frame, read_model, unpickle
+from ferry.engines.base import Process, StatsFn, is_frame, read_model, unpickle
 from ferry.engines.tensor import RowBatching
-
-if TYPE_CHECKING:
-    from ferry.serving.userclass import UserCode
 
 
 class XGBoostEngine(RowBatching):
     is_async = False
 
-    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, user: UserCode) -> None:
+    def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
         self.endpoint_key = spec.key
         self.model = loaded if loaded is not None else read_model(spec, model_path, read_xgboost)
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -47,6 +47,13 @@ class ArtifactRef(BaseModel):
     is_dir: bool = False
 
 
+class Stored(NamedTuple):
+    """What ``ArtifactStore.store`` did: the object, and whether this call wrote it."""
+
+    ref: ArtifactRef
+    created: bool
+
+
 class ArtifactStore:
     """Artifacts behind fsspec URLs plus a local cache keyed by sha256."""
 
@@ -57,6 +64,10 @@ class ArtifactStore:
 
     def put(self, local_path: str | Path, destination: str | None = None) -> ArtifactRef:
         """Upload a file, or a folder packed as one ``.tar.gz``, under its sha256 (stored once)."""
+        return self.store(local_path, destination).ref
+
+    def store(self, local_path: str | Path, destination: str | None = None) -> Stored:
+        """Like ``put``, and say whether this call wrote the object (False: the same bytes were already stored)."""
         source = Path(local_path).resolve()
         if not source.exists():
             raise NotFound(f"cannot upload {local_path}: no such file or folder")
@@ -67,6 +78,11 @@ class ArtifactStore:
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".pack-") as tmp:
             archive = pack_folder(source, Path(tmp) / f"{source.name}.tar.gz")
             return self._upload(fs, root, archive, source.name, is_dir=True)
+
+    def exists(self, ref: ArtifactRef) -> bool:
+        """Whether the object behind ``ref`` is stored, at its full size."""
+        fs, path = url_to_fs(ref.url)
+        return _remote_size_or_none(fs, path) == ref.size
 
     def register(self, url: str) -> ArtifactRef:
         """Record a file that already lives at ``url`` without copying it (it is read once to hash it)."""
@@ -100,15 +116,16 @@ class ArtifactStore:
         with suppress(FileNotFoundError):
             fs.rm(path)
 
-    def _upload(self, fs: AbstractFileSystem, root: str, source: Path, filename: str, is_dir: bool) -> ArtifactRef:
+    def _upload(self, fs: AbstractFileSystem, root: str, source: Path, filename: str, is_dir: bool) -> Stored:
         size = source.stat().st_size
         sha256 = _hash_file(source)
         name = f"{filename}.tar.gz" if is_dir else filename
         final = f"{root.rstrip('/')}/{sha256[:2]}/{sha256}/{name}"
-        if _remote_size_or_none(fs, final) != size:
+        created = _remote_size_or_none(fs, final) != size
+        if created:
             self._write_atomically(fs, source, root, final, size)
         url = fs.unstrip_protocol(final)
-        return ArtifactRef(url=url, sha256=sha256, size=size, filename=filename, is_dir=is_dir)
+        return Stored(ArtifactRef(url=url, sha256=sha256, size=size, filename=filename, is_dir=is_dir), created)
 
     def _write_atomically(self, fs: AbstractFileSystem, source: Path, root: str, final: str, size: int) -> None:
         # Readers only ever see complete objects: write aside, then move into the content-addressed name.
@@ -220,26 +237,51 @@ def _unpack_into_place(ref: ArtifactRef, archive: Path, target: Path) -> None:
 
 def _safe_extract(ref: ArtifactRef, archive: Path, into: Path) -> None:
     with tarfile.open(archive, mode="r:gz") as tar:
-        if hasattr(tarfile, "data_filter"):
-            try:
-                tar.extractall(into, filter="data")
-            except tarfile.FilterError as exc:
-                raise EngineError(f"artifact {ref.url} holds an unsafe entry: {exc}", url=ref.url) from exc
+        members = tar.getmembers()
+        _check_members(ref, members)
+        if not hasattr(tarfile, "data_filter"):
+            tar.extractall(into, members)
             return
-        for member in tar.getmembers():
-            _check_member(ref, member)
-        tar.extractall(into)
+        try:  # a second guard: the "data" filter also resolves what is already on disk
+            tar.extractall(into, members, filter="data")
+        except tarfile.FilterError as exc:
+            raise _unsafe(ref, str(exc)) from exc
 
 
-def _check_member(ref: ArtifactRef, member: tarfile.TarInfo) -> None:
-    # Only for Pythons without tarfile's "data" filter.
-    names = [member.name] + ([member.linkname] if member.issym() or member.islnk() else [])
-    for name in names:
-        parts = PurePosixPath(name).parts
-        if name.startswith(("/", "\\")) or ".." in parts:
-            raise EngineError(f"artifact {ref.url} holds an unsafe entry: {name}", url=ref.url)
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        raise EngineError(f"artifact {ref.url} holds a special file: {member.name}", url=ref.url)
+def _check_members(ref: ArtifactRef, members: list[tarfile.TarInfo]) -> None:
+    """Refuse any entry that would land, or point, outside the folder it is unpacked into."""
+    links: set[PurePosixPath] = set()
+    for member in members:
+        name = _inside(ref, member.name, member.name)
+        through = next((parent for parent in name.parents if parent in links), None)
+        if through is not None:
+            raise _unsafe(ref, f"{member.name!r} lies under the link {through.as_posix()!r}")
+        if member.issym():
+            _inside(ref, (name.parent / member.linkname).as_posix(), member.name, member.linkname)
+            links.add(name)
+        elif member.islnk():
+            _inside(ref, member.linkname, member.name, member.linkname)
+        elif not (member.isreg() or member.isdir()):
+            raise _unsafe(ref, f"{member.name!r} is a special file (device, pipe)")
+
+
+def _inside(ref: ArtifactRef, path: str, member: str, target: str | None = None) -> PurePosixPath:
+    """``path`` normalised, or an error when it is absolute or climbs out with ``..``."""
+    shown = f"{member!r} -> {target!r}" if target is not None else repr(member)
+    if path.startswith(("/", "\\")):
+        raise _unsafe(ref, f"{shown} is an absolute path")
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../"):
+        raise _unsafe(ref, f"{shown} points outside the folder")
+    return PurePosixPath(normal)
+
+
+def _unsafe(ref: ArtifactRef, why: str) -> EngineError:
+    return EngineError(
+        f"artifact {ref.url} holds an unsafe entry, so it was not unpacked: {why}; "
+        "re-upload the folder with `ferry model upload --path FOLDER`",
+        url=ref.url,
+    )
 
 
 def _move_into_place(source: Path, target: Path) -> None:

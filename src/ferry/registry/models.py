@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,11 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 
-from ferry.db import models
+from ferry.db import artifact_in_use, lock_artifact, models, retry_on_conflict
 from ferry.errors import InvalidInput, NotFound
 from ferry.registry.artifacts import ArtifactRef, ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,18 @@ class ModelRegistry:
             raise InvalidInput("give exactly one of --path (a local file or folder) or --url (a remote file)")
         if not name.strip():
             raise InvalidInput("a model needs a non-empty --name")
-        ref = self.artifacts.put(path, destination) if path else self.artifacts.register(str(url))
-        metadata = {**(metadata or {}), **({} if path else {"external": True})}
+        if url:
+            ref = self.artifacts.register(str(url))
+            return self.register(ref, name, project, framework, tags, publish, {**(metadata or {}), "external": True})
+        stored = self.artifacts.store(path, destination)
+        record = _new_record(stored.ref, name, project, framework, tags, publish, metadata)
         try:
-            return self.register(ref, name, project, framework, tags, publish, metadata)
+            self._insert(record, restore=lambda: self.artifacts.store(path, destination))
         except BaseException:
-            if path:  # the record failed: do not leave an orphan object behind
-                self.artifacts.remove(ref)
+            if stored.created:  # only what this upload wrote, and only while nothing refers to it
+                self._clean_up(stored.ref)
             raise
+        return record
 
     def register(
         self,
@@ -87,32 +95,24 @@ class ModelRegistry:
         metadata: dict[str, Any] | None = None,
     ) -> ModelRecord:
         """Record an artifact that is already stored as a new model."""
-        now = time.time()
-        record = ModelRecord(
-            id=uuid.uuid4().hex,
-            name=name,
-            project=project or "",
-            framework=framework or "",
-            tags=sorted(set(tags or [])),
-            published=publish,
-            url=ref.url,
-            sha256=ref.sha256,
-            size=ref.size,
-            filename=ref.filename,
-            is_dir=ref.is_dir,
-            created_at=now,
-            updated_at=now,
-            metadata=metadata or {},
-        )
-        with self.engine.begin() as conn:
-            conn.execute(insert(models).values(**record.to_dict()))
+        record = _new_record(ref, name, project, framework, tags, publish, metadata)
+        self._insert(record)
         return record
+
+    def _insert(self, record: ModelRecord, restore: Callable[[], object] | None = None) -> None:
+        with self.engine.begin() as conn:
+            lock_artifact(conn, record.url)
+            conn.execute(insert(models).values(**record.to_dict()))
+            # A concurrent remove may have deleted the shared object after we found it stored and
+            # before this row existed; under the lock, a missing object is written again.
+            if restore is not None and not self.artifacts.exists(record.artifact):
+                restore()
 
     def get(self, model_id: str) -> ModelRecord:
         with self.engine.connect() as conn:
             row = conn.execute(select(models).where(models.c.id == model_id)).mappings().first()
         if row is None:
-            raise NotFound(f"no model with id {model_id!r}: `ferry model list` shows the registry")
+            raise _no_model(model_id)
         return ModelRecord(**row)
 
     def list(
@@ -149,26 +149,78 @@ class ModelRegistry:
             raise NotFound(f"no model matches {what}: `ferry model list` shows the registry")
         return found[0]
 
-    def publish(self, model_id: str) -> ModelRecord:
-        return self._update(model_id, published=True)
-
     def tag(self, model_id: str, tags: list[str]) -> ModelRecord:
-        """Add ``tags`` to the model's tags."""
-        current = self.get(model_id)
-        return self._update(model_id, tags=sorted(set(current.tags) | set(tags)))
+        """Add ``tags`` to the model's tags; tags added at the same time by others are kept."""
+        return self._update(model_id, lambda row: {"tags": sorted(set(row["tags"]) | set(tags))})
+
+    def publish(self, model_id: str) -> ModelRecord:
+        return self._update(model_id, lambda _row: {"published": True})
 
     def remove(self, model_id: str) -> ModelRecord:
-        """Delete the record; the stored bytes stay while another model shares them (or ferry does not own them)."""
+        """Delete the record; the stored bytes stay while anything else refers to them (or ferry does not own them)."""
         record = self.get(model_id)
         with self.engine.begin() as conn:
+            lock_artifact(conn, record.url)
             conn.execute(delete(models).where(models.c.id == model_id))
-            shared = conn.execute(select(models.c.id).where(models.c.url == record.url).limit(1)).first()
-        if shared is None and not record.metadata.get("external"):
-            self.artifacts.remove(record.artifact)
+        # Only after the row is gone for good: a failure from here on leaves bytes behind, never loses them.
+        if not record.metadata.get("external"):
+            self._delete_object_if_unused(record.artifact)
         return record
 
-    def _update(self, model_id: str, **values: Any) -> ModelRecord:
-        self.get(model_id)
+    def _delete_object_if_unused(self, ref: ArtifactRef) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(models).where(models.c.id == model_id).values(updated_at=time.time(), **values))
-        return self.get(model_id)
+            lock_artifact(conn, ref.url)
+            if not artifact_in_use(conn, ref.url):
+                self.artifacts.remove(ref)
+
+    def _clean_up(self, ref: ArtifactRef) -> None:
+        try:
+            self._delete_object_if_unused(ref)
+        except Exception:  # the upload's own error is the one to surface; this is cleanup
+            log.warning("could not clean up %s after a failed upload", ref.url, exc_info=True)
+
+    def _update(self, model_id: str, change: Callable[[Any], dict[str, Any]]) -> ModelRecord:
+        return retry_on_conflict(lambda: self._update_once(model_id, change))
+
+    def _update_once(self, model_id: str, change: Callable[[Any], dict[str, Any]]) -> ModelRecord:
+        where = models.c.id == model_id
+        with self.engine.begin() as conn:
+            # Write first: it locks the row (PostgreSQL) or the database (SQLite) before the read, so two
+            # read-modify-writes at once run one after the other and neither loses the other's change.
+            if conn.execute(update(models).where(where).values(updated_at=time.time())).rowcount == 0:
+                raise _no_model(model_id)
+            row = conn.execute(select(models).where(where)).mappings().one()
+            conn.execute(update(models).where(where).values(**change(row)))
+            return ModelRecord(**conn.execute(select(models).where(where)).mappings().one())
+
+
+def _new_record(
+    ref: ArtifactRef,
+    name: str,
+    project: str,
+    framework: str,
+    tags: list[str] | None,
+    publish: bool,
+    metadata: dict[str, Any] | None,
+) -> ModelRecord:
+    now = time.time()
+    return ModelRecord(
+        id=uuid.uuid4().hex,
+        name=name,
+        project=project or "",
+        framework=framework or "",
+        tags=sorted(set(tags or [])),
+        published=publish,
+        url=ref.url,
+        sha256=ref.sha256,
+        size=ref.size,
+        filename=ref.filename,
+        is_dir=ref.is_dir,
+        created_at=now,
+        updated_at=now,
+        metadata=metadata or {},
+    )
+
+
+def _no_model(model_id: str) -> NotFound:
+    return NotFound(f"no model with id {model_id!r}: `ferry model list` shows the registry")

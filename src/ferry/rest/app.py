@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Collection
 from typing import Any
 
 import orjson
 
 from ferry.errors import EngineError, FerryError, NotFound, UserCodeError
+from ferry.rest.auth import BearerAuth, load_tokens
 from ferry.rest.http import decode_body, read_body, send, send_error
 from ferry.rest.openapi import DOCS_HTML, openapi
 from ferry.serving.dataplane import DataPlane, dumps
@@ -28,7 +30,9 @@ class FerryApp:
         reconciler: Reconciler | None = None,
         max_body: int = 64 << 20,
         startup_timeout: float = 120.0,
+        tokens: Collection[str] = (),
     ) -> None:
+        self.auth = BearerAuth(tokens) if tokens else None  # None: serving is open, one `if` per request
         self.plane = plane
         self.startup_timeout = startup_timeout
         self.reconciler = reconciler
@@ -42,6 +46,8 @@ class FerryApp:
             await self._lifespan(receive, send_)
 
     async def _http(self, scope: dict, receive: Any, send_: Any) -> None:
+        if self.auth is not None and not await self.auth.admit(scope, send_):
+            return
         path, method = scope["path"], scope["method"]
         try:
             if path.startswith(SERVE):
@@ -54,8 +60,9 @@ class FerryApp:
         except FerryError as exc:
             await send_error(send_, exc)
         except Exception as exc:  # a bug: answer 500 and keep serving
-            log.exception("unexpected error on %s %s", method, path)
-            await send_error(send_, EngineError(f"internal error: {type(exc).__name__}: {exc}"))
+            error = EngineError(f"internal error on {method} {path}: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc  # send_error logs it with this traceback and answers only an id
+            await send_error(send_, error)
 
     async def _serve(self, scope: dict, receive: Any, send_: Any, rest: str) -> None:
         endpoint, version = _split(rest)
@@ -75,14 +82,29 @@ class FerryApp:
         if path == "/health/live":
             return await send(send_, 200, b'{"status":"live"}')
         if path == "/health/ready":
-            ready = self.plane.ready()
-            body = {"status": "ready" if ready else "loading", "revision": self.plane.table.revision}
-            return await send(send_, 200 if ready else 503, orjson.dumps(body))
+            status, reason = self.readiness()
+            body = {"status": status, "revision": self.plane.table.revision, **({"reason": reason} if reason else {})}
+            return await send(send_, 200 if status == "ready" else 503, orjson.dumps(body))
         if path == "/openapi.json":
             return await send(send_, 200, orjson.dumps(openapi(self.plane.table)))
         if path in ("/docs", "/docs/"):
             return await send(send_, 200, DOCS_HTML, b"text/html; charset=utf-8")
         raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /docs")
+
+    def readiness(self) -> tuple[str, str | None]:
+        """("ready", None), or ("loading" | "unavailable", why): what /health/ready answers."""
+        if self._task is not None and self._task.done() and not self._task.cancelled() and self._task.exception():
+            return "unavailable", f"the reconciler stopped: {self._task.exception()!r}; restart `ferry serve`"
+        if self.reconciler is not None:
+            return self.reconciler.health()
+        return ("ready", None) if self.plane.ready() else ("loading", "no revision loaded yet")
+
+    async def _first_load(self, task: asyncio.Task) -> None:
+        """Take no traffic before the first revision is loaded (bounded: then 503s that say why, until it is)."""
+        waiting = asyncio.ensure_future(asyncio.to_thread(self.plane.loaded_once.wait, self.startup_timeout))
+        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not self.plane.ready():
+            log.warning("taking traffic unready; /health/ready answers 503 until ready: %s", self.readiness()[1])
 
     async def _lifespan(self, receive: Any, send_: Any) -> None:
         while True:
@@ -90,17 +112,22 @@ class FerryApp:
             if message["type"] == "lifespan.startup":
                 self.plane.loop = asyncio.get_running_loop()
                 if self.reconciler is not None:
-                    self._task = asyncio.create_task(self.reconciler.run())
-                    # Take no traffic before the first revision is loaded (bounded, then serve 503s for the rest).
-                    await asyncio.to_thread(self.plane.loaded_once.wait, self.startup_timeout)
+                    self._task = asyncio.create_task(self.reconciler.run(), name="ferry reconciler")
+                    self._task.add_done_callback(_log_crash)
+                    await self._first_load(self._task)
                 await send_({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.reconciler is not None and self._task is not None:
                     self.reconciler.stop()
-                    await self._task
+                    await asyncio.gather(self._task, return_exceptions=True)  # _log_crash has reported a crash
                 self.plane.close()
                 await send_({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the reconciler stopped: %r; /health/ready answers 503 until ferry serve restarts", task.exception())
 
 
 def _split(rest: str) -> tuple[str, str | None]:
@@ -122,18 +149,21 @@ async def _method_not_allowed(send_: Any, allowed: str) -> None:
 def create_app() -> FerryApp:
     """Build the app from FERRY_* settings (uvicorn's factory: each worker process calls it)."""
     from ferry.control.store import Store
+    from ferry.db import make_engine
     from ferry.registry.artifacts import ArtifactStore
     from ferry.registry.models import ModelRegistry
     from ferry.settings import Settings
 
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = Store.open(settings.store_url())
+    # Nothing here may need the store: it can be down when a worker starts (the reconciler waits for it).
+    store = Store(make_engine(settings.store_url(), create_tables=False))
     artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
     registry = ModelRegistry(store.engine, artifacts)
-    service = store.resolve_service(settings.service or None)
-    plane = DataPlane()
+    plane = DataPlane(request_timeout_s=settings.request_timeout_s)
     reconciler = Reconciler(
-        plane, store, registry, artifacts, service.id, settings.poll_interval, settings.heartbeat_interval
+        plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
     )
-    return FerryApp(plane, reconciler, int(settings.max_body_mb * (1 << 20)), settings.startup_timeout)
+    reconciler.drain_timeout = settings.drain_timeout_s
+    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
+    return FerryApp(plane, reconciler, int(settings.max_body_mb * (1 << 20)), settings.startup_timeout, tokens)

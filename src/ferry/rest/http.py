@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
+import functools
+import logging
+import os
+import re
+import uuid
 import zlib
 from typing import Any
 
 import orjson
 
-from ferry.errors import FerryError, InvalidInput, PayloadTooLarge
+from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Timeout
+
+log = logging.getLogger(__name__)
 
 JSON_TYPES = ("application/json",)
 MAYBE_JSON_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
@@ -66,14 +72,21 @@ def _json(raw: bytes) -> Any:
 
 
 def _gunzip(raw: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise InvalidInput(f"Content-Encoding is gzip but the body is not valid gzip: {exc}") from None
-    if len(out) > limit:
-        raise _too_large(limit, "inflated ")
-    return out
+    """Every gzip member of ``raw`` inflated; InvalidInput for a corrupt or cut-off stream (zlib cannot tell)."""
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(raw, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise InvalidInput(f"Content-Encoding is gzip but the body is not valid gzip: {exc}") from None
+        if len(out) > limit:
+            raise _too_large(limit, "inflated ")
+        if not inflater.eof:
+            raise InvalidInput("Content-Encoding is gzip but the body is not valid gzip: the stream is truncated")
+        raw = inflater.unused_data
+        if not raw:
+            return bytes(out)
 
 
 def _too_large(limit: int, what: str = "") -> PayloadTooLarge:
@@ -87,14 +100,48 @@ async def send(send_: Any, status: int, body: bytes, ctype: bytes = b"applicatio
 
 
 async def send_error(send_: Any, error: FerryError) -> None:
-    """One table maps every ferry error to HTTP: its status code, its message, Retry-After for 503."""
+    """One table maps every ferry error to HTTP: its status code, its message, Retry-After for 503.
+
+    When ferry itself failed (a 5xx that is not "retry later"), the client gets the kind and an id, and
+    the log gets the message and traceback under that id. No answer carries a local directory.
+    """
     extra = []
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         extra.append((b"retry-after", str(max(1, round(retry_after))).encode()))
-    payload = {"error": error.message, "kind": type(error).__name__, **_plain(error.details)}
-    await send(send_, error.status_code, orjson.dumps(payload), extra=extra)
+    kind = type(error).__name__
+    if error.status_code >= 500 and retry_after is None and not isinstance(error, Timeout):
+        payload = _failure(error, kind)
+    else:
+        payload = {"error": error.message, "kind": kind, **_plain(error.details)}
+    body = orjson.dumps({key: strip_paths(v) if isinstance(v, str) else v for key, v in payload.items()})
+    await send(send_, error.status_code, body, extra=extra)
+
+
+def _failure(error: FerryError, kind: str) -> dict:
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s (%s): %s", error_id, kind, error.message, exc_info=(type(error), error, error.__traceback__))
+    stage = {"stage": error.details["stage"]} if isinstance(error.details.get("stage"), str) else {}
+    message = f"ferry failed to answer this request ({kind}); the server log has the details under id {error_id}"
+    return {"error": message, "kind": kind, "id": error_id, **stage}
 
 
 def _plain(details: dict) -> dict:
     return {k: v for k, v in details.items() if isinstance(v, (str, int, float, bool))}
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])(?:file://)?/([\w.+~@%-]+)(?:/[\w.+~@%-]+)*/([\w.+~@%-]+)")
+"""An absolute path with a directory, not inside a URL (group 1: its top directory, group 2: its file name)."""
+
+
+@functools.cache
+def _root_entries() -> frozenset[str]:
+    try:
+        return frozenset(os.listdir("/"))
+    except OSError:
+        return frozenset()
+
+
+def strip_paths(text: str) -> str:
+    """``text`` with the directories cut from local paths (those under a top directory of this machine)."""
+    return ABSOLUTE_PATH.sub(lambda m: m.group(2) if m.group(1) in _root_entries() else m.group(0), text)

@@ -2,48 +2,88 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ferry import __version__
 from ferry.serving.routing import RouteTable
 
-ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+ERROR_STATUSES = {
+    "400": "the body is not valid JSON, or not valid gzip under Content-Encoding: gzip",
+    "401": "a bearer token is required (the server runs with --token-file)",
+    "403": "the bearer token is not accepted",
+    "404": "no such endpoint or version on this service",
+    "405": "the method is not allowed on this path (see the Allow header)",
+    "413": "the body, or the body once inflated, is over the server's limit (FERRY_MAX_BODY_MB)",
+    "422": "the body parsed, but the endpoint cannot take it: the input spec (names, rank, shape, dtype), "
+    "the model, or the endpoint's Preprocess code refused it; the message names the input and the stage",
+    "500": "ferry failed; the answer carries an id to find the details in the server log",
+    "503": "the endpoint is loading, being replaced, failed to load or has too many requests waiting; "
+    "retry after Retry-After seconds",
+    "504": "the endpoint did not answer within its request timeout",
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "kind"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong and what to do"},
+        "kind": {"type": "string", "description": "ferry's error kind, e.g. InputMismatch, NotFound, NotReady"},
+        "endpoint": {"type": "string"},
+        "stage": {"type": "string", "description": "import, load, preprocess, model, process or postprocess"},
+        "id": {"type": "string", "description": "5xx only: the id of the full error in the server log"},
+    },
+}
+ERROR_HEADERS = {"405": ("Allow", "the allowed method"), "503": ("Retry-After", "seconds to wait")}
 
 
 def openapi(table: RouteTable) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for what ``table`` serves: one path per endpoint plus the templated ones."""
     paths: dict[str, Any] = {
-        "/health/live": {"get": {"summary": "the process is up", "responses": {"200": {"description": "live"}}}},
-        "/health/ready": {
-            "get": {
-                "summary": "the current revision is loaded",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}},
-            }
-        },
+        "/health/live": _get("the process is up", {"200": {"description": "live"}}),
+        "/health/ready": _get(
+            "the current revision is loaded",
+            {"200": {"description": "ready"}, "503": {"description": "loading or unavailable"}},
+        ),
     }
     for key, runtime in sorted(table.runtimes.items()):
         paths[f"/serve/{key}"] = {"post": _operation(key, runtime.spec)}
-    paths.setdefault("/serve/{endpoint}/{version}", {"post": _operation("any endpoint version", None)})
+    specs = [runtime.spec for runtime in table.runtimes.values()]
+    endpoint = _path_parameter("endpoint", sorted({s.name for s in specs}))
+    version = _path_parameter("version", sorted({s.version for s in specs if s.version}))
+    paths["/serve/{endpoint}"] = {"post": _operation("any endpoint", None, [endpoint])}
+    paths["/serve/{endpoint}/{version}"] = {"post": _operation("any endpoint version", None, [endpoint, version])}
     return {
         "openapi": "3.1.0",
         "info": {"title": "ferry", "version": __version__, "description": f"revision {table.revision}"},
         "paths": paths,
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}, "kind": {"type": "string"}},
-                }
-            }
-        },
+        "components": {"schemas": {"Error": ERROR_SCHEMA}},
     }
 
 
-def _operation(key: str, spec: Any) -> dict[str, Any]:
+def _error_response(status: str, text: str) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": text, "content": ERROR_BODY}
+    if status in ERROR_HEADERS:
+        name, about = ERROR_HEADERS[status]
+        response["headers"] = {name: {"description": about, "schema": {"type": "string"}}}
+    return response
+
+
+def _get(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": responses}}
+
+
+def _path_parameter(name: str, examples: list[str]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", **({"examples": examples} if examples else {})}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _operation(key: str, spec: Any, parameters: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     description = ""
     if spec is not None:
         inputs = ", ".join(f"{t.name or '?'} {t.dtype or ''}{list(t.shape) if t.shape else ''}" for t in spec.inputs)
         description = f"engine {spec.engine}" + (f"; model inputs: {inputs}" if inputs else "")
-    return {
+    operation: dict[str, Any] = {
         "summary": f"infer with {key}",
         "description": description,
         "requestBody": {
@@ -53,13 +93,19 @@ def _operation(key: str, spec: Any) -> dict[str, Any]:
             }
         },
         "responses": {
-            "200": {"description": "postprocess's answer", "content": {"application/json": {"schema": {}}}},
-            "404": ERROR,
-            "413": ERROR,
-            "422": ERROR,
-            "503": ERROR,
+            "200": {
+                "description": "postprocess's answer: JSON, or bytes when postprocess returns bytes",
+                "content": {
+                    "application/json": {"schema": {}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **{status: _error_response(status, text) for status, text in ERROR_STATUSES.items()},
         },
     }
+    if parameters:
+        operation["parameters"] = list(parameters)
+    return operation
 
 
 DOCS_HTML = b"""<!doctype html>

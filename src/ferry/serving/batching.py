@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import numpy as np
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
-from ferry.errors import UserCodeError
+from ferry.errors import NotReady, UserCodeError
 from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
 
 
@@ -57,30 +58,52 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
+@dataclass(frozen=True)
+class Axes:
+    """Which axes may differ between requests of one batch: only those declared -1 in the endpoint's spec."""
+
+    inputs: dict[str, frozenset[int]] = field(default_factory=dict)
+    """Per input name, the axes after the batch axis declared -1; those are padded to the longest request."""
+    outputs: tuple[frozenset[int], ...] | None = None
+    """Per output (in order), the axes declared -1 that are cut back to the request's own length; None: none."""
+
+    def stack_key(self, feeds: Feeds) -> tuple:
+        """Requests with equal keys can be stacked: same inputs, dtypes, ranks and sizes on fixed axes."""
+        key = []
+        for name, array in feeds.items():
+            if array.ndim == 0:
+                return (id(feeds),)  # a scalar has no batch axis to stack on: it runs alone
+            padded = self.inputs.get(name, frozenset())
+            fixed = tuple(-1 if axis in padded else size for axis, size in enumerate(array.shape) if axis)
+            key.append((name, array.dtype.str, fixed))
+        return tuple(key)
+
+
 class DynamicBatcher:
-    """Wraps one TensorEngine: ``await submit(feeds)`` returns that request's outputs."""
+    """Wraps one TensorEngine: ``await submit(feeds)`` returns that request's outputs, as if it ran alone."""
 
     def __init__(
         self,
         engine: TensorEngine,
         policy: BatchPolicy,
-        dynamic_axes: dict[str, set[int]],
+        axes: Axes,
         key: str,
         inline_budget_s: float = INLINE_BUDGET_S,
     ) -> None:
         self.engine = engine
         self.policy = policy
-        self.dynamic_axes = dynamic_axes
-        """Per input name, the axes declared -1 (padded when requests differ); None-shaped inputs pad any axis."""
+        self.axes = axes
         self.key = key
         self.batches = 0
         self.batched_rows = 0
         self._queue: deque[_Pending] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"ferry-batch-{key}")
         self._cost = CostMeter(inline_budget_s)
+        self._closed = False
 
     async def submit(self, feeds: Feeds) -> list[np.ndarray]:
         rows = _rows(feeds, self.key)
@@ -89,6 +112,8 @@ class DynamicBatcher:
             raise UserCodeError(
                 f"endpoint {self.key}: preprocess returned {rows} rows, over max_batch_size {limit}", stage="preprocess"
             )
+        if self._closed:
+            raise self._unloaded()
         loop = asyncio.get_running_loop()
         self._start(loop)
         pending = _Pending(feeds, rows, time.monotonic(), loop.create_future())
@@ -98,6 +123,7 @@ class DynamicBatcher:
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._dispatcher is None or self._dispatcher.done():
+            self._loop = loop
             self._wakeup = asyncio.Event()
             self._slots = asyncio.Semaphore(self.policy.instances)
             self._dispatcher = loop.create_task(self._dispatch(), name=f"batcher {self.key}")
@@ -109,6 +135,9 @@ class DynamicBatcher:
             while self._queue:
                 await self._slots.acquire()
                 await self._gather_window()
+                if not self._queue:  # closed while gathering
+                    self._slots.release()
+                    break
                 batch = self._take()
                 asyncio.get_running_loop().create_task(self._run(batch))
 
@@ -154,27 +183,39 @@ class DynamicBatcher:
                 if not item.future.done():
                     _resolve(item.future, result)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+            error = self._unloaded() if self._closed or isinstance(exc, asyncio.CancelledError) else exc
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    item.future.set_exception(error)
         finally:
             self._slots.release()
 
-    # the model call (in a batch thread) ---------------------------------------------------------
+    # the model call (in a batch thread or inline) -----------------------------------------------
 
     def _execute(self, batch: list[_Pending]) -> list[Any]:
-        """Outputs per request (or the exception that request caused)."""
+        """Outputs per request (or the exception that request caused), in batch order."""
         self.batches += 1
         self.batched_rows += sum(p.rows for p in batch)
-        if len(batch) == 1:
-            return [self._call_alone(batch[0])]
+        groups: dict[tuple, list[int]] = {}
+        for index, pending in enumerate(batch):
+            groups.setdefault(self.axes.stack_key(pending.feeds), []).append(index)
+        results: list[Any] = [None] * len(batch)
+        for indices in groups.values():
+            answers = self._run_group([batch[i] for i in indices])
+            for index, answer in zip(indices, answers, strict=True):
+                results[index] = answer
+        return results
+
+    def _run_group(self, group: list[_Pending]) -> list[Any]:
+        if len(group) == 1:
+            return [self._call_alone(group[0])]
         try:
-            feeds, lengths = self._stack([p.feeds for p in batch])
+            feeds, lengths = self._stack([p.feeds for p in group])
             outputs = self.engine.run_tensors(feeds)
-            return self._scatter(outputs, [p.rows for p in batch], lengths)
+            return self._scatter(outputs, [p.rows for p in group], lengths)
         except Exception:
             # Find who broke the batch: each request alone, so only the culprits get the error.
-            return [self._call_alone(p) for p in batch]
+            return [self._call_alone(p) for p in group]
 
     def _call_alone(self, pending: _Pending) -> Any:
         try:
@@ -183,65 +224,70 @@ class DynamicBatcher:
             return exc
 
     def _stack(self, feeds_list: list[Feeds]) -> tuple[Feeds, dict[int, list[int]]]:
+        """One array per input along axis 0; axes declared -1 padded; the original sizes per padded axis."""
         stacked: Feeds = {}
         lengths: dict[int, list[int]] = {}
         for name in feeds_list[0]:
             arrays = [f[name] for f in feeds_list]
-            arrays, padded = self._pad(name, arrays)
-            stacked[name] = np.concatenate(arrays, axis=0)
-            for axis, sizes in padded.items():
-                lengths.setdefault(axis, sizes)
+            for axis in self.axes.inputs.get(name, ()):
+                sizes = [a.shape[axis] for a in arrays]
+                if axis < arrays[0].ndim and len(set(sizes)) > 1:
+                    lengths.setdefault(axis, sizes)
+            stacked[name] = np.concatenate(self._pad(arrays), axis=0)
         return stacked, lengths
 
-    def _pad(self, name: str, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[int, list[int]]]:
-        """Pad every axis after the batch axis to the longest request; returns the original sizes per axis."""
-        shapes = [a.shape for a in arrays]
-        if len({s[1:] for s in shapes}) == 1:
-            return arrays, {}
-        if len({len(s) for s in shapes}) != 1:
-            raise ValueError(f"input {name} has different ranks across requests")
-        allowed = self.dynamic_axes.get(name)
-        padded: dict[int, list[int]] = {}
-        target = list(np.max(shapes, axis=0))
-        for axis in range(1, len(target)):
-            sizes = [s[axis] for s in shapes]
-            if len(set(sizes)) > 1:
-                if allowed is not None and axis not in allowed:
-                    raise ValueError(f"input {name} axis {axis} differs across requests but is not declared -1")
-                padded[axis] = sizes
+    def _pad(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Pad each array to the largest size on every axis (only -1 axes can differ: see ``stack_key``)."""
+        target = np.max([a.shape for a in arrays], axis=0)
         out = []
         for array in arrays:
-            widths = [(0, 0)] + [(0, target[ax] - array.shape[ax]) for ax in range(1, array.ndim)]
-            out.append(
-                np.pad(array, widths, constant_values=self.policy.pad_value) if any(w for _, w in widths) else array
-            )
-        return out, padded
+            widths = [(0, 0)] + [(0, int(target[ax]) - array.shape[ax]) for ax in range(1, array.ndim)]
+            padded = any(w for _, w in widths)
+            out.append(np.pad(array, widths, constant_values=self.policy.pad_value) if padded else array)
+        return out
 
     def _scatter(self, outputs: list[np.ndarray], rows: list[int], lengths: dict[int, list[int]]) -> list[Any]:
         total = sum(rows)
         for out in outputs:
             if np.ndim(out) == 0 or np.shape(out)[0] != total:
-                raise ValueError(
-                    f"endpoint {self.key}: the model returned {np.shape(out)} for a batch of {total}: "
-                    "its outputs do not keep the batch axis; set max_batch_size=1"
-                )
+                raise ValueError(f"endpoint {self.key}: the model returned {np.shape(out)} for a batch of {total}")
+        cut = self.axes.outputs or ()
         results, start = [], 0
         for index, count in enumerate(rows):
             mine = [out[start : start + count] for out in outputs]
-            results.append([_unpad(o, lengths, index) for o in mine])
+            results.append([_unpad(o, cut[i] if i < len(cut) else (), lengths, index) for i, o in enumerate(mine)])
             start += count
         return results
 
+    # stopping -------------------------------------------------------------------------------------
+
     def close(self) -> None:
+        """Stop taking requests and fail the queued ones with 503; safe from any thread."""
+        self._closed = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._stop)
+        self._executor.shutdown(wait=False)
+
+    def _stop(self) -> None:
+        """On the batcher's own loop: end the dispatcher and answer every waiting request."""
         if self._dispatcher is not None:
             self._dispatcher.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(self._unloaded())
+
+    def _unloaded(self) -> NotReady:
+        return NotReady(f"endpoint {self.key} was unloaded while this request waited; retry", retry_after=1.0)
 
 
-def _unpad(output: np.ndarray, lengths: dict[int, list[int]], index: int) -> np.ndarray:
-    """Slice the padded axes of an output back to this request's own length, where the output keeps them."""
-    for axis, sizes in lengths.items():
-        if axis < output.ndim and output.shape[axis] == max(sizes) and sizes[index] < output.shape[axis]:
+def _unpad(output: np.ndarray, axes: frozenset[int], lengths: dict[int, list[int]], index: int) -> np.ndarray:
+    """Cut the output's declared -1 axes that were padded back to this request's own length."""
+    for axis in axes:
+        sizes = lengths.get(axis)
+        if sizes and axis < output.ndim and output.shape[axis] == max(sizes) and sizes[index] < output.shape[axis]:
             output = np.take(output, np.arange(sizes[index]), axis=axis)
     return output
 
@@ -260,11 +306,18 @@ def _resolve(future: asyncio.Future, result: Any) -> None:
         future.set_result(result)
 
 
-def dynamic_axes(spec: EndpointSpec, input_names: tuple[str, ...]) -> dict[str, set[int]]:
-    """Axes declared -1 per input; inputs without a declared shape may pad any axis (absent from the map)."""
-    axes: dict[str, set[int]] = {}
+def batch_axes(spec: EndpointSpec, input_names: tuple[str, ...], rows_only: bool = False) -> Axes:
+    """The axes declared -1 in ``--input-size`` (padded) and ``--output-size`` (cut back); none for row engines."""
+    if rows_only:
+        return Axes()
+    inputs: dict[str, frozenset[int]] = {}
     for index, tensor in enumerate(spec.inputs):
         name = tensor.name or (input_names[index] if index < len(input_names) else None)
         if name and tensor.shape is not None:
-            axes[name] = {i for i, d in enumerate(tensor.shape) if d == -1}
-    return axes
+            inputs[name] = _variable(tensor.shape)
+    outputs = tuple(_variable(t.shape) if t.shape else frozenset() for t in spec.outputs) if spec.outputs else None
+    return Axes(inputs, outputs)
+
+
+def _variable(shape: tuple[int, ...]) -> frozenset[int]:
+    return frozenset(axis for axis, size in enumerate(shape) if size == -1 and axis > 0)

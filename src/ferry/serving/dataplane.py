@@ -10,20 +10,24 @@ from typing import Any
 
 import orjson
 
+from ferry.errors import NotReady
+from ferry.serving.pipeline import EndpointRuntime, Retired, no_statistics
 from ferry.serving.routing import RouteTable
 
 log = logging.getLogger(__name__)
 
+REQUEST_TIMEOUT_S = 60.0
+"""A request with no answer after this long gets 504 (FERRY_REQUEST_TIMEOUT_S; aux request_timeout_ms per endpoint)."""
 
-def no_statistics(values: dict) -> None:
-    """The custom-statistics sink until metrics are wired: accepts and drops the values."""
+__all__ = ["DataPlane", "dumps", "no_statistics"]
 
 
 class DataPlane:
     """Serves requests from the current RouteTable, which the reconciler replaces in one assignment."""
 
-    def __init__(self, workers: int = 32) -> None:
+    def __init__(self, workers: int = 32, request_timeout_s: float | None = REQUEST_TIMEOUT_S) -> None:
         self.table = RouteTable()
+        self.request_timeout_s = request_timeout_s
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ferry-stage")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loaded_once = threading.Event()
@@ -32,8 +36,13 @@ class DataPlane:
 
     async def infer(self, endpoint: str, version: str | None, body: Any) -> Any:
         """Run ``body`` through ``endpoint[/version]``; raises FerryError kinds with status codes."""
-        runtime = self.table.resolve(endpoint, version)
-        return await runtime.run(body, no_statistics, self.pool)
+        for _ in range(RESOLVE_ATTEMPTS):
+            runtime = self.table.resolve(endpoint, version)
+            try:
+                return await runtime.run(body, no_statistics, self.pool, self.request_timeout_s)
+            except Retired:
+                continue  # the reconciler swapped tables after we resolved: the new table has its successor
+        raise _swapping(endpoint)
 
     def ready(self) -> bool:
         """True once the first revision has been loaded (failed versions do not block readiness)."""
@@ -51,17 +60,23 @@ class DataPlane:
     def send_request_sync(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
         """Blocking call to another endpoint; safe from any thread; the JSON answer, or None on failure."""
         try:
-            runtime = self.table.resolve(*_target(endpoint, version))
-            if runtime.all_sync or self.loop is None:
-                # Run right here: hopping back to the loop and the pool could deadlock a full pool.
-                return _as_json(runtime.run_sync(data, {}, no_statistics))
-            if _on_event_loop():
-                raise RuntimeError("a blocking send_request from async code would stall the server: use custom_async")
-            future = asyncio.run_coroutine_threadsafe(runtime.run(data, no_statistics, self.pool), self.loop)
-            return _as_json(future.result())
+            name, version = _target(endpoint, version)
+            loop = None if _on_event_loop() else self.loop  # on the loop itself nothing may wait for the loop
+            for _ in range(RESOLVE_ATTEMPTS):
+                try:
+                    return _as_json(self._blocking(self.table.resolve(name, version), data, loop))
+                except Retired:
+                    continue
+            raise _swapping(name)
         except Exception as exc:  # the contract: a failed call returns None
             log.warning("send_request to %s failed: %s", endpoint, exc)
             return None
+
+    @staticmethod
+    def _blocking(runtime: EndpointRuntime, data: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
+        if loop is None and not runtime.all_sync:
+            log.warning("send_request(%r) was called on the event loop; the caller now runs in a thread", runtime.key)
+        return runtime.run_blocking(data, loop)
 
     async def send_request_async(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
         """Awaitable call to another endpoint (custom_async); the JSON answer, or None on failure."""
@@ -89,6 +104,13 @@ class DataPlane:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+RESOLVE_ATTEMPTS = 3
+
+
+def _swapping(endpoint: str) -> NotReady:
+    return NotReady(f"endpoint {endpoint} is being replaced; retry shortly", retry_after=1.0)
 
 
 def _on_event_loop() -> bool:

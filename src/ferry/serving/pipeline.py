@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
+from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn, load_engine
-from ferry.engines.tensor import TensorEngine
-from ferry.errors import EngineError, FerryError, UserCodeError
-from ferry.serving.batching import BatchPolicy, DynamicBatcher, dynamic_axes
+from ferry.engines.tensor import RowBatching, TensorEngine
+from ferry.errors import EngineError, FerryError, NotReady, Overloaded, Timeout, UserCodeError
+from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.crossing import calls_other_endpoints, marking, on_loop, timeout
 from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
 from ferry.serving.userclass import Hook, UserCode, load_user_code
+
+log = logging.getLogger(__name__)
+
+
+def no_statistics(values: dict) -> None:
+    """The custom-statistics sink until metrics are wired: accepts and drops the values."""
 
 
 class EndpointRuntime:
@@ -29,11 +38,21 @@ class EndpointRuntime:
         self.inflight = 0
         self.requests = 0
         self.errors = 0
+        self.retiring = False
+        """Set when the reconciler retires this version: requests that resolved it resolve again."""
+        self.closed = False
         self._idle = threading.Condition()
         pre, post = user.preprocess, user.postprocess
         self.all_sync = batcher is None and not (pre.is_async or post.is_async or engine.is_async)
         budget = inline_budget(spec)
-        self._cost = {stage: CostMeter(budget) for stage in ("pipeline", "preprocess", "postprocess")}
+        self._cost = {stage: CostMeter(budget) for stage in ("pipeline", "preprocess", "model", "postprocess")}
+        limits = queue_limits(spec.engine, spec.aux_config)
+        self.max_queue_size = limits.max_queue_size
+        """Requests this version holds (running or waiting) before it answers 503 (aux ``max_queue_size``)."""
+        self.timeout_s = limits.request_timeout_s
+        """This endpoint's request timeout; None: the service default."""
+        if calls_other_endpoints(user):
+            self.forbid_inline()
 
     @classmethod
     def build(
@@ -44,10 +63,24 @@ class EndpointRuntime:
         send_request: Callable[..., Any] | None,
     ) -> EndpointRuntime:
         """Import the user's code, call its ``load``, load the engine. Blocking: run it off the loop."""
-        user = load_user_code(code_path, spec, send_request)
-        loaded = _call_load(spec, user.load, model_path)
-        engine = load_engine(spec, model_path, loaded, user)
-        return cls(spec, user, engine, _batcher(spec, engine))
+        built: list[EndpointRuntime] = []
+        user = load_user_code(code_path, spec, marking(send_request, built))
+        try:
+            loaded = _call_load(spec, user.load, model_path)
+        except BaseException:
+            user.close()
+            raise
+        engine: Engine | None = None
+        batcher: DynamicBatcher | None = None
+        try:
+            engine = load_engine(spec, model_path, loaded, user.process.fn)
+            batcher = _batcher(spec, engine)
+            built.append(cls(spec, user, engine, batcher))
+            return built[0]
+        except BaseException:
+            # What load() started (sessions, threads, GPU memory) would outlive every failed retry otherwise.
+            _release(spec, user, engine, batcher)
+            raise
 
     @property
     def key(self) -> str:
@@ -55,24 +88,68 @@ class EndpointRuntime:
 
     # running ------------------------------------------------------------------------------------
 
-    async def run(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
-        """pre -> engine -> post for one request; cheap sync code runs inline, costly sync code in ``pool``."""
+    async def run(self, body: Any, collect: StatsFn, pool: Executor, timeout_s: float | None = None) -> Any:
+        """pre -> engine -> post for one request; cheap sync code runs inline, costly sync code in ``pool``.
+
+        Raises ``Retired`` when the reconciler has begun to retire this runtime: resolve again.
+        """
         self._enter()
         try:
-            state: dict[str, Any] = {}
-            if self.all_sync:
-                return await self._sync("pipeline", self.run_sync, pool, body, state, collect)
-            data = await self._hook("preprocess", self.user.preprocess, pool, body, state, collect)
-            data = await self._model(data, state, collect, pool)
-            return await self._hook("postprocess", self.user.postprocess, pool, data, state, collect)
-        except BaseException:
+            limit = self.timeout_s or timeout_s
+            if limit is None or (self.all_sync and self._cost["pipeline"].cheap):  # inline: nothing to time out
+                answer = await self._stages(body, collect, pool)
+            else:
+                async with timeout(limit):
+                    answer = await self._stages(body, collect, pool)
+            if self.closed:  # unloaded under it (drain timeout): what it computed may rest on freed state
+                raise self._unloaded()
+            return answer
+        except asyncio.TimeoutError:
             self.errors += 1
+            raise Timeout(
+                f"endpoint {self.key}: no answer within {limit:g} s (aux config request_timeout_ms)"
+            ) from None
+        except Exception as exc:
+            self.errors += 1
+            if self.closed and not isinstance(exc, NotReady):
+                raise self._unloaded() from exc
             raise
         finally:
             self._leave()
 
-    def run_sync(self, body: Any, state: dict[str, Any], collect: StatsFn) -> Any:
-        """The whole pipeline in the calling thread, without batching (for blocking send_request)."""
+    async def _stages(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
+        state: dict[str, Any] = {}
+        if self.all_sync:
+            return await self._sync("pipeline", self._run_here, pool, body, state, collect)
+        data = await self._hook("preprocess", self.user.preprocess, pool, body, state, collect)
+        data = await self._model(data, state, collect, pool)
+        return await self._hook("postprocess", self.user.postprocess, pool, data, state, collect)
+
+    def run_blocking(self, body: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
+        """The pipeline in the calling thread (blocking send_request); async parts and the batcher run on ``loop``.
+
+        Sync stages run right here, never in the shared pool: a pool full of callers waiting for their
+        callees' stages could never drain.
+        """
+        self._enter()
+        try:
+            state: dict[str, Any] = {}
+            data = self._blocking_hook("preprocess", self.user.preprocess, loop, body, state)
+            data = self._blocking_model(data, state, loop)
+            answer = self._blocking_hook("postprocess", self.user.postprocess, loop, data, state)
+            if self.closed:
+                raise self._unloaded()
+            return answer
+        except Exception as exc:
+            self.errors += 1
+            if self.closed and not isinstance(exc, NotReady):
+                raise self._unloaded() from exc
+            raise
+        finally:
+            self._leave()
+
+    def _run_here(self, body: Any, state: dict[str, Any], collect: StatsFn) -> Any:
+        """The whole sync pipeline in this thread, without batching."""
         data = self._call_sync("preprocess", self.user.preprocess, body, state, collect)
         try:
             data = self.engine.run(data, state, collect)
@@ -108,7 +185,31 @@ class EndpointRuntime:
                 return self.engine.unwrap(outputs)
             if self.engine.is_async:
                 return await self.engine.run(data, state, collect)
-            return await asyncio.get_running_loop().run_in_executor(pool, self.engine.run, data, state, collect)
+            return await self._sync("model", self.engine.run, pool, data, state, collect)
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self._engine_error(exc) from exc
+
+    def _blocking_hook(self, stage: str, hook: Hook, loop: Any, data: Any, state: dict) -> Any:
+        if hook.fn is None:
+            return data
+        if not hook.is_async:
+            return self._call_sync(stage, hook, data, state, no_statistics)
+        try:
+            return on_loop(hook.fn(data, state, no_statistics), loop)
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self._user_error(stage, exc) from exc
+
+    def _blocking_model(self, data: Any, state: dict, loop: Any) -> Any:
+        try:
+            if self.batcher is not None and loop is not None:
+                return self.engine.unwrap(on_loop(self.batcher.submit(self.engine.prepare(data)), loop))
+            if self.engine.is_async:
+                return on_loop(self.engine.run(data, state, no_statistics), loop)
+            return self.engine.run(data, state, no_statistics)
         except FerryError:
             raise
         except Exception as exc:
@@ -132,7 +233,7 @@ class EndpointRuntime:
     def _engine_error(self, exc: Exception) -> FerryError:
         if self.spec.engine in ("custom", "custom_async"):
             return self._user_error("process", exc)
-        if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
+        if isinstance(exc, (ValueError, TypeError, KeyError, IndexError, ArithmeticError)):
             # The model refused what preprocess produced from this request: the request is what to fix.
             return UserCodeError(
                 f"endpoint {self.key}: the {self.spec.engine} model rejected its input: {type(exc).__name__}: {exc}",
@@ -145,10 +246,27 @@ class EndpointRuntime:
             stage="model",
         )
 
+    def _unloaded(self) -> NotReady:
+        """What a request still running when its runtime was unloaded (drain timeout) gets, whatever broke."""
+        return NotReady(f"endpoint {self.key} was unloaded while this request ran; retry", retry_after=1.0)
+
     # lifetime -----------------------------------------------------------------------------------
+
+    def forbid_inline(self) -> None:
+        """This version's code calls other endpoints (send_request): none of it may run on the event loop."""
+        for meter in self._cost.values():
+            meter.forbid_inline()
 
     def _enter(self) -> None:
         with self._idle:
+            if self.retiring:
+                raise Retired(self.key)
+            if self.inflight >= self.max_queue_size:
+                raise Overloaded(
+                    f"endpoint {self.key}: {self.inflight} requests are already waiting (aux config max_queue_size "
+                    f"{self.max_queue_size}); retry shortly",
+                    retry_after=1.0,
+                )
             self.inflight += 1
             self.requests += 1
 
@@ -158,22 +276,38 @@ class EndpointRuntime:
             if self.inflight == 0:
                 self._idle.notify_all()
 
+    def retire(self, timeout: float = 30.0) -> bool:
+        """Take no new requests, wait for those in flight, then close; False when some were still running.
+
+        Requests that still run at the timeout are answered 503 with Retry-After once the runtime closes.
+        """
+        with self._idle:
+            self.retiring = True
+            drained = self._idle.wait_for(lambda: self.inflight == 0, timeout)
+            stragglers = self.inflight
+        if not drained:
+            log.warning(
+                "endpoint %s: %s request(s) still running after the %g s drain; unloading it, they get 503",
+                self.key,
+                stragglers,
+                timeout,
+            )
+        self.close()
+        return drained
+
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until no request is in flight (True) or ``timeout`` passes (False)."""
         with self._idle:
             return self._idle.wait_for(lambda: self.inflight == 0, timeout)
 
     def close(self) -> None:
-        """Call the user's ``unload`` and release the engine; errors are reported, not raised."""
-        try:
-            if self.batcher is not None:
-                self.batcher.close()
-            if self.user.unload.fn is not None:
-                result = self.user.unload.fn()
-                if self.user.unload.is_async:
-                    asyncio.run(result)
-        finally:
-            self.engine.close()
+        """Call the user's ``unload`` and release the engine and batcher; errors are reported, not raised."""
+        self.retiring = self.closed = True
+        _release(self.spec, self.user, self.engine, self.batcher)
+
+
+class Retired(Exception):
+    """The runtime a request resolved is being retired: the data plane resolves the endpoint again."""
 
 
 def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
@@ -185,7 +319,8 @@ def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
             f"endpoint {spec.key}: the {spec.engine} engine cannot batch requests: "
             "remove max_batch_size from --aux-config"
         )
-    return DynamicBatcher(engine, policy, dynamic_axes(spec, engine.input_names), spec.key, inline_budget(spec))
+    axes = batch_axes(spec, engine.input_names, rows_only=isinstance(engine, RowBatching))
+    return DynamicBatcher(engine, policy, axes, spec.key, inline_budget(spec))
 
 
 def inline_budget(spec: EndpointSpec) -> float:
@@ -205,3 +340,22 @@ def _call_load(spec: EndpointSpec, hook: Hook, model_path: Path | None) -> Any:
         raise UserCodeError(
             f"endpoint {spec.key}: load raised {type(exc).__name__}: {exc}", endpoint=spec.key, stage="load"
         ) from exc
+
+
+def _release(spec: EndpointSpec, user: UserCode, engine: Engine | None, batcher: DynamicBatcher | None) -> None:
+    """Close the batcher, call ``unload``, close the engine, forget the user's modules (retired or failed builds)."""
+    try:
+        if batcher is not None:
+            batcher.close()
+        if user.unload.fn is not None:
+            result = user.unload.fn()
+            if user.unload.is_async:
+                asyncio.run(result)
+    except Exception as exc:  # a failed build's own error is the one the user needs; this one is logged
+        log.warning("endpoint %s: unload raised %s: %s", spec.key, type(exc).__name__, exc)
+    finally:
+        try:
+            if engine is not None:
+                engine.close()
+        finally:
+            user.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
+from ferry.errors import FerryError
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
 from ferry.serving.dataplane import DataPlane, no_statistics
@@ -26,6 +27,28 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
 """Endpoints that failed to load are retried after 5 s, then 10, 20, ... up to every 5 minutes."""
+CONNECT_FIRST_S = 1.0
+CONNECT_MAX_S = 30.0
+"""A store unreachable at start is retried after 1 s, then 2, 4, ... up to every 30 s."""
+
+
+@dataclasses.dataclass
+class Backoff:
+    """Delays that start at ``first`` seconds and double up to ``most``; ``reset`` starts over."""
+
+    first: float
+    most: float
+    current: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = self.first
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.current * 2, self.most)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
 
 
 class RecentLog(logging.Handler):
@@ -42,6 +65,9 @@ class RecentLog(logging.Handler):
 class Reconciler:
     """Keeps one instance's RouteTable equal to its service's newest revision, and heartbeats."""
 
+    drain_timeout = 30.0
+    """Seconds a retired version's requests may take to finish; the rest are answered 503 when it unloads."""
+
     def __init__(
         self,
         plane: DataPlane,
@@ -51,6 +77,8 @@ class Reconciler:
         service_id: str,
         poll_interval: float = 1.0,
         heartbeat_interval: float = 2.0,
+        retry: Backoff | None = None,
+        connect_retry: Backoff | None = None,
     ) -> None:
         self.plane = plane
         self.store = store
@@ -59,29 +87,30 @@ class Reconciler:
         self.service_id = service_id
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
+        self.retry = retry or Backoff(RETRY_FIRST_S, RETRY_MAX_S)
+        self.connect_retry = connect_retry or Backoff(CONNECT_FIRST_S, CONNECT_MAX_S)
         self.instance_id: str | None = None
         self.applied: int | None = None
+        self.loading_revision: int | None = None
+        self.store_error: str | None = None
+        """What is wrong with the store while it fails ("store unreachable: ..."), for /health/ready."""
         self.recent = RecentLog()
         self._stop = asyncio.Event()
-        self._retry_delay = RETRY_FIRST_S
         self._retry_at = 0.0
+        self._beat_failing = False
         self._process: Any = None
 
     async def run(self) -> None:
-        """Poll until ``stop``; every blocking step runs in a thread so requests keep flowing."""
+        """Register, then poll and heartbeat until ``stop``; blocking steps run in threads so requests flow."""
         logging.getLogger("ferry").addHandler(self.recent)
-        self.instance_id = await asyncio.to_thread(
-            self.store.register_instance, self.service_id, socket.gethostname(), os.getpid()
-        )
-        last_beat = 0.0
         try:
-            while not self._stop.is_set():
-                await self._tick()
-                if time.monotonic() - last_beat >= self.heartbeat_interval:
-                    await asyncio.to_thread(self._heartbeat_safely)
-                    last_beat = time.monotonic()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.poll_interval)
+            if await self._register():
+                beats = asyncio.create_task(self._heartbeats(), name="ferry heartbeats")
+                try:
+                    await self._poll()
+                finally:
+                    self.stop()
+                    await beats
         finally:
             logging.getLogger("ferry").removeHandler(self.recent)
             await asyncio.to_thread(self._shutdown)
@@ -89,20 +118,84 @@ class Reconciler:
     def stop(self) -> None:
         self._stop.set()
 
+    def health(self) -> tuple[str, str | None]:
+        """("ready", None), or why this instance takes no traffic yet: ("loading" or "unavailable", reason)."""
+        if self.plane.ready():
+            return "ready", None
+        if self.store_error is not None:
+            return "unavailable", self.store_error
+        if self.loading_revision is None:
+            return "loading", "reading the service's revision from the store"
+        loading = sorted(self.plane.table.loading)
+        return "loading", f"loading revision {self.loading_revision}" + (f": {', '.join(loading)}" if loading else "")
+
+    async def _register(self) -> bool:
+        """Register this instance, retrying with backoff while the store is unreachable; False if stopped."""
+        while not self._stop.is_set():
+            try:
+                # The service as given (an id, a prefix, or "" for the only one), resolved once the store answers.
+                self.service_id = (await asyncio.to_thread(self.store.resolve_service, self.service_id or None)).id
+                self.instance_id = await asyncio.to_thread(
+                    self.store.register_instance, self.service_id, socket.gethostname(), os.getpid()
+                )
+                self._store_up()
+                return True
+            except Exception as exc:
+                self.store_error = _store_problem(exc)
+                delay = self.connect_retry.next()
+                log.warning("%s; retrying in %.0f s", self.store_error, delay)
+                await self._sleep(delay)
+        return False
+
+    async def _poll(self) -> None:
+        while not self._stop.is_set():
+            await self._tick()
+            await self._sleep(self.poll_interval)
+
+    async def _heartbeats(self) -> None:
+        """Beat on its own schedule, so a long ``load()`` or a slow poll never silences this instance."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            await asyncio.to_thread(self._heartbeat_safely)
+            await self._sleep(self.heartbeat_interval - (time.monotonic() - started))
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when ``stop`` is called."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(seconds, 0.0))
+
     async def _tick(self) -> None:
         try:
             head = await asyncio.to_thread(self.store.head, self.service_id)
-            if head != self.applied:
-                self._retry_delay = RETRY_FIRST_S
-            elif not (self.plane.table.failed and time.monotonic() >= self._retry_at):
-                return
-            else:  # a load may have failed for a passing reason (artifact store down): try again, backing off
-                log.info("retrying %s endpoint(s) that failed to load", len(self.plane.table.failed))
-                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
+        except Exception as exc:  # keep serving what is loaded; the store may be back by the next poll
+            self._store_down(exc)
+            return
+        self._store_up()
+        if head != self.applied:
+            self.retry.reset()
+        elif not (self.plane.table.failed and time.monotonic() >= self._retry_at):
+            return
+        else:  # a load may have failed for a passing reason (artifact store down): try again, backing off
+            log.info("retrying %s endpoint(s) that failed to load", len(self.plane.table.failed))
+        self.loading_revision = head
+        try:
             await asyncio.to_thread(self.apply, head)
-            self._retry_at = time.monotonic() + self._retry_delay
-        except Exception:  # the store may be briefly unreachable: keep serving what is loaded
+        except Exception:
             log.exception("reconcile of service %s failed; serving revision %s", self.service_id, self.applied)
+            return
+        self._retry_at = time.monotonic() + self.retry.next()
+
+    def _store_down(self, exc: Exception) -> None:
+        problem = _store_problem(exc)
+        if problem != self.store_error:  # once per outage, not once per poll
+            serving = f"serving revision {self.applied} until it is back" if self.applied else "retrying"
+            log.warning("%s; %s", problem, serving)
+        self.store_error = problem
+
+    def _store_up(self) -> None:
+        if self.store_error is not None:
+            log.info("store reachable again")
+        self.store_error = None
 
     # applying a revision ------------------------------------------------------------------------
 
@@ -142,8 +235,12 @@ class Reconciler:
         code_path = self.artifacts.fetch(spec.preprocess) if spec.preprocess else None
         runtime = EndpointRuntime.build(spec, model_path, code_path, self.plane.send_request_for(spec.engine))
         if "warmup" in spec.aux_config:
-            body = spec.aux_config["warmup"]
-            asyncio.run(runtime.run(body, no_statistics, self.plane.pool))
+            try:
+                asyncio.run(runtime.run(spec.aux_config["warmup"], no_statistics, self.plane.pool))
+            except BaseException:
+                with contextlib.suppress(Exception):  # the warmup's error is the one to report
+                    runtime.close()
+                raise
             runtime.requests = runtime.errors = 0
         return runtime
 
@@ -153,10 +250,9 @@ class Reconciler:
         return self.artifacts.fetch(self.registry.get(spec.model_id).artifact)
 
     def _retire(self, runtime: EndpointRuntime) -> None:
-        if not runtime.drain(timeout=60.0):
-            log.warning("endpoint %s still had requests in flight after 60 s; unloading it", runtime.key)
+        """No new requests reach ``runtime``; those in flight finish (up to the drain timeout), then it unloads."""
         try:
-            runtime.close()
+            runtime.retire(self.drain_timeout)
         except Exception as exc:
             log.error("unload of endpoint %s raised %s: %s", runtime.key, type(exc).__name__, exc)
 
@@ -164,9 +260,15 @@ class Reconciler:
 
     def _heartbeat_safely(self) -> None:
         try:
-            self.store.heartbeat(self.instance_id, self.applied, self.state())
-        except Exception:
-            log.exception("heartbeat failed")
+            if not self.store.heartbeat(self.instance_id, self.applied, self.state()):
+                # Pruned as dead after a long silence (a paused process): come back as a new instance.
+                self.instance_id = self.store.register_instance(self.service_id, socket.gethostname(), os.getpid())
+        except Exception as exc:
+            if not self._beat_failing:  # once per outage: the poll reports the store's state too
+                log.warning("heartbeat failed: %s", _store_problem(exc))
+            self._beat_failing = True
+        else:
+            self._beat_failing = False
 
     def state(self) -> dict[str, Any]:
         """What `ferry status` shows for this instance."""
@@ -189,3 +291,12 @@ class Reconciler:
                 self.store.remove_instance(self.instance_id)
             except Exception:
                 log.exception("could not deregister instance %s", self.instance_id)
+
+
+def _store_problem(exc: BaseException) -> str:
+    """A ferry error as it is (no such service); anything else as the store being unreachable, in one line."""
+    if isinstance(exc, FerryError):
+        return str(exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__  # SQLAlchemy appends the SQL and a docs link
+    return f"store unreachable: {first[:300]}"

@@ -1,22 +1,24 @@
-"""Load the user's Preprocess code as an isolated module per endpoint version and wrap its hooks once."""
+"""Load the user's Preprocess code as a package of its own per endpoint version and wrap its hooks once."""
 
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
 import importlib.util
 import inspect
 import itertools
+import os
 import re
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ferry.control.spec import EndpointSpec
+from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.errors import UserCodeError
 from ferry.serving import clearml_shim
 
@@ -24,10 +26,10 @@ ENTRY_FILE = "preprocess.py"
 HOOK_NAMES = ("preprocess", "process", "postprocess", "load", "unload")
 NUMPY_ALIASES = {"float": "float or np.float64", "int": "int or np.int64", "bool": "bool or np.bool_"}
 NUMPY_ALIAS_ERROR = re.compile(r"module 'numpy' has no attribute '(\w+)'")
+PACKAGE_PREFIX = "ferry_user_"
 
-# sys.path and sys.modules are process-wide: one import at a time keeps each folder's modules its own.
-_IMPORT_LOCK = threading.Lock()
 _COUNTER = itertools.count(1)
+_FINDER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ class UserCode:
     postprocess: Hook = MISSING
     load: Hook = MISSING
     unload: Hook = MISSING
+    package: UserPackage | None = None
+    """The version's folder as a package; None without user code."""
+
+    def close(self) -> None:
+        """Forget this version's modules (sys.modules); call once the version is unloaded. Idempotent."""
+        if self.package is not None:
+            self.package.close()
 
 
 def load_user_code(source: Path | None, spec: EndpointSpec, send_request: Callable[..., Any] | None) -> UserCode:
@@ -63,19 +72,28 @@ def load_user_code(source: Path | None, spec: EndpointSpec, send_request: Callab
     if source is None:
         return UserCode(instance=None, module=None)
     entry = _entry_file(Path(source), spec)
-    module = _import(entry, spec)
-    instance = _instantiate(module, entry, spec)
-    instance.model_endpoint = spec
+    package = UserPackage(_package_name(spec), entry)
+    try:
+        module = _import(package, entry, spec)
+        instance = _instantiate(module, entry, spec)
+    except BaseException:
+        package.close()
+        raise
+    instance.model_endpoint = ModelEndpointView(spec)
     if send_request is not None:
         instance.send_request = send_request
     hooks = {name: _hook(instance, name) for name in HOOK_NAMES}
-    return UserCode(instance=instance, module=module, **hooks)
+    return UserCode(instance=instance, module=module, package=package, **hooks)
 
 
 def _entry_file(source: Path, spec: EndpointSpec) -> Path:
     entry = source / ENTRY_FILE if source.is_dir() else source
     if not entry.is_file():
         raise UserCodeError(f"endpoint {spec.key}: preprocess code {entry} does not exist", stage="import")
+    if entry.suffix != ".py":
+        raise UserCodeError(
+            f"endpoint {spec.key}: cannot import {entry} as Python code: name the file *.py", stage="import"
+        )
     return entry
 
 
@@ -86,62 +104,250 @@ def _hook(instance: Any, name: str) -> Hook:
     return Hook(fn, inspect.iscoroutinefunction(fn))
 
 
-def _module_name(spec: EndpointSpec) -> str:
+def _package_name(spec: EndpointSpec) -> str:
     safe = re.sub(r"\W", "_", spec.key)
-    return f"ferry_user_{safe}_{next(_COUNTER)}"
+    return f"{PACKAGE_PREFIX}{safe}_{next(_COUNTER)}"
 
 
-def _import(entry: Path, spec: EndpointSpec) -> ModuleType:
-    name = _module_name(spec)
-    module_spec = importlib.util.spec_from_file_location(name, entry)
-    if module_spec is None or module_spec.loader is None:
-        raise UserCodeError(f"endpoint {spec.key}: cannot import {entry} as Python code", stage="import")
-    module = importlib.util.module_from_spec(module_spec)
+def _import(package: UserPackage, entry: Path, spec: EndpointSpec) -> ModuleType:
     clearml_shim.install()
-    with _IMPORT_LOCK, _isolated(entry):
-        # Registered while it runs: dataclasses and typing look the defining module up by name.
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise _user_error(spec, entry, "failed to import", exc) from exc
-        finally:
-            sys.modules.pop(name, None)
-    return module
-
-
-@contextmanager
-def _isolated(entry: Path) -> Iterator[None]:
-    """Let the modules beside ``entry`` win for plain ``import x``, then forget them once imported."""
-    folder = str(entry.parent.resolve())
-    names = _local_module_names(entry)
-    saved = _take_modules(names)
-    sys.path.insert(0, folder)
-    importlib.invalidate_caches()  # the files may have been written after the finders cached the folder
     try:
-        yield
-    finally:
-        with suppress(ValueError):  # the user's code may have edited sys.path itself
-            sys.path.remove(folder)
-        sys.path_importer_cache.pop(folder, None)
-        _take_modules(names)
-        sys.modules.update(saved)
+        return package.import_entry(entry)
+    except Exception as exc:
+        raise _user_error(spec, entry, "failed to import", exc) from exc
 
 
-def _local_module_names(entry: Path) -> set[str]:
-    names = set()
-    for path in entry.parent.iterdir():
-        if path.suffix == ".py" and path.name != entry.name:
-            names.add(path.stem)
-        elif path.is_dir() and (path / "__init__.py").is_file():
-            names.add(path.name)
-    return {name for name in names if name.isidentifier()}
+# One package per loaded version ----------------------------------------------------------------
+#
+# The folder becomes the package ``ferry_user_<key>_<n>`` (kept in sys.modules for the version's life, so
+# imports inside hooks and pickle find its modules), and every module of that folder gets builtins whose
+# ``__import__`` maps the folder's own top-level names to that package: ``import helpers`` in v1's code is
+# ``ferry_user_m_1_1.helpers``, in v2's ``ferry_user_m_2_2.helpers``, and other code's ``helpers`` is untouched.
+
+_PACKAGES: dict[str, UserPackage] = {}
 
 
-def _take_modules(names: set[str]) -> dict[str, ModuleType]:
-    """Remove (and return) the modules named ``names`` and their submodules from sys.modules."""
-    taken = [key for key in sys.modules if key.split(".", 1)[0] in names]
-    return {key: sys.modules.pop(key) for key in taken}
+class UserPackage:
+    """One version's preprocess folder registered as a package of its own until ``close``."""
+
+    def __init__(self, name: str, entry: Path) -> None:
+        self.name = name
+        self.folder = str(entry.parent.resolve())
+        self.local = _local_module_names(Path(self.folder), entry)
+        self.builtins = {**vars(builtins), "__import__": self._import}
+        self.module = ModuleType(name, f"preprocess folder {self.folder}")
+        self.module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        self.module.__spec__.submodule_search_locations = self.module.__path__ = [self.folder]
+        _install_finder()
+        _forget_finders(self.folder)  # the files may have been written after a finder cached the folder
+        _PACKAGES[name] = self
+        sys.modules[name] = self.module
+
+    def import_entry(self, entry: Path) -> ModuleType:
+        """Import ``entry`` as a module of this package (registered first: dataclasses look it up by name)."""
+        stem = entry.stem if entry.stem.isidentifier() else "preprocess"
+        name = f"{self.name}.{stem}"
+        loader = UserSourceLoader(name, str(entry))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, entry, loader=loader))
+        sys.modules[name] = module
+        setattr(self.module, stem, module)
+        loader.exec_module(module)
+        return module
+
+    def close(self) -> None:
+        """Remove the package and its modules from sys.modules."""
+        _PACKAGES.pop(self.name, None)
+        prefix = f"{self.name}."
+        for key in list(sys.modules):  # list() first: other threads may import meanwhile
+            if key == self.name or key.startswith(prefix):
+                sys.modules.pop(key, None)
+        _forget_finders(self.folder)
+
+    def _import(
+        self,
+        name: str,
+        globals: dict[str, Any] | None = None,
+        locals: Any = None,
+        fromlist: Sequence[str] | None = (),
+        level: int = 0,
+    ) -> ModuleType:
+        top = name.partition(".")[0]
+        if level or top not in self.local:
+            return builtins.__import__(name, globals, locals, fromlist, level)
+        module = builtins.__import__(f"{self.name}.{name}", globals, locals, fromlist, 0)
+        # ``import helpers.x`` binds ``helpers``; ``from helpers.x import y`` reads from helpers.x itself.
+        return module if fromlist else sys.modules[f"{self.name}.{top}"]
+
+
+class UserSourceLoader(importlib.machinery.SourceFileLoader):
+    """Runs a user module with its version's builtins, so its plain imports resolve inside its package."""
+
+    def exec_module(self, module: ModuleType) -> None:
+        package = _PACKAGES.get(module.__name__.partition(".")[0])
+        if package is not None:
+            module.__builtins__ = package.builtins  # type: ignore[attr-defined]
+        super().exec_module(module)
+
+
+class _UserFinder:
+    """Finds a loaded version's modules as the path finder does, to be run by UserSourceLoader."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: Sequence[str] | None = None, target: Any = None) -> Any:
+        if not fullname.startswith(PACKAGE_PREFIX) or fullname.partition(".")[0] not in _PACKAGES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is not None and type(spec.loader) is importlib.machinery.SourceFileLoader:
+            spec.loader = UserSourceLoader(fullname, spec.origin)
+        return spec
+
+
+def _install_finder() -> None:
+    with _FINDER_LOCK:
+        if _UserFinder not in sys.meta_path:
+            sys.meta_path.insert(0, _UserFinder)
+
+
+def _forget_finders(folder: str) -> None:
+    for key in list(sys.path_importer_cache):
+        if key == folder or key.startswith(folder + os.sep):
+            sys.path_importer_cache.pop(key, None)
+
+
+def _local_module_names(folder: Path, entry: Path) -> frozenset[str]:
+    """Names a plain ``import`` in this folder's code finds here first, as with the folder first on sys.path."""
+    names = {entry.stem}
+    for path in folder.iterdir():
+        name = path.stem if path.suffix == ".py" else path.name
+        if not name.isidentifier():
+            continue
+        if path.suffix == ".py" or (path / "__init__.py").is_file():
+            names.add(name)
+        elif path.is_dir() and any(path.glob("*.py")) and not _importable(name):
+            names.add(name)  # a namespace package: it loses to any other module of that name
+    return frozenset(name for name in names if name.isidentifier())
+
+
+def _importable(name: str) -> bool:
+    try:
+        return name in sys.modules or importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return True
+
+
+# What ``self.model_endpoint`` answers ----------------------------------------------------------
+
+CLEARML_FIELDS = (
+    "engine_type",
+    "serving_url",
+    "model_id",
+    "version",
+    "preprocess_artifact",
+    "input_size",
+    "input_type",
+    "input_name",
+    "output_size",
+    "output_type",
+    "output_name",
+    "auxiliary_cfg",
+)
+"""ClearML-Serving's ModelEndpoint fields, which ClearML users' code reads from ``self.model_endpoint``."""
+
+
+class ModelEndpointView:
+    """Read-only ``self.model_endpoint``: every EndpointSpec attribute plus ClearML's ModelEndpoint fields.
+
+    Like ClearML's, the tensor fields are lists (one entry per input or output) or None when not given.
+    """
+
+    __slots__ = ("_spec",)
+
+    def __init__(self, spec: EndpointSpec) -> None:
+        object.__setattr__(self, "_spec", spec)
+
+    @property
+    def spec(self) -> EndpointSpec:
+        return self._spec
+
+    @property
+    def engine_type(self) -> str:
+        return self._spec.engine
+
+    @property
+    def serving_url(self) -> str:
+        """``name/version``, or ``name`` for an endpoint without a version (ClearML's rule)."""
+        return self._spec.key
+
+    @property
+    def preprocess_artifact(self) -> str | None:
+        return None if self._spec.preprocess is None else self._spec.preprocess.url
+
+    @property
+    def input_size(self) -> list[list[int] | None] | None:
+        return _column(self._spec.inputs, "shape")
+
+    @property
+    def input_type(self) -> list[str | None] | None:
+        return _column(self._spec.inputs, "dtype")
+
+    @property
+    def input_name(self) -> list[str | None] | None:
+        return _column(self._spec.inputs, "name")
+
+    @property
+    def output_size(self) -> list[list[int] | None] | None:
+        return _column(self._spec.outputs, "shape")
+
+    @property
+    def output_type(self) -> list[str | None] | None:
+        return _column(self._spec.outputs, "dtype")
+
+    @property
+    def output_name(self) -> list[str | None] | None:
+        return _column(self._spec.outputs, "name")
+
+    @property
+    def auxiliary_cfg(self) -> dict[str, Any] | str | None:
+        """The aux config as the user wrote it (text) when given so, else its dict; None when empty."""
+        if self._spec.aux_config_text is not None:
+            return self._spec.aux_config_text
+        return dict(self._spec.aux_config) or None
+
+    def as_dict(self, remove_null_entries: bool = False) -> dict[str, Any]:
+        """ClearML's ``ModelEndpoint.as_dict``: the ClearML fields by name."""
+        fields = {name: getattr(self, name) for name in CLEARML_FIELDS}
+        return {k: v for k, v in fields.items() if v is not None} if remove_null_entries else fields
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_spec":
+            raise AttributeError(name)
+        try:
+            return getattr(self._spec, name)
+        except AttributeError:
+            known = ", ".join(sorted({*EndpointSpec.model_fields, "key", *CLEARML_FIELDS}))
+            raise AttributeError(f"model_endpoint has no field {name!r}; it has: {known}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"model_endpoint is read-only (cannot set {name!r}): change the endpoint with `ferry model add`, "
+            "or keep your own values on self"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ModelEndpointView, (self._spec,))
+
+    def __repr__(self) -> str:
+        return f"ModelEndpointView({self._spec!r})"
+
+
+def _column(tensors: tuple[TensorSpec, ...], field: str) -> list[Any] | None:
+    values = [getattr(tensor, field) for tensor in tensors]
+    if all(value is None for value in values):
+        return None
+    return [list(value) if isinstance(value, tuple) else value for value in values]
 
 
 def _instantiate(module: ModuleType, entry: Path, spec: EndpointSpec) -> Any:

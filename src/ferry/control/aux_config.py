@@ -1,0 +1,308 @@
+"""One typed aux-config model per engine: every endpoint setting that ferry reads, checked at ``model add``."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from ferry.control.pbtxt import parse_pbtxt
+from ferry.control.triton_config import MAPS, REPEATED, TRITON_FIELDS, TritonModelConfig, to_ferry_keys
+from ferry.control.triton_config import DynamicBatching as TritonDynamicBatching
+from ferry.errors import InvalidInput
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+
+
+def _comma_list(value: Any) -> Any:
+    return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+BatchSizes = Annotated[list[PositiveInt], BeforeValidator(_listed)]
+"""One batch size or a list of them."""
+Providers = Annotated[list[str], BeforeValidator(_comma_list)]
+"""A list of names or one comma-separated string."""
+OptimizationLevel = Annotated[Literal["disable", "basic", "extended", "all"], BeforeValidator(_lower)]
+
+
+class AuxBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class QueuePolicy(AuxBase):
+    """Triton's spelling of ferry's queue keys, under ``dynamic_batching.default_queue_policy``."""
+
+    max_queue_size: PositiveInt | None = None
+    """Same as ``max_queue_size``."""
+    default_timeout_microseconds: PositiveInt | None = None
+    """Same as ``request_timeout_ms``, in microseconds."""
+
+
+class QueueBatching(AuxBase):
+    default_queue_policy: QueuePolicy | None = None
+
+
+class DynamicBatching(QueueBatching):
+    """Triton's spelling of ferry's batcher keys, under ``dynamic_batching``."""
+
+    preferred_batch_size: BatchSizes | None = None
+    """Same as ``preferred_batch_size``."""
+    max_queue_delay_microseconds: NonNegativeFloat | None = None
+    """Same as ``max_queue_delay_ms``, in microseconds."""
+
+
+class CommonAux(AuxBase):
+    """Keys of every engine: read by the runtime (serving/pipeline.py) and the reconciler."""
+
+    warmup: Any = None
+    """A request body sent once after the version loads, before it takes traffic."""
+    inline_budget_ms: NonNegativeFloat = 1.0  # serving.inline.INLINE_BUDGET_S, which control may not import
+    """Sync pre/post work measured under this many ms runs on the event loop; 0 never inlines."""
+    max_queue_size: PositiveInt = 1024
+    """Requests waiting for this endpoint beyond which it answers 503."""
+    request_timeout_ms: PositiveFloat | None = None
+    """A request running longer is answered 504; unset: the service default (FERRY_REQUEST_TIMEOUT_S)."""
+
+
+SPELLINGS = {
+    "max_queue_size": "dynamic_batching.default_queue_policy.max_queue_size",
+    "request_timeout_ms": "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+    "max_queue_delay_ms": "dynamic_batching.max_queue_delay_microseconds",
+    "preferred_batch_size": "dynamic_batching.preferred_batch_size",
+    "instances": "batch_instances",
+}
+"""ferry's key -> the other spelling of the same setting (Triton's, or an old name)."""
+
+
+class QueueAux(CommonAux):
+    """The custom and custom_async engines: the common keys only."""
+
+    dynamic_batching: QueueBatching | None = None
+
+    @model_validator(mode="after")
+    def _one_spelling(self) -> QueueAux:
+        both = [f"{a} and {b}" for a, b in SPELLINGS.items() if _given(self, a) and _given(self, b)]
+        if both:
+            raise ValueError(f"{'; '.join(both)} set the same thing: give one of them")
+        return self
+
+
+class BatchAux(QueueAux):
+    """Engines the DynamicBatcher can wrap: the common keys plus the batcher's (serving/batching.py)."""
+
+    max_batch_size: PositiveInt = 1
+    """Most requests run as one model call; 1 turns batching off."""
+    max_queue_delay_ms: NonNegativeFloat = 0.0
+    """How long the first request of a batch waits for more."""
+    preferred_batch_size: BatchSizes | None = None
+    """Batch sizes (an int or a list) run as soon as they are reached."""
+    pad_value: float = 0.0
+    """Fills the ragged (-1) axes when requests of different lengths share a batch."""
+    instances: PositiveInt = 1
+    """Batches that may run at once."""
+    batch_instances: PositiveInt | None = None
+    """Same as ``instances``."""
+    dynamic_batching: DynamicBatching | None = None
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> BatchAux:
+        nested = self.dynamic_batching.preferred_batch_size if self.dynamic_batching else None
+        too_big = [s for s in self.preferred_batch_size or nested or [] if s > self.max_batch_size]
+        if too_big:
+            raise ValueError(
+                f"preferred batch sizes {too_big} exceed max_batch_size={self.max_batch_size}: "
+                "raise max_batch_size or drop them"
+            )
+        return self
+
+
+class SklearnAux(BatchAux):
+    method: str = "predict"
+    """The model method called: predict, predict_proba, transform, ..."""
+
+
+class OnnxRuntimeAux(BatchAux):
+    graph_optimization_level: OptimizationLevel = "all"
+    """ONNX Runtime's graph optimisations."""
+    intra_op_num_threads: PositiveInt = 1
+    """Threads inside one operator."""
+    inter_op_num_threads: PositiveInt = 1
+    """Threads across operators."""
+    providers: Providers | None = None
+    """Execution providers in order (a list or "A,B"); unset: CUDA when present, then CPU."""
+
+
+class TorchScriptAux(BatchAux):
+    device: str | None = None
+    """The torch device (cpu, cuda, cuda:1); unset: cuda when present, else cpu."""
+    intra_op_num_threads: PositiveInt = 1
+    """torch.set_num_threads for this model."""
+
+
+class TritonAux(TritonModelConfig, CommonAux):
+    """The triton engine: Triton's ModelConfig fields pass through, plus ferry's common keys."""
+
+
+AUX_MODELS: dict[str, type[AuxBase]] = {
+    "sklearn": SklearnAux,
+    "xgboost": BatchAux,
+    "lightgbm": BatchAux,
+    "onnxruntime": OnnxRuntimeAux,
+    "torchscript": TorchScriptAux,
+    "triton": TritonAux,
+    "custom": QueueAux,
+    "custom_async": QueueAux,
+}
+"""Engine name -> the typed model of its aux config."""
+
+BATCHABLE = tuple(engine for engine, model in AUX_MODELS.items() if issubclass(model, BatchAux))
+"""Engines whose endpoints the DynamicBatcher may wrap."""
+
+
+def validate_aux_config(engine: str, aux: dict[str, Any], aux_text: str | None = None) -> dict[str, Any]:
+    """Check ``aux`` (and a config file's text: JSON or Triton's config.pbtxt) against ``engine``'s keys.
+
+    Returns the keys the user wrote with typed values; raises InvalidInput naming the bad key and the valid
+    ones. Only new revisions go through here: stored ones load as they were written.
+    """
+    model = AUX_MODELS.get(engine)
+    if model is None:  # EndpointSpec names the engines that exist
+        return dict(aux)
+    given = {**from_text(engine, aux_text), **aux} if aux_text else dict(aux)
+    try:
+        checked = model.model_validate(given)
+    except ValidationError as exc:
+        raise InvalidInput("--aux-config: " + "; ".join(_explain(engine, model, e) for e in exc.errors())) from None
+    return checked.model_dump(mode="json", exclude_unset=True)
+
+
+def from_text(engine: str, text: str) -> dict[str, Any]:
+    """A config file's text as aux keys: a JSON object as it is, a config.pbtxt mapped for ``engine``."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"--aux-config file: not valid JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise InvalidInput('--aux-config file: write one JSON object of keys, e.g. {"max_batch_size": 8}')
+        return value
+    config = parse_pbtxt(text, REPEATED, MAPS)
+    return config if engine == "triton" else to_ferry_keys(engine, config)
+
+
+def _explain(engine: str, model: type[BaseModel], error: Any) -> str:
+    loc = error["loc"]
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        return _unknown(engine, model, loc, key)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key}={error['input']!r} for the {engine} engine: {message}" if loc else message
+
+
+def _unknown(engine: str, model: type[BaseModel], loc: tuple, key: str) -> str:
+    parent_path = [str(p) for p in loc[:-1] if not isinstance(p, int)]
+    prefix = "".join(f"{p}." for p in parent_path)
+    valid = [prefix + k for k in aux_keys_of(_model_at(model, loc[:-1]))]
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if engine not in BATCHABLE and loc[0] in BatchAux.model_fields:
+        hint = f" (the {engine} engine does not batch; batching keys apply to {', '.join(BATCHABLE)})"
+    elif engine != "triton" and _is_triton_setting(loc):
+        hint = f" ({key!r} is a Triton setting: serve the model with --engine triton to use it)"
+    return f"unknown key {key!r} for the {engine} engine{hint}; valid keys: {', '.join(valid)}"
+
+
+def _is_triton_setting(loc: tuple) -> bool:
+    if len(loc) == 1:
+        return loc[0] in TRITON_FIELDS
+    return loc[0] == "dynamic_batching" and len(loc) == 2 and loc[1] in TritonDynamicBatching.model_fields
+
+
+def aux_keys(engine: str) -> list[str]:
+    """Every aux-config key ``engine`` takes, dotted where nested (Triton's own messages are not expanded)."""
+    return aux_keys_of(AUX_MODELS[engine])
+
+
+def aux_keys_of(model: type[BaseModel]) -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        sub = _submodel(field.annotation)
+        if sub is not None and issubclass(sub, AuxBase):
+            keys += [f"{name}.{k}" for k in aux_keys_of(sub)]
+        else:
+            keys.append(name)
+    return sorted(keys)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = _submodel(field.annotation) if field else None
+        model = sub or model  # list indexes and dict keys stay on the same model
+    return model
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _given(model: BaseModel, dotted: str) -> bool:
+    node: Any = model
+    for part in dotted.split("."):
+        if not isinstance(node, BaseModel) or part not in node.model_fields_set:
+            return False
+        node = getattr(node, part)
+    return True
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """What the data plane needs of an endpoint's queue: its bound and its request timeout (None: the default)."""
+
+    max_queue_size: int = 1024
+    request_timeout_s: float | None = None
+
+
+def queue_limits(engine: str, aux: dict[str, Any]) -> QueueLimits:
+    """The endpoint's queue bound and timeout from either spelling; never raises on an older revision's keys."""
+    policy = aux.get("dynamic_batching", {}) if engine != "triton" else {}
+    policy = policy.get("default_queue_policy", {}) if isinstance(policy, dict) else {}
+    policy = policy if isinstance(policy, dict) else {}
+    size = _number(aux.get("max_queue_size", policy.get("max_queue_size")), 1024)
+    timeout_ms = _number(aux.get("request_timeout_ms"), None)
+    if timeout_ms is None and _number(policy.get("default_timeout_microseconds"), None):
+        timeout_ms = float(policy["default_timeout_microseconds"]) / 1000
+    return QueueLimits(
+        max_queue_size=max(1, int(size)), request_timeout_s=timeout_ms / 1000 if timeout_ms and timeout_ms > 0 else None
+    )
+
+
+def _number(value: Any, default: Any) -> Any:
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default

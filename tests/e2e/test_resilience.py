@@ -1,0 +1,194 @@
+"""A real `ferry serve` keeps going: heartbeats through a long load(), requests through a PostgreSQL outage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from tests.conftest import Ferry, _as_postgres, _pg_bin, free_port
+from tests.server import Server
+
+pytestmark = pytest.mark.e2e
+
+LOAD_S = 6.0
+"""How long the slow endpoint's load() sleeps: far above the 0.5 s heartbeat, short enough for the suite."""
+OUTAGE_S = 30.0
+
+
+def code(tmp_path: Path, name: str, source: str) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return str(path)
+
+
+def upload_model(ferry: Ferry, tmp_path: Path) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2))
+    joblib.dump(LogisticRegression().fit(x, (x.sum(axis=1) > 0).astype(int)), tmp_path / "m.pkl")
+    out = ferry("model", "upload", "--name", "logreg", "--project", "e2e", "--path", str(tmp_path / "m.pkl")).out
+    return out.strip().rsplit("=", 1)[1]
+
+
+def test_a_long_load_keeps_the_instance_in_status_as_loading(ferry_sqlite: Ferry, tmp_path: Path):
+    """A 6 s load() with 0.5 s heartbeats: `ferry status --json` keeps listing the instance, endpoint loading."""
+    ferry_sqlite.service()
+    slow = code(tmp_path, "slow", f"""
+        import time
+        class Preprocess:
+            def load(self, local_file_name):
+                time.sleep({LOAD_S})
+            def process(self, data, state, collect=None):
+                return {{"loaded": True}}
+        """)  # fmt: skip
+    server = Server(tmp_path, env={"FERRY_HEARTBEAT_INTERVAL": "0.5"})
+    try:
+        server.wait_ready()
+        model_id = upload_model(ferry_sqlite, tmp_path)
+        ferry_sqlite("model", "add", "--engine", "custom", "--endpoint", "slow", "--model-id", model_id,
+                     "--preprocess", slow)  # fmt: skip
+        seen: list[tuple[str, float]] = []
+        while server.serve("slow", {}).status_code != 200:
+            (inst,) = ferry_sqlite("status", "--json").json()["instances"]  # listed: heard from within 2.5 s
+            seen.append((inst["state"].get("endpoints", {}).get("slow", {}).get("state", "-"), inst["heartbeat_age_s"]))
+            assert len(seen) < 100, seen
+        loading = [age for state, age in seen if state == "loading"]
+        assert len(loading) >= 2 and max(loading) <= 1.5, seen
+        assert server.serve("slow", {}).json() == {"loaded": True}
+    finally:
+        server.stop()
+
+
+# --- a PostgreSQL server this test may stop -----------------------------------------------------
+
+
+class Postgres:
+    """A PostgreSQL server of its own on a free loopback port, stopped and started by the test."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="ferry-pg-outage-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._ctl("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", opts, "-w", "start")
+
+    def stop(self) -> None:
+        self._ctl("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _ctl(self, tool: str, *args: str) -> None:
+        subprocess.run(_as_postgres([str(self.bindir / tool), *args]), check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def postgres(ferry_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Postgres]:
+    bindir = _pg_bin()
+    if bindir is None:
+        message = "PostgreSQL is not installed (scripts/test.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = Postgres(bindir)
+    try:
+        server.start()
+        monkeypatch.setenv("FERRY_STORE", server.url)
+        yield server
+    finally:
+        server.remove()
+
+
+def tagged(tmp_path: Path, tag: str) -> str:
+    return code(tmp_path, f"tag_{tag}", f"""
+        class Preprocess:
+            def process(self, data, state, collect=None):
+                return {{"tag": "{tag}"}}
+        """)  # fmt: skip
+
+
+def test_postgres_down_30_s_serves_every_request_then_takes_a_change(postgres: Postgres, tmp_path: Path):
+    """PostgreSQL stopped for 30 s under load: every request answers 200; a change made afterwards is served."""
+    ferry = Ferry(tmp_path)
+    ferry.service()
+    ferry("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "before"))
+    server = Server(tmp_path)
+    answers: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def clients() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while not stop.is_set():
+                r = client.post("/serve/m", json={})
+                answers[r.json()["tag"] if r.status_code == 200 else f"{r.status_code} {r.text}"] += 1
+                time.sleep(0.005)
+
+    try:
+        server.wait_endpoint("m", {})
+        worker = threading.Thread(target=clients)
+        worker.start()
+        try:
+            time.sleep(1.0)
+            postgres.stop()
+            down_at, served_before = time.monotonic(), answers.total()
+            time.sleep(OUTAGE_S)
+            assert server.client.get("/health/ready").status_code == 200  # still serving: still ready
+            served_during = answers.total() - served_before
+            postgres.start()
+            outage = time.monotonic() - down_at
+            during = dict(answers)
+            ferry("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "after"))
+            server.wait_for(lambda: answers["after"] > 0, timeout=30, what="the change made after the outage served")
+        finally:
+            stop.set()
+            worker.join()
+    finally:
+        server.stop()
+    assert outage >= OUTAGE_S
+    assert set(during) == {"before"} and served_during > 100, (during, served_during)
+    assert set(answers) == {"before", "after"}, answers  # no request failed, before, during or after
+    assert "store unreachable" in server.log_path.read_text()
+
+
+def test_a_store_down_at_start_is_waited_for(postgres: Postgres, tmp_path: Path):
+    """`ferry serve --id S` with PostgreSQL down: 503 with the reason, then serving once the store is back."""
+    ferry = Ferry(tmp_path)
+    service = ferry.service()
+    ferry("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "up"))
+    postgres.stop()
+    server = Server(tmp_path, "--id", service, env={"FERRY_STARTUP_TIMEOUT": "1"})
+    try:
+        server.wait_for(
+            lambda: server.client.get("/health/ready").status_code == 503, what="503 while the store is down"
+        )
+        ready = server.client.get("/health/ready").json()
+        assert ready["status"] == "unavailable" and ready["reason"].startswith("store unreachable"), ready
+        assert server.serve("m", {}).status_code in (404, 503)  # nothing served yet, and no 500
+        postgres.start()
+        assert server.wait_endpoint("m", {}, timeout=60) == {"tag": "up"}
+        assert server.client.get("/health/ready").status_code == 200
+    finally:
+        server.stop()
+    assert "store is unreachable" in server.log_path.read_text()
