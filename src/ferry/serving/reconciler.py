@@ -184,6 +184,7 @@ class Reconciler:
             log.exception("reconcile of service %s failed; serving revision %s", self.service_id, self.applied)
             return
         self._retry_at = time.monotonic() + self.retry.next()
+        await asyncio.to_thread(self._heartbeat_safely)  # `ferry status` shows the change now, not a beat later
 
     def _store_down(self, exc: Exception) -> None:
         problem = _store_problem(exc)
