@@ -8,7 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from ferry import __version__
-from ferry.cli import models, serve, services
+from ferry.cli import declarative, models, serve, services
 from ferry.cli.context import Context
 from ferry.cli.output import fail
 from ferry.control.service import describe
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     services.register(sub, common)
     models.register(sub, common)
     serve.register(sub, common)
+    declarative.register(sub, common)
     return parser
 
 

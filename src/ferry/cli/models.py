@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ferry.cli import convert
+from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
 from ferry.cli.parsing import build_tensors, parse_aux_config
+from ferry.control.autoupdate import unmanaged
 from ferry.control.spec import ENGINE_NAMES, ModelQuery
 from ferry.errors import Conflict
 
@@ -30,13 +31,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--force", action="store_true", help="delete it even while an endpoint serves it")
     p.set_defaults(func=delete)
     _add(msub, common)
-    p = msub.add_parser("remove", parents=[common], help="remove an endpoint, canary or auto-update rule")
+    p = msub.add_parser("remove", parents=[common], help="remove an endpoint, canary, shadow or auto-update rule")
     p.add_argument("--endpoint", required=True, metavar="NAME[/VERSION]", help="what to remove")
     p.set_defaults(func=remove)
-    p = msub.add_parser("endpoints", parents=[common], help="list the service's endpoints, canaries, rules")
+    p = msub.add_parser("endpoints", parents=[common], help="list the service's endpoints, canaries, shadows, rules")
     p.add_argument("--json", action="store_true", help="print one JSON document and nothing else")
     p.set_defaults(func=endpoints)
     convert.register(msub, common)
+    autoupdate.register(msub, common)
+    canary.register(msub, common)
+    shadow.register(msub, common)
 
 
 def _upload(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -94,6 +98,7 @@ def upload(ctx: Context, args: argparse.Namespace) -> None:
         destination=args.destination,
     )
     print(f"Model created and registered, new Model ID={record.id}")
+    autoupdate.follow(ctx, record)
 
 
 def list_models(ctx: Context, args: argparse.Namespace) -> None:
@@ -134,16 +139,18 @@ def _version_numbers(ctx: Context, found: list) -> dict[str, int]:
 def publish(ctx: Context, args: argparse.Namespace) -> None:
     record = ctx.registry.publish(args.model_id)
     print(f"Model {record.id} published")
+    autoupdate.follow(ctx, record)
 
 
 def tag(ctx: Context, args: argparse.Namespace) -> None:
     record = ctx.registry.tag(args.model_id, args.tags)
     print(f"Model {record.id} tags: {' '.join(record.tags)}")
+    autoupdate.follow(ctx, record)
 
 
 def delete(ctx: Context, args: argparse.Namespace) -> None:
     record = ctx.registry.get(args.model_id)
-    serving = ctx.store.endpoints_serving(record.id)
+    serving = unmanaged(ctx.store, ctx.store.endpoints_serving(record.id))  # auto-update withdraws its own
     if serving and not args.force:
         service_id, keys = next(iter(serving.items()))
         raise Conflict(
@@ -154,6 +161,7 @@ def delete(ctx: Context, args: argparse.Namespace) -> None:
         warn(f"model {record.id} was served by {_in_words(ctx, serving)}: those endpoints fail to load from now on")
     ctx.registry.remove(record.id)
     print(f"Model {record.id} deleted")
+    autoupdate.follow(ctx, record)
 
 
 def _in_words(ctx: Context, serving: dict[str, list[str]]) -> str:
@@ -193,7 +201,7 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
     revision = ctx.store.get_revision(ctx.service.id)
     config = revision.config
     if args.json:
-        doc = config.model_dump(mode="json", include={"endpoints", "canaries", "auto_update"})
+        doc = config.model_dump(mode="json", include={"endpoints", "canaries", "shadows", "auto_update"})
         return emit_json({"revision": revision.number, **doc})
     console.print(f"service {ctx.service.id}, revision {revision.number}", highlight=False)
     table(
@@ -218,6 +226,11 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
             (k, c.weights, " ".join(c.input_endpoints) or f"{c.input_endpoint_prefix}*")
             for k, c in config.canaries.items()
         ],
+    )
+    table(
+        "shadows",
+        ("endpoint", "target", "fraction"),
+        [(k, s.target, f"{s.fraction:g}") for k, s in sorted(config.shadows.items())],
     )
     table(
         "auto-update rules",

@@ -8,12 +8,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ferry.control import canary
+from ferry.control.autoupdate import commit_reconcile
 from ferry.control.aux_config import validate_aux_config
 from ferry.control.spec import (
     MODEL_FREE_ENGINES,
+    AutoUpdateSpec,
+    CanarySpec,
     EndpointSpec,
     ModelQuery,
     ServiceConfig,
+    ShadowSpec,
     TensorSpec,
 )
 from ferry.control.store import Revision, Store
@@ -88,17 +93,116 @@ class ServiceControl:
 
         return Outcome(self.store.commit(service_id, change), warnings)
 
+    def add_auto_update(
+        self,
+        service_id: str,
+        *,
+        engine: str,
+        endpoint: str,
+        query: ModelQuery,
+        max_versions: int = 1,
+        preprocess: Path | None = None,
+        inputs: tuple[TensorSpec, ...] = (),
+        outputs: tuple[TensorSpec, ...] = (),
+        aux_config: dict[str, Any] | None = None,
+        aux_config_text: str | None = None,
+    ) -> Outcome:
+        """Add (or replace) a rule serving the newest ``max_versions`` models matching ``query`` at ``endpoint/N``."""
+        self.store.get_service(service_id)
+        if not (query.name or query.project or query.tags):
+            raise InvalidInput("an auto-update rule needs --name, --project or --tags to pick its models")
+        aux = validate_aux_config(engine, aux_config or {}, aux_config_text)
+        template = validated(
+            EndpointSpec,
+            name=endpoint,
+            engine=engine,
+            inputs=inputs,
+            outputs=outputs,
+            aux_config=aux,
+            aux_config_text=aux_config_text,
+            auto_update=endpoint.strip().strip("/"),
+            preprocess=self._upload_preprocess(preprocess),
+        )
+        rule = validated(
+            AutoUpdateSpec, endpoint=template.name, query=query, template=template, max_versions=max_versions
+        )
+        warnings: list[str] = []
+
+        def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+            if engine == "triton" and not config.settings.triton_grpc_server:
+                raise InvalidInput(
+                    "--engine triton needs a Triton server: set it with `ferry config --triton-grpc-server`"
+                )
+            warnings[:] = [f"auto-update rule {rule.endpoint!r} already existed: replaced it"] * (
+                rule.endpoint in config.auto_update
+            )
+            old = config.auto_update.get(rule.endpoint)
+            last = {"last_version": old.last_version} if old else {}  # a replaced rule never reuses a number
+            rules = {**config.auto_update, rule.endpoint: rule.model_copy(update=last)}
+            return _with(config, auto_update=rules), f"auto-update rule {rule.endpoint} set ({engine}, {_query(query)})"
+
+        revision = commit_reconcile(self.store, self.registry, service_id, change)
+        return Outcome(revision or self.store.get_revision(service_id), warnings)
+
+    def add_canary(
+        self,
+        service_id: str,
+        *,
+        endpoint: str,
+        weights: tuple[float, ...],
+        input_endpoints: tuple[str, ...] = (),
+        input_endpoint_prefix: str | None = None,
+    ) -> Outcome:
+        """Add (or replace) the canary ``endpoint``: requests split by ``weights`` over fixed endpoints, or
+        over the newest versions of the endpoint ``input_endpoint_prefix`` names (newest first)."""
+        self.store.get_service(service_id)
+        try:
+            targets = tuple(canary.target_key(t) for t in input_endpoints)
+            prefix = canary.prefix_name(input_endpoint_prefix)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        spec = validated(
+            CanarySpec, endpoint=endpoint, weights=weights, input_endpoints=targets, input_endpoint_prefix=prefix
+        )
+        warnings: list[str] = []
+
+        def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+            warnings[:] = canary.warnings(spec, config)
+            verb = "replaced" if spec.endpoint in config.canaries else "added"
+            canaries = {**config.canaries, spec.endpoint: spec}
+            return _with(config, canaries=canaries), f"canary {spec.endpoint} {verb}: {canary.summary(spec)}"
+
+        return Outcome(self.store.commit(service_id, change), warnings)
+
+    def add_shadow(self, service_id: str, *, endpoint: str, target: str, fraction: float = 1.0) -> Outcome:
+        """Copy ``fraction`` of ``endpoint``'s requests to ``target`` after each live answer (replaces its shadow)."""
+        self.store.get_service(service_id)
+        spec = validated(ShadowSpec, endpoint=endpoint, target=target, fraction=fraction)
+        warnings: list[str] = []
+
+        def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+            _check_shadow(config, spec)
+            warnings[:] = [f"endpoint {spec.endpoint!r} had a shadow: replaced it"] * (spec.endpoint in config.shadows)
+            shadows = {**config.shadows, spec.endpoint: spec}
+            summary = f"shadow of {spec.endpoint} set: {spec.fraction:g} of its requests copied to {spec.target}"
+            return _with(config, shadows=shadows), summary
+
+        return Outcome(self.store.commit(service_id, change), warnings)
+
     def remove_endpoint(self, service_id: str, endpoint: str) -> Outcome:
-        """Remove an endpoint version, a canary or an auto-update rule named ``endpoint``."""
+        """Remove the shadow, canary, endpoint version or auto-update rule named ``endpoint`` (first found)."""
         key = endpoint.strip().strip("/")
 
         def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+            if key in config.shadows:  # before all: a shadow bears its endpoint's name; a second remove takes that
+                shadows = {k: v for k, v in config.shadows.items() if k != key}
+                return _with(config, shadows=shadows), f"shadow of {key} removed"
+            if key in config.canaries:  # first: a canary wins over an endpoint of its name, here as in routing
+                canaries = {k: v for k, v in config.canaries.items() if k != key}
+                return _with(config, canaries=canaries), f"canary {key} removed"
             if key in config.endpoints:
                 endpoints = {k: v for k, v in config.endpoints.items() if k != key}
                 return _with(config, endpoints=endpoints), f"endpoint {key} removed"
-            if key in config.canaries:
-                canaries = {k: v for k, v in config.canaries.items() if k != key}
-                return _with(config, canaries=canaries), f"canary {key} removed"
             if key in config.auto_update:
                 rules = {k: v for k, v in config.auto_update.items() if k != key}
                 return _with(config, auto_update=rules), f"auto-update rule {key} removed"
@@ -170,6 +274,22 @@ def _with(config: ServiceConfig, **changes: Any) -> ServiceConfig:
     return config.model_copy(update=changes)
 
 
+def _query(query: ModelQuery) -> str:
+    return ", ".join(f"{k}={v}" for k, v in query.model_dump(exclude_defaults=True).items())
+
+
 def _names(config: ServiceConfig) -> str:
     names = [*config.endpoints, *config.canaries, *config.auto_update]
     return ", ".join(sorted(names)) or "(none)"
+
+
+def _check_shadow(config: ServiceConfig, spec: ShadowSpec) -> None:
+    """Both ends must exist: the target is an endpoint; the shadowed one may also be a canary or a rule."""
+    served = {*config.endpoints, *(e.name for e in config.endpoints.values())}
+    for what, name, known in (
+        ("endpoint to shadow", spec.endpoint, served | {*config.canaries, *config.auto_update}),
+        ("shadow target", spec.target, served),
+    ):
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "(none)"
+            raise NotFound(f"no {what} {name!r} on this service: add it first (`ferry model add`); there are: {listed}")

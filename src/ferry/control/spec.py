@@ -190,6 +190,30 @@ class CanarySpec(Frozen):
         return self
 
 
+class ShadowSpec(Frozen):
+    """A copy of ``fraction`` of ``endpoint``'s requests goes to ``target`` after the live answer; counted apart."""
+
+    endpoint: str
+    """The shadowed endpoint: ``name`` (all its versions) or ``name/version``."""
+    target: str
+    """The endpoint the copies go to: ``name`` (its newest version) or ``name/version``."""
+    fraction: float = Field(default=1.0, gt=0, le=1)
+
+    @field_validator("endpoint", "target")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        parts = value.strip().strip("/").split("/")
+        if len(parts) > 2:
+            raise ValueError(f"{value!r} is not NAME or NAME/VERSION")
+        return "/".join(check_name(part) for part in parts)
+
+    @model_validator(mode="after")
+    def _apart(self) -> ShadowSpec:
+        if self.endpoint == self.target:
+            raise ValueError(f"endpoint {self.endpoint!r} cannot shadow itself: give another --target")
+        return self
+
+
 class AutoUpdateSpec(Frozen):
     """Keep the newest ``max_versions`` models matching ``query`` deployed as ``endpoint/1..N``."""
 
@@ -197,6 +221,8 @@ class AutoUpdateSpec(Frozen):
     query: ModelQuery
     template: EndpointSpec
     max_versions: int = Field(default=1, ge=1)
+    last_version: int = Field(default=0, ge=0)
+    """The highest version this rule has deployed: new models get the next one, so no number is reused."""
 
 
 class MetricVariable(Frozen):
@@ -229,5 +255,7 @@ class ServiceConfig(Frozen):
     endpoints: dict[str, EndpointSpec] = Field(default_factory=dict)
     canaries: dict[str, CanarySpec] = Field(default_factory=dict)
     auto_update: dict[str, AutoUpdateSpec] = Field(default_factory=dict)
+    shadows: dict[str, ShadowSpec] = Field(default_factory=dict)
+    """Shadowed endpoint -> its shadow (revisions written before shadows existed load with none)."""
     metrics: dict[str, MetricSpec] = Field(default_factory=dict)
     settings: ServiceSettings = Field(default_factory=ServiceSettings)

@@ -193,7 +193,8 @@ class Store:
         """Apply ``change`` to the head config and store the result as the next revision.
 
         Two writers racing for the same number: the loser's insert fails on the primary key and it
-        re-reads the new head and applies its change again, so neither edit is lost.
+        re-reads the new head and applies its change again, so neither edit is lost. A change that
+        returns the very config it was given writes nothing; the head revision is returned.
         """
         self.get_service(service_id)
         return retry_on_conflict(lambda: self._commit_once(service_id, change))
@@ -210,7 +211,10 @@ class Store:
                 .mappings()
                 .first()
             )
-            config, summary = change(ServiceConfig.model_validate_json(row["config"]))
+            head = ServiceConfig.model_validate_json(row["config"])
+            config, summary = change(head)
+            if config is head:  # the change returned the head itself: nothing to write
+                return _revision(row)
             revision = Revision(service_id, row["number"] + 1, time.time(), summary, config)
             conn.execute(
                 insert(revisions).values(

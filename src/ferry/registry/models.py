@@ -153,6 +153,10 @@ class ModelRegistry:
         """Add ``tags`` to the model's tags; tags added at the same time by others are kept."""
         return self._update(model_id, lambda row: {"tags": sorted(set(row["tags"]) | set(tags))})
 
+    def untag(self, model_id: str, tags: list[str]) -> ModelRecord:
+        """Remove ``tags`` from the model's tags (those it does not carry are ignored)."""
+        return self._update(model_id, lambda row: {"tags": sorted(set(row["tags"]) - set(tags))})
+
     def publish(self, model_id: str) -> ModelRecord:
         return self._update(model_id, lambda _row: {"published": True})
 

@@ -12,13 +12,15 @@ import orjson
 
 from ferry.errors import EngineError, FerryError, NotFound, UserCodeError
 from ferry.rest.auth import BearerAuth, load_tokens
-from ferry.rest.http import decode_body, read_body, send, send_error
+from ferry.rest.http import decode_body, header, read_body, send, send_error
 from ferry.rest.openapi import DOCS_HTML, openapi
 from ferry.serving.dataplane import DataPlane, dumps
 from ferry.serving.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 SERVE = "/serve/"
+ROUTING_KEY = b"x-ferry-routing-key"
+"""A request carrying this header lands on the same canary target while the canary stays the same."""
 
 
 class FerryApp:
@@ -67,7 +69,7 @@ class FerryApp:
     async def _serve(self, scope: dict, receive: Any, send_: Any, rest: str) -> None:
         endpoint, version = _split(rest)
         body = decode_body(scope, await read_body(scope, receive, self.max_body), self.max_body)
-        result = await self.plane.infer(endpoint, version, body)
+        result = await self.plane.infer(endpoint, version, body, header(scope, ROUTING_KEY) or None)
         if isinstance(result, (bytes, bytearray)):
             return await send(send_, 200, bytes(result), b"application/octet-stream")
         try:

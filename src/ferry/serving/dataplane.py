@@ -13,6 +13,7 @@ import orjson
 from ferry.errors import NotReady
 from ferry.serving.pipeline import EndpointRuntime, Retired, no_statistics
 from ferry.serving.routing import RouteTable
+from ferry.serving.shadow import ShadowSender
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,22 @@ class DataPlane:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ferry-stage")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loaded_once = threading.Event()
+        self.shadows = ShadowSender(lambda: self.table, dumps, request_timeout_s)
 
     # the request path ---------------------------------------------------------------------------
 
-    async def infer(self, endpoint: str, version: str | None, body: Any) -> Any:
-        """Run ``body`` through ``endpoint[/version]``; raises FerryError kinds with status codes."""
+    async def infer(self, endpoint: str, version: str | None, body: Any, routing_key: str | None = None) -> Any:
+        """Run ``body`` through ``endpoint[/version]``; raises FerryError kinds with status codes.
+        ``routing_key`` pins a canary's choice: the same key, the same target while the canary stays the same."""
+        shadow = self.shadows.sample(self.table.shadows, endpoint, version, body)  # copies body before the live run
         for _ in range(RESOLVE_ATTEMPTS):
-            runtime = self.table.resolve(endpoint, version)
+            runtime = self.table.resolve(endpoint, version, routing_key)
             try:
-                return await runtime.run(body, no_statistics, self.pool, self.request_timeout_s)
+                answer = await runtime.run(body, no_statistics, self.pool, self.request_timeout_s)
             except Retired:
                 continue  # the reconciler swapped tables after we resolved: the new table has its successor
+            self.shadows.send(shadow, answer)  # fire and forget, on a later loop turn
+            return answer
         raise _swapping(endpoint)
 
     def ready(self) -> bool:
@@ -104,6 +110,7 @@ class DataPlane:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.shadows.close()
 
 
 RESOLVE_ATTEMPTS = 3

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ferry.control.autoupdate import reconcile_service
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
 from ferry.errors import FerryError
@@ -30,6 +31,8 @@ RETRY_MAX_S = 300.0
 CONNECT_FIRST_S = 1.0
 CONNECT_MAX_S = 30.0
 """A store unreachable at start is retried after 1 s, then 2, 4, ... up to every 30 s."""
+RULES_EVERY = 10
+"""Auto-update rules are reconciled every this many poll intervals (a writer may have crashed mid-way)."""
 
 
 @dataclasses.dataclass
@@ -106,11 +109,13 @@ class Reconciler:
         try:
             if await self._register():
                 beats = asyncio.create_task(self._heartbeats(), name="ferry heartbeats")
+                rules = asyncio.create_task(self._rule_checks(), name="ferry auto-update rules")
                 try:
                     await self._poll()
                 finally:
                     self.stop()
                     await beats
+                    await rules
         finally:
             logging.getLogger("ferry").removeHandler(self.recent)
             await asyncio.to_thread(self._shutdown)
@@ -151,6 +156,20 @@ class Reconciler:
         while not self._stop.is_set():
             await self._tick()
             await self._sleep(self.poll_interval)
+
+    async def _rule_checks(self) -> None:
+        """Reconcile the service's auto-update rules now and then, in a thread; a failure is logged, never raised."""
+        while not self._stop.is_set():
+            await self._sleep(self.poll_interval * RULES_EVERY)
+            if self._stop.is_set():
+                return
+            try:
+                revision = await asyncio.to_thread(reconcile_service, self.store, self.registry, self.service_id)
+            except Exception as exc:
+                log.warning("auto-update reconcile failed: %s", _store_problem(exc))
+            else:
+                if revision is not None:
+                    log.info("auto-update caught up: revision %s: %s", revision.number, revision.summary)
 
     async def _heartbeats(self) -> None:
         """Beat on its own schedule, so a long ``load()`` or a slow poll never silences this instance."""
@@ -202,7 +221,8 @@ class Reconciler:
 
     def apply(self, number: int) -> None:
         """Make revision ``number`` live: build what changed, swap tables, retire what left."""
-        desired = self.store.get_revision(self.service_id, number).config.endpoints
+        config = self.store.get_revision(self.service_id, number).config
+        desired = config.endpoints
         current = self.plane.table
         keep = {k: rt for k, rt in current.runtimes.items() if desired.get(k) == rt.spec}
         to_build = [spec for key, spec in desired.items() if key not in keep]
@@ -212,7 +232,15 @@ class Reconciler:
         for key in failed:  # a version that fails to load leaves the one it replaces serving
             if key in current.runtimes:
                 keep[key] = current.runtimes[key]
-        self.plane.swap(RouteTable(revision=number, runtimes={**keep, **built}, failed=failed))
+        self.plane.swap(
+            RouteTable(
+                revision=number,
+                runtimes={**keep, **built},
+                failed=failed,
+                canaries=config.canaries,
+                shadows=config.shadows,
+            )
+        )
         self.applied = number
         retired = [rt for key, rt in current.runtimes.items() if self.plane.table.runtimes.get(key) is not rt]
         for runtime in retired:
@@ -278,6 +306,7 @@ class Reconciler:
         self._process = self._process or psutil.Process()
         return {
             "endpoints": self.plane.endpoint_states(),
+            "shadows": self.plane.shadows.states(self.plane.table.shadows),
             "heartbeat_interval": self.heartbeat_interval,
             "cpu_percent": self._process.cpu_percent(),
             "rss_bytes": self._process.memory_info().rss,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ferry.control.spec import CanarySpec, ShadowSpec
 from ferry.errors import NotFound, NotReady
+from ferry.serving.canary import canary_choices, version_order
 from ferry.serving.pipeline import EndpointRuntime
 
-
-def version_order(version: str) -> tuple[int, int | str]:
-    """Sort key: numeric versions by value (2 < 10), others after them by text."""
-    return (0, int(version)) if re.fullmatch(r"\d+", version) else (1, version)
+__all__ = ["RouteTable", "version_order"]
 
 
 @dataclass(frozen=True)
@@ -26,13 +24,21 @@ class RouteTable:
     """Endpoint key -> load error, for versions of this revision that could not be loaded."""
     loading: frozenset[str] = frozenset()
     """Endpoint keys of a newer revision still being loaded."""
+    canaries: Mapping[str, CanarySpec] = field(default_factory=dict)
+    """Canary name -> spec; resolved against ``runtimes`` once, here (a canary wins over an endpoint's name)."""
+    shadows: Mapping[str, ShadowSpec] = field(default_factory=dict)
+    """Shadowed endpoint -> shadow spec; ``serving/shadow.py`` samples and sends the copies."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", MappingProxyType(dict(self.runtimes)))
         object.__setattr__(self, "_newest", _newest_versions(self.runtimes))
+        object.__setattr__(self, "_canaries", canary_choices(self.canaries, self.runtimes, self._newest))
 
-    def resolve(self, endpoint: str, version: str | None = None) -> EndpointRuntime:
-        """The runtime for ``endpoint[/version]``; without a version, the unversioned one or the newest."""
+    def resolve(self, endpoint: str, version: str | None = None, routing_key: str | None = None) -> EndpointRuntime:
+        """The runtime for ``endpoint[/version]``; without a version, a canary of that name picks a target
+        (by weight, or fixed by ``routing_key``), else the unversioned endpoint, else the newest version."""
+        if not version and (canary := self._canaries.get(endpoint)) is not None:
+            return self.runtimes[canary.pick(routing_key)]
         key = f"{endpoint}/{version}" if version else self._newest.get(endpoint, endpoint)
         runtime = self.runtimes.get(key)
         if runtime is not None:
@@ -48,7 +54,7 @@ class RouteTable:
                     "(`ferry status` shows it; fix and add it again)",
                     retry_after=5.0,
                 )
-        served = ", ".join(sorted(self.runtimes)) or "none"
+        served = ", ".join(sorted({*self.runtimes, *self.canaries})) or "none"
         raise NotFound(f"no endpoint {key!r} on this service; served endpoints: {served}")
 
 

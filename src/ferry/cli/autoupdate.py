@@ -1,0 +1,74 @@
+"""The `model auto-update` and `model untag` commands, and the rules' reconcile after every registry change."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ferry.cli.context import Context
+from ferry.cli.output import err_console, warn
+from ferry.cli.parsing import build_tensors, parse_aux_config
+from ferry.control.autoupdate import reconcile_for_model
+from ferry.control.spec import ENGINE_NAMES, ModelQuery
+from ferry.registry.models import ModelRecord
+
+
+def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = msub.add_parser(
+        "auto-update",
+        parents=[common],
+        help="serve the newest models matching a query as ENDPOINT/1, /2, ... as they are uploaded or published",
+    )
+    p.add_argument("--engine", required=True, choices=ENGINE_NAMES, help="what runs the models")
+    p.add_argument("--endpoint", required=True, help="endpoint name: versions are served at /serve/NAME/N")
+    p.add_argument("--name", help="models with this exact name")
+    p.add_argument("--project", help="... and this exact project")
+    p.add_argument("--tags", nargs="*", default=[], help="... carrying all of these tags")
+    p.add_argument("--published", action="store_true", help="... and published")
+    p.add_argument("--max-versions", type=int, default=1, help="how many of the newest stay served (default 1)")
+    p.add_argument("--preprocess", help="Preprocess code: a .py file, or a folder with preprocess.py")
+    for side in ("input", "output"):
+        p.add_argument(f"--{side}-size", nargs="+", help=f'{side} shapes: "[-1, 10]" per tensor, or 1 28 28')
+        p.add_argument(f"--{side}-type", nargs="+", help=f"{side} dtypes (numpy names: float32 int64 ...)")
+        p.add_argument(f"--{side}-name", nargs="+", help=f"{side} tensor names")
+    p.add_argument("--aux-config", nargs="+", help="engine settings as key=value pairs, or a config file")
+    p.set_defaults(func=auto_update)
+    p = msub.add_parser("untag", parents=[common], help="remove tags from a model")
+    p.add_argument("--model-id", required=True, help="the model to untag")
+    p.add_argument("--tags", nargs="+", required=True, help="tags to remove")
+    p.set_defaults(func=untag)
+
+
+def auto_update(ctx: Context, args: argparse.Namespace) -> None:
+    aux, aux_text = parse_aux_config(args.aux_config)
+    query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
+    outcome = ctx.control.add_auto_update(
+        ctx.service.id,
+        engine=args.engine,
+        endpoint=args.endpoint,
+        query=query,
+        max_versions=args.max_versions,
+        preprocess=Path(args.preprocess) if args.preprocess else None,
+        inputs=build_tensors(args.input_name, args.input_type, args.input_size, "input"),
+        outputs=build_tensors(args.output_name, args.output_type, args.output_size, "output"),
+        aux_config=aux,
+        aux_config_text=aux_text,
+    )
+    for message in outcome.warnings:
+        warn(message)
+    print(f"revision {outcome.revision.number}: {outcome.revision.summary}")
+
+
+def untag(ctx: Context, args: argparse.Namespace) -> None:
+    record = ctx.registry.untag(args.model_id, args.tags)
+    print(f"Model {record.id} tags: {' '.join(record.tags)}")
+    follow(ctx, record)
+
+
+def follow(ctx: Context, model: ModelRecord) -> None:
+    """Reconcile the auto-update rules that may match ``model`` after it changed; print what they deployed."""
+    for revision in reconcile_for_model(ctx.store, ctx.registry, model):
+        # stderr: scripts read the command's own line (the new model's id) from stdout
+        err_console.print(
+            f"service {revision.service_id} revision {revision.number}: {revision.summary}", highlight=False
+        )
