@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ferry.errors import EngineError, NotFound, NotReady, UserCodeError
+from ferry.errors import EngineError, NotFound, NotReady, Timeout, UserCodeError
 
 SKLEARN_CODE = """
     import numpy as np
@@ -387,3 +387,35 @@ def test_a_request_that_resolved_a_retiring_version_runs_on_its_successor(servic
     with pytest.raises(Exception, match="r"):
         asyncio.run(old.run(1, None, service.plane.pool))  # a closed version takes nothing
     assert infer(service, "r", 1)["tag"] == "new"
+
+
+def test_a_timed_out_request_still_holds_its_version_until_its_thread_ends(service, tmp_path):
+    """504 at the timeout, but the version is unloaded only once the stage still running in a thread is done."""
+    log = tmp_path / "events.txt"
+    slow = service.code(
+        f"""
+        import time
+        class Preprocess:
+            def process(self, data, state, collect=None):
+                time.sleep(data)
+                with open({str(log)!r}, "a") as f:
+                    f.write("done\\n")
+                return data
+            def unload(self):
+                with open({str(log)!r}, "a") as f:
+                    f.write("unload\\n")
+        """
+    )
+    service.add("t", code=slow, aux_config={"request_timeout_ms": 100, "inline_budget_ms": 0})
+    service.apply()
+    service.reconciler.drain_timeout = 5.0
+
+    async def go():
+        service.plane.loop = asyncio.get_running_loop()
+        with pytest.raises(Timeout):
+            await service.plane.infer("t", None, 0.6)
+        service.add("t", code=echo_code(service, "new"))
+        await asyncio.to_thread(service.apply)  # retires the old version: must wait for the sleeping thread
+
+    asyncio.run(go())
+    assert log.read_text().split() == ["done", "unload"]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class EndpointRuntime:
         """Set when the reconciler retires this version: requests that resolved it resolve again."""
         self.closed = False
         self._idle = threading.Condition()
+        self._threads = 0
+        """Sync stages running in the pool, counted until they end (even after their request timed out)."""
         pre, post = user.preprocess, user.postprocess
         self.all_sync = batcher is None and not (pre.is_async or post.is_async or engine.is_async)
         budget = inline_budget(spec)
@@ -164,7 +166,20 @@ class EndpointRuntime:
         meter = self._cost[what]
         if meter.cheap:
             return meter.call(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(pool, meter.call, fn, *args)
+        return await asyncio.wrap_future(self._in_thread(pool.submit(meter.call, fn, *args)))
+
+    def _in_thread(self, work: Future) -> Future:
+        """Count ``work`` until it ends: a request that timed out leaves its thread running, and the drain waits."""
+        with self._idle:
+            self._threads += 1
+        work.add_done_callback(self._thread_done)
+        return work
+
+    def _thread_done(self, _: Future) -> None:
+        with self._idle:
+            self._threads -= 1
+            if self._threads == 0:
+                self._idle.notify_all()
 
     async def _hook(self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict, collect: StatsFn) -> Any:
         if hook.fn is None:
@@ -283,8 +298,8 @@ class EndpointRuntime:
         """
         with self._idle:
             self.retiring = True
-            drained = self._idle.wait_for(lambda: self.inflight == 0, timeout)
-            stragglers = self.inflight
+            drained = self._idle.wait_for(lambda: self.inflight == 0 and self._threads == 0, timeout)
+            stragglers = max(self.inflight, self._threads)
         if not drained:
             log.warning(
                 "endpoint %s: %s request(s) still running after the %g s drain; unloading it, they get 503",
@@ -294,11 +309,6 @@ class EndpointRuntime:
             )
         self.close()
         return drained
-
-    def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until no request is in flight (True) or ``timeout`` passes (False)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self.inflight == 0, timeout)
 
     def close(self) -> None:
         """Call the user's ``unload`` and release the engine and batcher; errors are reported, not raised."""
