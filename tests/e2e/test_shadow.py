@@ -129,5 +129,7 @@ def test_model_shadow_reports_agreement_and_lists_with_endpoints(ferry_sqlite: F
     server.wait_for(lambda: shadow_counts(server, "twin")["answered"] == 20, 10, "20 shadow answers")
     counts = status_counts(ferry_sqlite)
     assert (counts["sent"], counts["errors"], counts["agreement"]) == (20, 0, 1.0)
+    shown = ferry_sqlite("status").out
+    assert "shadows per instance" in shown and "twin" in shown
     err = ferry_sqlite("model", "shadow", "--endpoint", "live", "--target", "nope", ok=False).err
     assert "no shadow target 'nope'" in err and "ferry model add" in err

@@ -25,6 +25,7 @@ async def document(service) -> dict:
     code = service.code("class Preprocess:\n    def process(self, d, s, c=None):\n        return d\n")
     service.add("echo", code=code)
     service.add("echo", version="2", code=code)
+    service.control.add_canary(service.id, endpoint="split", weights=(1, 3), input_endpoint_prefix="echo")
     service.apply()
     transport = httpx.ASGITransport(app=FerryApp(service.plane))
     async with httpx.AsyncClient(transport=transport, base_url="http://ferry") as client:
@@ -69,3 +70,10 @@ async def test_every_serve_operation_declares_the_error_answers_and_their_body(d
                 schema = responses[status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/Error"}, (path, status)
     assert set(ERROR_STATUSES) >= {"400", "401", "403", "404", "405", "413", "422", "500", "503", "504"}
+
+
+async def test_canaries_are_documented_with_their_split_and_routing_key(document):
+    operation = document["paths"]["/serve/split"]["post"]
+    assert operation["description"] == "split by weights [1.0, 3.0] over the newest versions of echo"
+    assert operation["parameters"][0]["name"] == "X-Ferry-Routing-Key"
+    assert not invalid_operations(document)

@@ -149,3 +149,20 @@ def status(ctx: Context, args: argparse.Namespace) -> None:
                 (inst["id"][:8], key, ep["state"], ep.get("requests", ""), ep.get("errors", ""), ep.get("error", ""))
             )
     table("endpoints per instance", ("instance", "endpoint", "state", "requests", "errors", "error"), rows)
+    shadows = [
+        (
+            inst["id"][:8],
+            name,
+            sh["target"],
+            sh["sent"],
+            sh["dropped"],
+            sh["errors"],
+            sh["agreement"],
+            sh["latency_ms"]["p99"],
+        )  # fmt: skip
+        for inst in doc["instances"]
+        for name, sh in sorted(inst["state"].get("shadows", {}).items())
+    ]
+    if shadows:
+        columns = ("instance", "endpoint", "shadow target", "sent", "dropped", "errors", "agreement", "p99 ms")
+        table("shadows per instance", columns, shadows)

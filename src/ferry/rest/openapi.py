@@ -34,6 +34,13 @@ ERROR_SCHEMA = {
         "id": {"type": "string", "description": "5xx only: the id of the full error in the server log"},
     },
 }
+ROUTING_KEY = {
+    "name": "X-Ferry-Routing-Key",
+    "in": "header",
+    "required": False,
+    "description": "requests with the same key reach the same canary target while the canary is unchanged",
+    "schema": {"type": "string"},
+}
 ERROR_HEADERS = {"405": ("Allow", "the allowed method"), "503": ("Retry-After", "seconds to wait")}
 
 
@@ -48,6 +55,15 @@ def openapi(table: RouteTable) -> dict[str, Any]:
     }
     for key, runtime in sorted(table.runtimes.items()):
         paths[f"/serve/{key}"] = {"post": _operation(key, runtime.spec)}
+    for name, canary in sorted(table.canaries.items()):
+        operation = _operation(f"canary {name}", None)
+        operation["description"] = f"split by weights {list(canary.weights)} over " + (
+            f"the newest versions of {canary.input_endpoint_prefix}"
+            if canary.input_endpoint_prefix
+            else ", ".join(canary.input_endpoints)
+        )
+        operation["parameters"] = [ROUTING_KEY]
+        paths[f"/serve/{name}"] = {"post": operation}
     specs = [runtime.spec for runtime in table.runtimes.values()]
     endpoint = _path_parameter("endpoint", sorted({s.name for s in specs}))
     version = _path_parameter("version", sorted({s.version for s in specs if s.version}))
