@@ -8,7 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from ferry import __version__
-from ferry.cli import declarative, models, serve, services
+from ferry.cli import declarative, metrics, models, serve, services
 from ferry.cli.context import Context
 from ferry.cli.output import fail
 from ferry.control.service import describe
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.register(sub, common)
     serve.register(sub, common)
     declarative.register(sub, common)
+    metrics.register(sub, common)
     return parser
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, table, when
+from ferry.control.store import InstanceRecord
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -104,37 +106,29 @@ def rollback(ctx: Context, args: argparse.Namespace) -> None:
     print(f"revision {outcome.revision.number}: {outcome.revision.summary}")
 
 
+RECENT_IN_TABLE = 5
+"""Recent log lines the table shows per instance; --json has all the instance kept."""
+
+
 def status(ctx: Context, args: argparse.Namespace) -> None:
     sid = ctx.service.id
     head = ctx.store.head(sid)
     live = ctx.store.list_instances(sid)
-    doc = {
-        "service": sid,
-        "revision": head,
-        "instances": [
-            {
-                "id": i.id,
-                "host": i.host,
-                "pid": i.pid,
-                "revision": i.revision,
-                "heartbeat_age_s": round(time.time() - i.heartbeat_at, 1),
-                "state": i.state,
-            }
-            for i in live
-        ],
-    }
+    now = time.time()
+    doc = {"service": sid, "revision": head, "instances": [_instance(i, now) for i in live]}
     if args.json:
         return emit_json(doc)
     console.print(f"service {sid}: revision {head}, {len(live)} live instance(s)", highlight=False)
     table(
         "instances",
-        ("id", "host", "pid", "revision", "heartbeat age (s)", "cpu %", "rss MB"),
+        ("id", "host", "pid", "revision", "up since (UTC)", "heartbeat age (s)", "cpu %", "rss MB"),
         [
             (
                 i["id"],
                 i["host"],
                 i["pid"],
                 i["revision"],
+                f"{_utc(i['started_at'])} ({_age(i['uptime_s'])} ago)",
                 i["heartbeat_age_s"],
                 i["state"].get("cpu_percent", ""),
                 round(i["state"].get("rss_bytes", 0) / 2**20),
@@ -149,6 +143,50 @@ def status(ctx: Context, args: argparse.Namespace) -> None:
                 (inst["id"][:8], key, ep["state"], ep.get("requests", ""), ep.get("errors", ""), ep.get("error", ""))
             )
     table("endpoints per instance", ("instance", "endpoint", "state", "requests", "errors", "error"), rows)
+    _shadows(doc)
+    _recent(doc)
+
+
+def _instance(i: InstanceRecord, now: float) -> dict[str, Any]:
+    """One instance as `status --json` shows it; up since is the serving process's start (UTC in `up_since`)."""
+    started = float(i.state.get("started_at", i.started_at))
+    return {
+        "id": i.id,
+        "host": i.host,
+        "pid": i.pid,
+        "revision": i.revision,
+        "started_at": started,
+        "up_since": _utc(started),
+        "uptime_s": round(now - started, 1),
+        "heartbeat_age_s": round(now - i.heartbeat_at, 1),
+        "state": i.state,
+    }
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+def _age(seconds: float) -> str:
+    """3 s, 4 min 10 s, 2 h 5 min, 3 d 4 h."""
+    s = max(0, int(seconds))
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size} {unit} {s % size // sub_size} {sub}"
+    return f"{s} s"
+
+
+def _recent(doc: dict[str, Any]) -> None:
+    rows = []
+    for inst in doc["instances"]:
+        lines = inst["state"].get("log", [])
+        if len(lines) > RECENT_IN_TABLE:
+            rows.append((inst["id"][:8], f"({len(lines) - RECENT_IN_TABLE} earlier: see status --json)"))
+        rows.extend((inst["id"][:8], line) for line in lines[-RECENT_IN_TABLE:])
+    table("recent warnings and errors per instance", ("instance", "log"), rows)
+
+
+def _shadows(doc: dict[str, Any]) -> None:
     shadows = [
         (
             inst["id"][:8],

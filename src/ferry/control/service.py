@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ferry.control import canary
+from ferry.control import canary, metrics_config
 from ferry.control.autoupdate import commit_reconcile
 from ferry.control.aux_config import validate_aux_config
 from ferry.control.spec import (
@@ -16,6 +16,7 @@ from ferry.control.spec import (
     AutoUpdateSpec,
     CanarySpec,
     EndpointSpec,
+    MetricSpec,
     ModelQuery,
     ServiceConfig,
     ShadowSpec,
@@ -188,6 +189,30 @@ class ServiceControl:
             return _with(config, shadows=shadows), summary
 
         return Outcome(self.store.commit(service_id, change), warnings)
+
+    def set_metrics(self, service_id: str, spec: MetricSpec) -> Outcome:
+        """Add ``spec``'s variables to its endpoint's metric config (same names replaced); set its log_freq if given."""
+        self.store.get_service(service_id)
+        spec = spec.model_copy(update={"endpoint": metrics_config.metric_endpoint(spec.endpoint)})
+        warnings: list[str] = []
+
+        def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+            merged, warnings[:] = metrics_config.merge(config.metrics.get(spec.endpoint), spec)
+            if not metrics_config.endpoint_exists(config, spec.endpoint):
+                warnings.append(f"no endpoint {spec.endpoint!r} yet: its metrics apply once it is added")
+            metrics = {**config.metrics, spec.endpoint: merged}
+            return _with(config, metrics=metrics), metrics_config.summary(merged)
+
+        return Outcome(self.store.commit(service_id, change), warnings)
+
+    def remove_metrics(self, service_id: str, endpoint: str, variable: str | None = None) -> Outcome:
+        """Remove ``endpoint``'s whole metric config, or only its ``variable``."""
+
+        def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+            metrics, line = metrics_config.without(config, endpoint, variable)
+            return _with(config, metrics=metrics), line
+
+        return Outcome(self.store.commit(service_id, change))
 
     def remove_endpoint(self, service_id: str, endpoint: str) -> Outcome:
         """Remove the shadow, canary, endpoint version or auto-update rule named ``endpoint`` (first found)."""

@@ -55,14 +55,32 @@ class Backoff:
 
 
 class RecentLog(logging.Handler):
-    """Keeps the last lines ferry logged, for the heartbeat."""
+    """Keeps ferry's last warnings and errors, and the "revision N live" lines, for the heartbeat (bounded)."""
+
+    LINE_CHARS = 300
+    """Each line is cut to this many characters; a message's later lines (a traceback) are dropped."""
 
     def __init__(self, size: int = 20) -> None:
         super().__init__(logging.INFO)
         self.lines: collections.deque[str] = collections.deque(maxlen=size)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{time.strftime('%H:%M:%S')} {record.levelname} {record.getMessage()}"[:500])
+        message = record.getMessage()
+        if record.levelno < logging.WARNING and not _kept_info(message):
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(record.created))
+        line = f"{stamp} {record.levelname} {message.splitlines()[0] if message else ''}"
+        self.lines.append(line if len(line) <= self.LINE_CHARS else line[: self.LINE_CHARS - 1] + "…")
+
+    def snapshot(self) -> list[str]:
+        """The kept lines, oldest first (taken under the handler's lock: other threads log meanwhile)."""
+        with self.lock or contextlib.nullcontext():
+            return list(self.lines)
+
+
+def _kept_info(message: str) -> bool:
+    """INFO lines worth showing next to the warnings: a revision going live, the store coming back."""
+    return message.startswith("store reachable again") or (message.startswith("revision ") and " live: " in message)
 
 
 class Reconciler:
@@ -308,9 +326,10 @@ class Reconciler:
             "endpoints": self.plane.endpoint_states(),
             "shadows": self.plane.shadows.states(self.plane.table.shadows),
             "heartbeat_interval": self.heartbeat_interval,
+            "started_at": self._process.create_time(),
             "cpu_percent": self._process.cpu_percent(),
             "rss_bytes": self._process.memory_info().rss,
-            "log": list(self.recent.lines),
+            "log": self.recent.snapshot(),
         }
 
     def _shutdown(self) -> None:
