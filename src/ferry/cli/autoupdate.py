@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
-from ferry.cli.parsing import build_tensors, parse_aux_config
+from ferry.cli.parsing import endpoint_settings
 from ferry.control.autoupdate import reconcile_for_model
 from ferry.control.spec import ENGINE_NAMES, ModelQuery
 from ferry.registry.models import ModelRecord
@@ -40,7 +39,6 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
 
 
 def auto_update(ctx: Context, args: argparse.Namespace) -> None:
-    aux, aux_text = parse_aux_config(args.aux_config)
     query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
     outcome = ctx.control.add_auto_update(
         ctx.service.id,
@@ -48,11 +46,7 @@ def auto_update(ctx: Context, args: argparse.Namespace) -> None:
         endpoint=args.endpoint,
         query=query,
         max_versions=args.max_versions,
-        preprocess=Path(args.preprocess) if args.preprocess else None,
-        inputs=build_tensors(args.input_name, args.input_type, args.input_size, "input"),
-        outputs=build_tensors(args.output_name, args.output_type, args.output_size, "output"),
-        aux_config=aux,
-        aux_config_text=aux_text,
+        **endpoint_settings(args),
     )
     for message in outcome.warnings:
         warn(message)

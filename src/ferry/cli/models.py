@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
-from ferry.cli.parsing import build_tensors, parse_aux_config
+from ferry.cli.parsing import endpoint_settings
 from ferry.control.autoupdate import unmanaged
 from ferry.control.spec import ENGINE_NAMES, ModelQuery
 from ferry.errors import Conflict
@@ -172,7 +171,6 @@ def _in_words(ctx: Context, serving: dict[str, list[str]]) -> str:
 
 
 def add(ctx: Context, args: argparse.Namespace) -> None:
-    aux, aux_text = parse_aux_config(args.aux_config)
     query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
     outcome = ctx.control.add_endpoint(
         ctx.service.id,
@@ -181,11 +179,7 @@ def add(ctx: Context, args: argparse.Namespace) -> None:
         version=args.version,
         model_id=args.model_id,
         query=query,
-        preprocess=Path(args.preprocess) if args.preprocess else None,
-        inputs=build_tensors(args.input_name, args.input_type, args.input_size, "input"),
-        outputs=build_tensors(args.output_name, args.output_type, args.output_size, "output"),
-        aux_config=aux,
-        aux_config_text=aux_text,
+        **endpoint_settings(args),
     )
     for message in outcome.warnings:
         warn(message)

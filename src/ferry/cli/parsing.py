@@ -108,3 +108,15 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
             raise InvalidInput(f"--aux-config {key!r}: {part!r} is already set to a value")
         node = child
     node[leaf] = value
+
+
+def endpoint_settings(args: Any) -> dict[str, Any]:
+    """What `model add` and `model auto-update` share: preprocess path, tensor specs and aux config."""
+    aux, aux_text = parse_aux_config(args.aux_config)
+    return {
+        "preprocess": Path(args.preprocess) if args.preprocess else None,
+        "inputs": build_tensors(args.input_name, args.input_type, args.input_size, "input"),
+        "outputs": build_tensors(args.output_name, args.output_type, args.output_size, "output"),
+        "aux_config": aux,
+        "aux_config_text": aux_text,
+    }
