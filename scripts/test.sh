@@ -4,11 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "installing PostgreSQL (Debian package) for the store tests..."
+debs=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debs+=(postgresql)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || debs+=(prometheus)
+if [ ${#debs[@]} -gt 0 ]; then
+  echo "installing ${debs[*]} (Debian packages) for the store and monitoring tests..."
   sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql >/dev/null
+  # No recommends: prometheus' would add node-exporter, another service.
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null
+  # Under systemd the package starts Prometheus on :9090; the tests start their own, so stop that one.
+  if [[ " ${debs[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $sudo_ systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 venv=${FERRY_VENV:-.venv}

@@ -3,7 +3,8 @@
 # endpoint, then exec `ferry serve` in the foreground (run_all.sh stops it by killing the process group).
 #   FERRY_WORKERS (default 2, as the floor), FERRY_VENV (default <repo>/.venv),
 #   FERRY_BATCH (aux config for the endpoint; default dynamic batching: max_batch_size=32),
-#   FERRY_SRC (ferry checkout whose examples/ are served; default the repo that holds this folder).
+#   FERRY_SRC (ferry checkout whose examples/ are served; default the repo that holds this folder),
+#   FERRY_METRICS=0 (serve without metrics), FERRY_CUSTOM_STATS=1 (sklearn: log x0 and x1 on every request).
 set -euo pipefail
 scenario=$1 port=$2
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +22,11 @@ case $scenario in
           | sed -n 's/.*Model ID=//p')
     # shellcheck disable=SC2086 # FERRY_BATCH is a list of key=value words
     ferry --id "$sid" model add --engine sklearn --endpoint sklearn --model-id "$mid" \
-      --preprocess "$src/examples/sklearn/preprocess.py" --aux-config ${FERRY_BATCH:-max_batch_size=32} ;;
+      --preprocess "$src/examples/sklearn/preprocess.py" --aux-config ${FERRY_BATCH:-max_batch_size=32}
+    # FERRY_CUSTOM_STATS=1: the example's x0 and x1 become histograms, every request sampled (bench/metrics.sh)
+    if [[ ${FERRY_CUSTOM_STATS:-0} == 1 ]]; then
+      ferry --id "$sid" metrics add --endpoint sklearn --log-freq 1 --variable-scalar x0=-10/10/1 x1=-10/10/1
+    fi ;;
   minilm)
     # The peers' model (shared/peers/models.py builds it into $PEERS_HOME/models/minilm) and the
     # Hugging Face example's preprocess (server-side tokenizer, no padding) beside its tokenizer.json.

@@ -7,7 +7,13 @@ import numpy as np
 
 class Preprocess:
     def preprocess(self, body: dict, state: dict, collect_custom_statistics_fn=None) -> Any:
-        return [[body.get("x0"), body.get("x1")]]
+        x0, x1 = body.get("x0"), body.get("x1")
+        if collect_custom_statistics_fn:  # None unless this request is sampled (`ferry metrics add --log-freq`)
+            collect_custom_statistics_fn({"x0": x0, "x1": x1})
+        return [[x0, x1]]
 
     def postprocess(self, data: Any, state: dict, collect_custom_statistics_fn=None) -> dict:
-        return dict(y=data.tolist() if isinstance(data, np.ndarray) else data)
+        y = data.tolist() if isinstance(data, np.ndarray) else data
+        if collect_custom_statistics_fn:
+            collect_custom_statistics_fn({"y": y[0] if isinstance(y, list) and y else y})
+        return dict(y=y)

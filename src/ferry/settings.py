@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     serve_tokens_file: str = ""
     """A file of bearer tokens (one a line, ``#`` comments); ``ferry serve --token-file`` sets it for its workers."""
 
+    metrics: bool = True
+    """Whether ``ferry serve`` records Prometheus metrics and answers GET /metrics (``--no-metrics``: off)."""
+
     def home_dir(self) -> Path:
         return self.home.expanduser()
 

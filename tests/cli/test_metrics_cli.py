@@ -24,10 +24,12 @@ def test_add_list_remove_with_history_and_export(ferry_sqlite: Ferry, tmp_path: 
     kinds = "x0 (scalar), score (scalar), label (enum), latency_ms (value), hits (counter)"
     line = f"metrics sentiment/2 set: log_freq 0.5; {kinds}"
     assert added.out == f"revision 3: {line}\n"
-    wild = ferry("metrics", "add", "--endpoint", "other/*", "--variable-value", "x0")
-    assert "no endpoint 'other/*' yet" in wild.err
+    clash = ferry("metrics", "add", "--endpoint", "other/*", "--variable-value", "x0", ok=False)
+    assert "'x0' is a scalar with buckets 0,0.5,10 on sentiment/2 but a value on other/*" in clash.err
     merged = ferry("metrics", "add", "--endpoint", "sentiment/2", "--variable-value", "x0")
     assert "variable 'x0' of sentiment/2 already existed: replaced it" in merged.err
+    wild = ferry("metrics", "add", "--endpoint", "other/*", "--variable-value", "x0")  # the same kind now
+    assert "no endpoint 'other/*' yet" in wild.err
 
     listed = ferry("metrics", "list", "--json").json()
     assert listed["revision"] == 5 and listed["metric_log_freq"] == 1.0
@@ -50,8 +52,8 @@ def test_add_list_remove_with_history_and_export(ferry_sqlite: Ferry, tmp_path: 
     summaries = [h["summary"] for h in ferry("history", "--json").json()]
     assert summaries[2:] == [
         line,
-        "metrics other/* set: log_freq service default; x0 (value)",
         line.replace("x0 (scalar)", "x0 (value)"),
+        "metrics other/* set: log_freq service default; x0 (value)",
         "metric variable x0 of sentiment/2 removed",
         "metrics of other/* removed",
     ]

@@ -8,7 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from ferry import __version__
-from ferry.cli import declarative, metrics, models, serve, services
+from ferry.cli import dashboard, declarative, metrics, models, serve, services
 from ferry.cli.context import Context
 from ferry.cli.output import fail
 from ferry.control.service import describe
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub, common)
     declarative.register(sub, common)
     metrics.register(sub, common)
+    dashboard.register(sub, common)
     return parser
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
+from ferry.metrics import MULTIPROC_ENV
 from ferry.rest.auth import load_tokens
 
 
@@ -30,6 +36,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="require 'Authorization: Bearer <token>' on every route but /health/*; FILE holds one token a line "
         "(# comments allowed). Default $FERRY_SERVE_TOKENS_FILE; $FERRY_SERVE_TOKENS adds comma-separated tokens",
     )
+    p.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        default=None,
+        help="record no Prometheus metrics and answer no GET /metrics (default: on; $FERRY_METRICS=0 turns them off)",
+    )
     p.set_defaults(func=serve)
 
 
@@ -42,12 +55,19 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
     if args.poll_interval is not None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
+    if args.metrics is False:
+        os.environ["FERRY_METRICS"] = "0"
     host, port = args.host or settings.host, args.port or settings.port
     locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     err_console.print(
         f"serving service {service_id} ({service_name}) on http://{host}:{port} with {workers} worker(s){locked}",
         highlight=False,
     )
+    with _shared_metrics(workers if args.metrics is not False and settings.metrics else 1):
+        _run(uvicorn, host, port, workers)
+
+
+def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "ferry.rest.app:create_app",
         factory=True,
@@ -63,6 +83,20 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         date_header=False,
         timeout_graceful_shutdown=30,
     )
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, one scrape must count them all: each writes its values to one shared folder."""
+    if workers <= 1 or os.environ.get(MULTIPROC_ENV):  # the user's own folder is theirs to clear
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="ferry-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _lock(inline: str, token_file: str, host: str) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ferry.control import canary
 from ferry.control.aux_config import validate_aux_config
+from ferry.control.metrics_config import check_shared_names
 from ferry.control.service import ServiceControl, _check_shadow
 from ferry.control.spec import CanarySpec, EndpointSpec, ServiceConfig
 from ferry.errors import FerryError, InvalidInput
@@ -102,6 +103,7 @@ class Reader:
         if config is not None:
             self._check_triton(config)
             self._check_shadows(config)
+            self._check_metrics(config)
         if self.errors:
             listing = "\n  ".join(self.errors)
             raise InvalidInput(f"{self.places.source} is not valid, nothing was changed:\n  {listing}")
@@ -291,6 +293,12 @@ class Reader:
                     _check_shadow(config, spec)
                 except FerryError as exc:
                     self.fail(("shadows", key), str(exc))
+
+    def _check_metrics(self, config: ServiceConfig) -> None:
+        try:
+            check_shared_names(config.metrics)
+        except FerryError as exc:
+            self.fail(("metrics",), str(exc))
 
 
 def _entry_type(section: str) -> type[BaseModel] | None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 
-from ferry.control.spec import MetricSpec, MetricVariable, ServiceConfig, check_name
+from ferry.control.spec import VARIABLE_PATTERN, MetricSpec, MetricVariable, ServiceConfig, check_name
 from ferry.errors import InvalidInput, NotFound
 
-VARIABLE_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_BUCKETS = 1000
 """More histogram buckets than this is a typo in a range, not a histogram anyone can read."""
 WILDCARD = "*"
@@ -173,3 +171,21 @@ def matching_metric_spec(config: ServiceConfig, endpoint_key: str) -> MetricSpec
 def log_freq(config: ServiceConfig, spec: MetricSpec) -> float:
     """The sampling rate of ``spec``: its own, or the service default from ``config --metric-log-freq``."""
     return config.settings.metric_log_freq if spec.log_freq is None else spec.log_freq
+
+
+def check_shared_names(metrics: dict[str, MetricSpec]) -> None:
+    """A variable name is one Prometheus metric (ferry_custom_<name>): every endpoint logs it the same way."""
+    first: dict[str, tuple[str, MetricVariable]] = {}
+    for key, spec in metrics.items():
+        for name, variable in spec.variables.items():
+            where, known = first.setdefault(name, (key, variable))
+            if (known.kind, known.buckets) != (variable.kind, variable.buckets):
+                raise InvalidInput(
+                    f"variable {name!r} is {_shape(known)} on {where} but {_shape(variable)} on {key}: both would be "
+                    f"the Prometheus metric ferry_custom_{name}; give it the same kind and buckets, or another name"
+                )
+
+
+def _shape(variable: MetricVariable) -> str:
+    buckets = ",".join(f"{b:g}" for b in variable.buckets)
+    return f"a {variable.kind}" + (f" with buckets {buckets}" if buckets else "")

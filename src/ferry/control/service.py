@@ -201,6 +201,7 @@ class ServiceControl:
             if not metrics_config.endpoint_exists(config, spec.endpoint):
                 warnings.append(f"no endpoint {spec.endpoint!r} yet: its metrics apply once it is added")
             metrics = {**config.metrics, spec.endpoint: merged}
+            metrics_config.check_shared_names(metrics)
             return _with(config, metrics=metrics), metrics_config.summary(merged)
 
         return Outcome(self.store.commit(service_id, change), warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ MODEL_FREE_ENGINES = ("custom", "custom_async")
 """Engines whose endpoints may have no model at all (the user's ``process`` does the work)."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+VARIABLE_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+"""A custom statistic's name: it becomes part of a Prometheus metric name (ferry_custom_<name>)."""
 BYTES_DTYPES = {"bytes", "str", "string", "object", "bytes_", "object_"}
 DTYPES = {"bool", "float16", "float32", "float64"} | {f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)}
 DTYPE_ALIASES = {
@@ -232,6 +235,16 @@ class MetricVariable(Frozen):
     buckets: tuple[float, ...] = ()
     values: tuple[str, ...] = ()
 
+    @model_validator(mode="after")
+    def _complete(self) -> MetricVariable:
+        if self.kind == "scalar" and not self.buckets:
+            raise ValueError("a scalar variable needs buckets (a,b,c or MIN/MAX/STEP)")
+        if any(not math.isfinite(b) for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
+            raise ValueError(f"buckets {list(self.buckets)} must be finite and increasing")
+        if self.kind == "enum" and not self.values:
+            raise ValueError("an enum variable needs its values (a,b,c)")
+        return self
+
 
 class MetricSpec(Frozen):
     """Which variables an endpoint logs and the fraction of requests sampled."""
@@ -239,6 +252,16 @@ class MetricSpec(Frozen):
     endpoint: str
     log_freq: float | None = Field(default=None, ge=0, le=1)
     variables: dict[str, MetricVariable] = Field(default_factory=dict)
+
+    @field_validator("variables")
+    @classmethod
+    def _names(cls, value: dict[str, MetricVariable]) -> dict[str, MetricVariable]:
+        for name in value:
+            if not VARIABLE_PATTERN.match(name):
+                raise ValueError(
+                    f"invalid variable name {name!r}: use letters, digits and '_', not starting with a digit"
+                )
+        return value
 
 
 class ServiceSettings(Frozen):

@@ -68,7 +68,11 @@ class FerryApp:
 
     async def _serve(self, scope: dict, receive: Any, send_: Any, rest: str) -> None:
         endpoint, version = _split(rest)
-        body = decode_body(scope, await read_body(scope, receive, self.max_body), self.max_body)
+        try:
+            body = decode_body(scope, await read_body(scope, receive, self.max_body), self.max_body)
+        except FerryError as exc:
+            self.plane.unrouted(endpoint, exc.status_code)
+            raise
         result = await self.plane.infer(endpoint, version, body, header(scope, ROUTING_KEY) or None)
         if isinstance(result, (bytes, bytearray)):
             return await send(send_, 200, bytes(result), b"application/octet-stream")
@@ -91,7 +95,17 @@ class FerryApp:
             return await send(send_, 200, orjson.dumps(openapi(self.plane.table)))
         if path in ("/docs", "/docs/"):
             return await send(send_, 200, DOCS_HTML, b"text/html; charset=utf-8")
-        raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /docs")
+        if path == "/metrics":
+            return await self._metrics(send_)
+        raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /metrics, /docs")
+
+    async def _metrics(self, send_: Any) -> None:
+        metrics = self.plane.metrics
+        if metrics is None:
+            raise NotFound("metrics are off in this server: start `ferry serve` without --no-metrics (FERRY_METRICS)")
+        self.plane.refresh_metrics()
+        body, ctype = await asyncio.to_thread(metrics.render)  # with --workers N it reads every worker's files
+        await send(send_, 200, body, ctype.encode())
 
     def readiness(self) -> tuple[str, str | None]:
         """("ready", None), or ("loading" | "unavailable", why): what /health/ready answers."""
@@ -123,6 +137,8 @@ class FerryApp:
                     self.reconciler.stop()
                     await asyncio.gather(self._task, return_exceptions=True)  # _log_crash has reported a crash
                 self.plane.close()
+                if self.plane.metrics is not None:
+                    self.plane.metrics.close()
                 await send_({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -152,6 +168,7 @@ def create_app() -> FerryApp:
     """Build the app from FERRY_* settings (uvicorn's factory: each worker process calls it)."""
     from ferry.control.store import Store
     from ferry.db import make_engine
+    from ferry.metrics.collectors import Metrics
     from ferry.registry.artifacts import ArtifactStore
     from ferry.registry.models import ModelRegistry
     from ferry.settings import Settings
@@ -162,7 +179,7 @@ def create_app() -> FerryApp:
     store = Store(make_engine(settings.store_url(), create_tables=False))
     artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
     registry = ModelRegistry(store.engine, artifacts)
-    plane = DataPlane(request_timeout_s=settings.request_timeout_s)
+    plane = DataPlane(request_timeout_s=settings.request_timeout_s, metrics=Metrics() if settings.metrics else None)
     reconciler = Reconciler(
         plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
     )

@@ -52,6 +52,16 @@ def openapi(table: RouteTable) -> dict[str, Any]:
             "the current revision is loaded",
             {"200": {"description": "ready"}, "503": {"description": "loading or unavailable"}},
         ),
+        "/metrics": _get(
+            "Prometheus metrics of this server (docs/metrics.md)",
+            {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "404": {"description": "metrics are off (ferry serve --no-metrics)"},
+            },
+        ),
     }
     for key, runtime in sorted(table.runtimes.items()):
         paths[f"/serve/{key}"] = {"post": _operation(key, runtime.spec)}

@@ -15,6 +15,7 @@ import numpy as np
 from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
 from ferry.errors import NotReady, UserCodeError
+from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
 
 
@@ -104,6 +105,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"ferry-batch-{key}")
         self._cost = CostMeter(inline_budget_s)
         self._closed = False
+        self.meter: EndpointMeter | NullMeter = NULL_METER
 
     async def submit(self, feeds: Feeds) -> list[np.ndarray]:
         rows = _rows(feeds, self.key)
@@ -173,6 +175,7 @@ class DynamicBatcher:
         return fitting[-1] if fitting and limit not in self.policy.preferred_sizes else limit
 
     async def _run(self, batch: list[_Pending]) -> None:
+        self._record(batch)
         try:
             if self._cost.cheap:  # a fast model (sklearn): a thread hop and GIL hand-offs would cost more
                 results = self._cost.call(self._execute, batch)
@@ -189,6 +192,12 @@ class DynamicBatcher:
                     item.future.set_exception(error)
         finally:
             self._slots.release()
+
+    def _record(self, batch: list[_Pending]) -> None:
+        meter, now = self.meter, time.monotonic()
+        meter.batch_size.observe(sum(p.rows for p in batch))
+        for pending in batch:
+            meter.queue_wait.observe(now - pending.arrived)
 
     # the model call (in a batch thread or inline) -----------------------------------------------
 

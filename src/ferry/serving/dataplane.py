@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
-from ferry.errors import NotReady
-from ferry.serving.pipeline import EndpointRuntime, Retired, no_statistics
+from ferry.control.metrics_config import log_freq, matching_metric_spec
+from ferry.control.spec import ServiceConfig
+from ferry.errors import FerryError, NotReady
+from ferry.metrics.collectors import NULL_METER, Metrics
+from ferry.metrics.custom import CustomStats
+from ferry.serving.pipeline import EndpointRuntime, Retired
 from ferry.serving.routing import RouteTable
 from ferry.serving.shadow import ShadowSender
 
@@ -20,14 +25,20 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 60.0
 """A request with no answer after this long gets 504 (FERRY_REQUEST_TIMEOUT_S; aux request_timeout_ms per endpoint)."""
 
-__all__ = ["DataPlane", "dumps", "no_statistics"]
+__all__ = ["DataPlane", "dumps"]
 
 
 class DataPlane:
     """Serves requests from the current RouteTable, which the reconciler replaces in one assignment."""
 
-    def __init__(self, workers: int = 32, request_timeout_s: float | None = REQUEST_TIMEOUT_S) -> None:
+    def __init__(
+        self, workers: int = 32, request_timeout_s: float | None = REQUEST_TIMEOUT_S, metrics: Metrics | None = None
+    ) -> None:
         self.table = RouteTable()
+        self.metrics = metrics
+        """None: metrics off (no /metrics, hooks always get collect_custom_statistics_fn=None)."""
+        self._metered: dict[str, EndpointRuntime] = {}
+        self._drops_logged: dict[str, float] = {}
         self.request_timeout_s = request_timeout_s
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ferry-stage")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -41,9 +52,13 @@ class DataPlane:
         ``routing_key`` pins a canary's choice: the same key, the same target while the canary stays the same."""
         shadow = self.shadows.sample(self.table.shadows, endpoint, version, body)  # copies body before the live run
         for _ in range(RESOLVE_ATTEMPTS):
-            runtime = self.table.resolve(endpoint, version, routing_key)
             try:
-                answer = await runtime.run(body, no_statistics, self.pool, self.request_timeout_s)
+                runtime = self.table.resolve(endpoint, version, routing_key)
+            except FerryError as exc:
+                self.unrouted(endpoint, exc.status_code)
+                raise
+            try:
+                answer = await runtime.run(body, self.pool, self.request_timeout_s)
             except Retired:
                 continue  # the reconciler swapped tables after we resolved: the new table has its successor
             self.shadows.send(shadow, answer)  # fire and forget, on a later loop turn
@@ -96,6 +111,65 @@ class DataPlane:
         """The send_request a Preprocess of ``engine`` gets: awaitable under custom_async."""
         return self.send_request_async if engine == "custom_async" else self.send_request_sync
 
+    # metrics ------------------------------------------------------------------------------------
+
+    def unrouted(self, endpoint: str, code: int) -> None:
+        """A request refused before it reached a version: counted under its endpoint when that exists."""
+        if self.metrics is not None:
+            known = endpoint if self.table.knows(endpoint) else ""
+            self.metrics.requests.labels(known, "", str(code)).inc()
+
+    def instrument(self, runtime: EndpointRuntime, config: ServiceConfig) -> None:
+        """Give ``runtime`` its Prometheus series (once) and the custom statistics ``config`` asks of it."""
+        if self.metrics is None:
+            return
+        spec = runtime.spec
+        if runtime.meter is NULL_METER:
+            batching = runtime.batcher is not None
+            runtime.attach(self.metrics.endpoint(spec.name, spec.version, batching=batching, stages=runtime.stages))
+        metric_spec = matching_metric_spec(config, runtime.key)
+        if metric_spec is None:
+            runtime.custom = None
+            return
+        freq, custom = log_freq(config, metric_spec), runtime.custom
+        if custom is not None and custom.spec == metric_spec and custom.log_freq == freq:
+            return
+        try:
+            runtime.custom = CustomStats(metric_spec, freq, self.metrics.custom, runtime.meter.labels)
+        except ValueError as exc:  # a config prometheus_client refuses: the endpoint serves on without it
+            runtime.custom = None
+            log.error("endpoint %s: custom statistics of %s not recorded: %s", runtime.key, metric_spec.endpoint, exc)
+
+    def refresh_metrics(self) -> None:
+        """Flush what requests recorded, set the gauges read now (in-flight, revision), warn of dropped values.
+
+        On the event loop's thread, like every record (the /metrics route and the reconciler call it)."""
+        if self.metrics is None:
+            return
+        table = self.table
+        for key, runtime in self._metered.items():
+            if table.runtimes.get(key) is not runtime:
+                runtime.meter.in_flight.set(0)  # retired: its series stays, at rest
+        self._metered = dict(table.runtimes)
+        for runtime in self._metered.values():
+            runtime.meter.in_flight.set(runtime.inflight)
+            self._report_drops(runtime)
+        self.metrics.revision.set(table.revision)
+        self.metrics.flush()
+
+    def _report_drops(self, runtime: EndpointRuntime) -> None:
+        """At most one warning a minute per endpoint: a stream of bad values must not flood the log."""
+        if (
+            runtime.custom is None
+            or time.monotonic() - self._drops_logged.get(runtime.key, -DROPS_EVERY_S) < DROPS_EVERY_S
+        ):
+            return
+        drops = runtime.custom.drops()
+        if drops:
+            self._drops_logged[runtime.key] = time.monotonic()
+        for name, (count, reason) in drops.items():
+            log.warning("endpoint %s: dropped %s value(s) of custom statistic %s: %s", runtime.key, count, name, reason)
+
     # state for heartbeats -----------------------------------------------------------------------
 
     def endpoint_states(self) -> dict[str, dict[str, Any]]:
@@ -114,6 +188,7 @@ class DataPlane:
 
 
 RESOLVE_ATTEMPTS = 3
+DROPS_EVERY_S = 60.0
 
 
 def _swapping(endpoint: str) -> NotReady:

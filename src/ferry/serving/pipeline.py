@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from ferry.control.aux_config import queue_limits
@@ -15,16 +17,14 @@ from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn, load_engine
 from ferry.engines.tensor import RowBatching, TensorEngine
 from ferry.errors import EngineError, FerryError, NotReady, Overloaded, Timeout, UserCodeError
+from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
+from ferry.metrics.custom import CustomStats
 from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
 from ferry.serving.crossing import calls_other_endpoints, marking, on_loop, timeout
 from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
 from ferry.serving.userclass import Hook, UserCode, load_user_code
 
 log = logging.getLogger(__name__)
-
-
-def no_statistics(values: dict) -> None:
-    """The custom-statistics sink until metrics are wired: accepts and drops the values."""
 
 
 class EndpointRuntime:
@@ -53,6 +53,10 @@ class EndpointRuntime:
         """Requests this version holds (running or waiting) before it answers 503 (aux ``max_queue_size``)."""
         self.timeout_s = limits.request_timeout_s
         """This endpoint's request timeout; None: the service default."""
+        self.meter: EndpointMeter | NullMeter = NULL_METER
+        """Its Prometheus series, attached once it is warm (warmup requests are not counted)."""
+        self.custom: CustomStats | None = None
+        """Its custom statistics (``ferry metrics add``), replaced when the metric config changes."""
         if calls_other_endpoints(user):
             self.forbid_inline()
 
@@ -88,13 +92,50 @@ class EndpointRuntime:
     def key(self) -> str:
         return self.spec.key
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this version has: the model, and the hooks its Preprocess class defines."""
+        pre, post = self.user.preprocess.fn is not None, self.user.postprocess.fn is not None
+        return ("preprocess",) * pre + ("model",) + ("postprocess",) * post
+
+    def attach(self, meter: EndpointMeter | NullMeter) -> None:
+        """Record this version's requests (and batches) on ``meter`` from now on."""
+        self.meter = meter
+        if self.batcher is not None:
+            self.batcher.meter = meter
+
     # running ------------------------------------------------------------------------------------
 
-    async def run(self, body: Any, collect: StatsFn, pool: Executor, timeout_s: float | None = None) -> Any:
+    async def run(self, body: Any, pool: Executor, timeout_s: float | None = None) -> Any:
         """pre -> engine -> post for one request; cheap sync code runs inline, costly sync code in ``pool``.
 
         Raises ``Retired`` when the reconciler has begun to retire this runtime: resolve again.
         """
+        started, custom = perf_counter(), self.custom
+        collected = custom.sample() if custom is not None else None
+        try:
+            answer = await self._run(body, None if collected is None else collected.append, pool, timeout_s)
+        except (Retired, asyncio.CancelledError):  # resolved again / the caller went away: no answer to count
+            raise
+        except BaseException as exc:
+            self._count(getattr(exc, "status_code", 500), perf_counter() - started, custom, collected)
+            raise
+        self._count(200, perf_counter() - started, custom, collected)
+        return answer
+
+    def _count(self, code: int, seconds: float, custom: CustomStats | None, collected: list | None) -> None:
+        """One answered request on this version's meter; on the event loop's thread, as every record."""
+        self.meter.request(code, seconds)
+        if collected:
+            custom.record(collected)
+
+    def _stage_times(self, times: list[float]) -> None:
+        """Stage times measured in another thread (preprocess, model, postprocess, as far as it got)."""
+        meter = self.meter
+        for recorder, seconds in zip((meter.preprocess, meter.model, meter.postprocess), times, strict=False):
+            recorder.observe(seconds)
+
+    async def _run(self, body: Any, collect: StatsFn, pool: Executor, timeout_s: float | None) -> Any:
         self._enter()
         try:
             limit = self.timeout_s or timeout_s
@@ -108,6 +149,7 @@ class EndpointRuntime:
             return answer
         except asyncio.TimeoutError:
             self.errors += 1
+            self.meter.timed_out.inc()
             raise Timeout(
                 f"endpoint {self.key}: no answer within {limit:g} s (aux config request_timeout_ms)"
             ) from None
@@ -122,10 +164,19 @@ class EndpointRuntime:
     async def _stages(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
         state: dict[str, Any] = {}
         if self.all_sync:
-            return await self._sync("pipeline", self._run_here, pool, body, state, collect)
+            times: list[float] = []
+            try:
+                return await self._sync("pipeline", self._run_here, pool, body, state, collect, times)
+            finally:
+                self._stage_times(times)
+        meter, started = self.meter, perf_counter()
         data = await self._hook("preprocess", self.user.preprocess, pool, body, state, collect)
+        meter.preprocess.observe((pre_done := perf_counter()) - started)
         data = await self._model(data, state, collect, pool)
-        return await self._hook("postprocess", self.user.postprocess, pool, data, state, collect)
+        meter.model.observe((model_done := perf_counter()) - pre_done)
+        answer = await self._hook("postprocess", self.user.postprocess, pool, data, state, collect)
+        meter.postprocess.observe(perf_counter() - model_done)
+        return answer
 
     def run_blocking(self, body: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
         """The pipeline in the calling thread (blocking send_request); async parts and the batcher run on ``loop``.
@@ -133,12 +184,36 @@ class EndpointRuntime:
         Sync stages run right here, never in the shared pool: a pool full of callers waiting for their
         callees' stages could never drain.
         """
+        started, custom, times = perf_counter(), self.custom, []
+        collected = custom.sample() if custom is not None else None
+        code: int | None = 200
+        try:
+            return self._run_blocking(body, loop, None if collected is None else collected.append, times)
+        except Retired:
+            code = None
+            raise
+        except BaseException as exc:
+            code = getattr(exc, "status_code", 500)
+            raise
+        finally:
+            if code is not None:  # recorded on the loop's thread, where every other record happens
+                seconds = perf_counter() - started
+                _on_loop(loop, self._count_blocking, code, seconds, times, custom, collected)
+
+    def _count_blocking(self, code: int, seconds: float, times: list, custom: Any, collected: list | None) -> None:
+        self._stage_times(times)
+        self._count(code, seconds, custom, collected)
+
+    def _run_blocking(self, body: Any, loop: Any, collect: StatsFn, times: list[float]) -> Any:
         self._enter()
         try:
-            state: dict[str, Any] = {}
-            data = self._blocking_hook("preprocess", self.user.preprocess, loop, body, state)
-            data = self._blocking_model(data, state, loop)
-            answer = self._blocking_hook("postprocess", self.user.postprocess, loop, data, state)
+            started, state = perf_counter(), {}
+            data = self._blocking_hook("preprocess", self.user.preprocess, loop, body, state, collect)
+            times.append((pre_done := perf_counter()) - started)
+            data = self._blocking_model(data, state, loop, collect)
+            times.append((model_done := perf_counter()) - pre_done)
+            answer = self._blocking_hook("postprocess", self.user.postprocess, loop, data, state, collect)
+            times.append(perf_counter() - model_done)
             if self.closed:
                 raise self._unloaded()
             return answer
@@ -150,16 +225,21 @@ class EndpointRuntime:
         finally:
             self._leave()
 
-    def _run_here(self, body: Any, state: dict[str, Any], collect: StatsFn) -> Any:
-        """The whole sync pipeline in this thread, without batching."""
+    def _run_here(self, body: Any, state: dict[str, Any], collect: StatsFn, times: list[float]) -> Any:
+        """The whole sync pipeline in this thread, without batching; appends each stage's time to ``times``."""
+        started = perf_counter()
         data = self._call_sync("preprocess", self.user.preprocess, body, state, collect)
+        times.append((pre_done := perf_counter()) - started)
         try:
             data = self.engine.run(data, state, collect)
         except FerryError:
             raise
         except Exception as exc:
             raise self._engine_error(exc) from exc
-        return self._call_sync("postprocess", self.user.postprocess, data, state, collect)
+        times.append((model_done := perf_counter()) - pre_done)
+        answer = self._call_sync("postprocess", self.user.postprocess, data, state, collect)
+        times.append(perf_counter() - model_done)
+        return answer
 
     async def _sync(self, what: str, fn: Callable[..., Any], pool: Executor, *args: Any) -> Any:
         """Run sync ``fn`` inline when it is known to be cheap (a thread hop would cost more), else in pool."""
@@ -206,25 +286,25 @@ class EndpointRuntime:
         except Exception as exc:
             raise self._engine_error(exc) from exc
 
-    def _blocking_hook(self, stage: str, hook: Hook, loop: Any, data: Any, state: dict) -> Any:
+    def _blocking_hook(self, stage: str, hook: Hook, loop: Any, data: Any, state: dict, collect: StatsFn) -> Any:
         if hook.fn is None:
             return data
         if not hook.is_async:
-            return self._call_sync(stage, hook, data, state, no_statistics)
+            return self._call_sync(stage, hook, data, state, collect)
         try:
-            return on_loop(hook.fn(data, state, no_statistics), loop)
+            return on_loop(hook.fn(data, state, collect), loop)
         except FerryError:
             raise
         except Exception as exc:
             raise self._user_error(stage, exc) from exc
 
-    def _blocking_model(self, data: Any, state: dict, loop: Any) -> Any:
+    def _blocking_model(self, data: Any, state: dict, loop: Any, collect: StatsFn) -> Any:
         try:
             if self.batcher is not None and loop is not None:
                 return self.engine.unwrap(on_loop(self.batcher.submit(self.engine.prepare(data)), loop))
             if self.engine.is_async:
-                return on_loop(self.engine.run(data, state, no_statistics), loop)
-            return self.engine.run(data, state, no_statistics)
+                return on_loop(self.engine.run(data, state, collect), loop)
+            return self.engine.run(data, state, collect)
         except FerryError:
             raise
         except Exception as exc:
@@ -277,6 +357,7 @@ class EndpointRuntime:
             if self.retiring:
                 raise Retired(self.key)
             if self.inflight >= self.max_queue_size:
+                self.meter.overloaded.inc()
                 raise Overloaded(
                     f"endpoint {self.key}: {self.inflight} requests are already waiting (aux config max_queue_size "
                     f"{self.max_queue_size}); retry shortly",
@@ -314,6 +395,15 @@ class EndpointRuntime:
         """Call the user's ``unload`` and release the engine and batcher; errors are reported, not raised."""
         self.retiring = self.closed = True
         _release(self.spec, self.user, self.engine, self.batcher)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn`` on ``loop``'s thread (None: this thread is the loop's, or there is no loop)."""
+    if loop is None:
+        fn(*args)
+        return
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the server is stopping
+        loop.call_soon_threadsafe(fn, *args)
 
 
 class Retired(Exception):

@@ -19,7 +19,7 @@ from ferry.control.store import Store
 from ferry.errors import FerryError
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
-from ferry.serving.dataplane import DataPlane, no_statistics
+from ferry.serving.dataplane import DataPlane
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.routing import RouteTable
 
@@ -32,6 +32,10 @@ CONNECT_FIRST_S = 1.0
 CONNECT_MAX_S = 30.0
 """A store unreachable at start is retried after 1 s, then 2, 4, ... up to every 30 s."""
 RULES_EVERY = 10
+"""Auto-update rules are reconciled every this many poll intervals (a writer may have crashed mid-way)."""
+METRICS_EVERY_S = 0.5
+"""How often a serving process moves what it recorded into its series: with --workers N, how stale the
+other workers' part of a scrape can be."""
 """Auto-update rules are reconciled every this many poll intervals (a writer may have crashed mid-way)."""
 
 
@@ -128,12 +132,14 @@ class Reconciler:
             if await self._register():
                 beats = asyncio.create_task(self._heartbeats(), name="ferry heartbeats")
                 rules = asyncio.create_task(self._rule_checks(), name="ferry auto-update rules")
+                flushes = asyncio.create_task(self._metric_flushes(), name="ferry metrics")
                 try:
                     await self._poll()
                 finally:
                     self.stop()
                     await beats
                     await rules
+                    await flushes
         finally:
             logging.getLogger("ferry").removeHandler(self.recent)
             await asyncio.to_thread(self._shutdown)
@@ -188,6 +194,15 @@ class Reconciler:
             else:
                 if revision is not None:
                     log.info("auto-update caught up: revision %s: %s", revision.number, revision.summary)
+
+    async def _metric_flushes(self) -> None:
+        """On the loop, as every record: what requests recorded reaches /metrics, also the other workers'."""
+        while not self._stop.is_set():
+            try:
+                self.plane.refresh_metrics()
+            except Exception:  # a metrics bug must not stop serving
+                log.exception("refreshing the metrics failed")
+            await self._sleep(METRICS_EVERY_S)
 
     async def _heartbeats(self) -> None:
         """Beat on its own schedule, so a long ``load()`` or a slow poll never silences this instance."""
@@ -250,6 +265,8 @@ class Reconciler:
         for key in failed:  # a version that fails to load leaves the one it replaces serving
             if key in current.runtimes:
                 keep[key] = current.runtimes[key]
+        for runtime in (*keep.values(), *built.values()):
+            self.plane.instrument(runtime, config)
         self.plane.swap(
             RouteTable(
                 revision=number,
@@ -268,12 +285,19 @@ class Reconciler:
     def _build_all(self, specs: list[EndpointSpec]) -> tuple[dict[str, EndpointRuntime], dict[str, str]]:
         built: dict[str, EndpointRuntime] = {}
         failed: dict[str, str] = {}
+        metrics = self.plane.metrics
         for spec in specs:
+            started = time.monotonic()
             try:
                 built[spec.key] = self.build(spec)
             except Exception as exc:
                 failed[spec.key] = str(exc) if str(exc) else type(exc).__name__
                 log.error("endpoint %s failed to load: %s", spec.key, failed[spec.key])
+                if metrics is not None:
+                    metrics.load_failed(spec.name, spec.version)
+            else:
+                if metrics is not None:
+                    metrics.loaded(spec.name, spec.version, time.monotonic() - started)
         return built, failed
 
     def build(self, spec: EndpointSpec) -> EndpointRuntime:
@@ -283,7 +307,7 @@ class Reconciler:
         runtime = EndpointRuntime.build(spec, model_path, code_path, self.plane.send_request_for(spec.engine))
         if "warmup" in spec.aux_config:
             try:
-                asyncio.run(runtime.run(spec.aux_config["warmup"], no_statistics, self.plane.pool))
+                asyncio.run(runtime.run(spec.aux_config["warmup"], self.plane.pool))
             except BaseException:
                 with contextlib.suppress(Exception):  # the warmup's error is the one to report
                     runtime.close()

@@ -57,6 +57,11 @@ class RouteTable:
         served = ", ".join(sorted({*self.runtimes, *self.canaries})) or "none"
         raise NotFound(f"no endpoint {key!r} on this service; served endpoints: {served}")
 
+    def knows(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` names something of this table (served, canary, loading or failed)."""
+        keys = (*self.runtimes, *self.canaries, *self.loading, *self.failed)
+        return any(_name(key) == endpoint for key in keys)
+
 
 def _newest_versions(runtimes: Mapping[str, EndpointRuntime]) -> dict[str, str]:
     newest: dict[str, str] = {}

@@ -17,7 +17,7 @@ import orjson
 
 from ferry.control.spec import ShadowSpec
 from ferry.errors import NotReady
-from ferry.serving.pipeline import Retired, no_statistics
+from ferry.serving.pipeline import Retired
 from ferry.serving.routing import RouteTable
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class ShadowSender:
         for _ in range(3):
             runtime = self.table().resolve(name, version or None)
             try:
-                return await runtime.run(body, no_statistics, self.pool, self.timeout_s)
+                return await runtime.run(body, self.pool, self.timeout_s)
             except Retired:
                 continue  # swapped under us: the next table has the successor
         raise NotReady(f"shadow target {target} kept being replaced", retry_after=1.0)
