@@ -19,6 +19,8 @@ if [ ${#debs[@]} -gt 0 ]; then
   fi
 fi
 
+bash scripts/triton_setup.sh >/dev/null  # a real tritonserver (CPU, Python backend) for the Triton tests
+
 venv=${FERRY_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip

@@ -83,3 +83,25 @@ class Timeout(FerryError):
     """A request or an upstream call took longer than allowed."""
 
     status_code = 504
+
+
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ALREADY_EXISTS",
+    413: "RESOURCE_EXHAUSTED",
+    422: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+"""ferry's status code -> the gRPC status code name: the one table both V2 faces map errors with (else INTERNAL)."""
+
+
+def grpc_code(status_code: int) -> str:
+    """The gRPC status code name for ``status_code`` (INTERNAL for a code the table lacks)."""
+    return GRPC_CODES.get(status_code, "INTERNAL")

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     port: int = 8080
     """Port ``ferry serve`` binds."""
 
+    grpc_port: int | None = None
+    """Port ``ferry serve`` answers KServe V2 gRPC on (``--grpc-port``); unset: no gRPC."""
+
     workers: int = 1
     """Serving processes sharing the port."""
 

@@ -59,12 +59,6 @@ def test_import_does_not_load_heavy_libraries():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["triton"])
-def test_unimplemented_engines_say_so(name):
-    with pytest.raises(EngineError, match=f"engine {name} is not available in this version of ferry"):
-        load_engine(spec(name), None, None, NO_CODE)
-
-
 def test_missing_library_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "ferry.engines.xgboost", raising=False)
     monkeypatch.setitem(sys.modules, "xgboost", None)

@@ -8,7 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from ferry import __version__
-from ferry.cli import dashboard, declarative, metrics, models, serve, services
+from ferry.cli import dashboard, declarative, metrics, models, serve, services, triton
 from ferry.cli.context import Context
 from ferry.cli.output import fail
 from ferry.control.service import describe
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     declarative.register(sub, common)
     metrics.register(sub, common)
     dashboard.register(sub, common)
+    triton.register(sub, common)
     return parser
 
 

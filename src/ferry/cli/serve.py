@@ -23,6 +23,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--host", default=None, help="address to bind (default $FERRY_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port to bind (default $FERRY_PORT or 8080)")
     p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also answer KServe V2 gRPC (inference.GRPCInferenceService) on this port (default $FERRY_GRPC_PORT; "
+        "off when unset); needs pip install 'ferry[triton]'",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -33,7 +40,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--token-file",
         default=None,
         metavar="FILE",
-        help="require 'Authorization: Bearer <token>' on every route but /health/*; FILE holds one token a line "
+        help="require 'Authorization: Bearer <token>' on every route and gRPC call but the health probes; "
+        "FILE holds one token a line "
         "(# comments allowed). Default $FERRY_SERVE_TOKENS_FILE; $FERRY_SERVE_TOKENS adds comma-separated tokens",
     )
     p.add_argument(
@@ -59,8 +67,9 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         os.environ["FERRY_METRICS"] = "0"
     host, port = args.host or settings.host, args.port or settings.port
     locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
+    where = f"http://{host}:{port}" + _grpc(host, port, args.grpc_port or settings.grpc_port)
     err_console.print(
-        f"serving service {service_id} ({service_name}) on http://{host}:{port} with {workers} worker(s){locked}",
+        f"serving service {service_id} ({service_name}) on {where} with {workers} worker(s){locked}",
         highlight=False,
     )
     with _shared_metrics(workers if args.metrics is not False and settings.metrics else 1):
@@ -113,6 +122,20 @@ def _lock(inline: str, token_file: str, host: str) -> str:
             "lock it with --token-file FILE (or FERRY_SERVE_TOKENS)"
         )
     return ""
+
+
+def _grpc(host: str, port: int, grpc_port: int | None) -> str:
+    """Hand the gRPC port (and the host) to the workers; fail now, in one line, when gRPC cannot run."""
+    if not grpc_port:
+        return ""
+    from ferry.errors import InvalidInput
+    from ferry.grpc import require
+
+    require()
+    if grpc_port == port:
+        raise InvalidInput(f"--grpc-port {grpc_port} is the HTTP port too: give gRPC a port of its own")
+    os.environ["FERRY_GRPC_PORT"], os.environ["FERRY_HOST"] = str(grpc_port), host
+    return f" and grpc://{host}:{grpc_port}"
 
 
 def is_loopback(host: str) -> bool:

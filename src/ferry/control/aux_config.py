@@ -160,6 +160,9 @@ class TorchScriptAux(BatchAux):
 class TritonAux(TritonModelConfig, CommonAux):
     """The triton engine: Triton's ModelConfig fields pass through, plus ferry's common keys."""
 
+    triton_grpc_server: str | None = None
+    """HOST:PORT of this endpoint's Triton server; unset: the service's (``ferry config --triton-grpc-server``)."""
+
 
 AUX_MODELS: dict[str, type[AuxBase]] = {
     "sklearn": SklearnAux,

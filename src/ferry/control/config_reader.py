@@ -279,7 +279,11 @@ class Reader:
         return spec.model_copy(update={"aux_config": aux})
 
     def _check_triton(self, config: ServiceConfig) -> None:
-        triton = [key for key, spec in config.endpoints.items() if spec.engine == "triton"]
+        triton = [
+            key
+            for key, spec in config.endpoints.items()
+            if spec.engine == "triton" and not spec.aux_config.get("triton_grpc_server")
+        ]
         if triton and not config.settings.triton_grpc_server:
             self.fail(
                 ("settings", "triton_grpc_server"),

@@ -1,4 +1,4 @@
-"""A reader for protobuf text format (Triton's config.pbtxt) into the dict that protobuf's JSON form would give."""
+"""Protobuf text format (Triton's config.pbtxt): a reader into the dict protobuf's JSON form gives, and a writer."""
 
 from __future__ import annotations
 
@@ -154,3 +154,58 @@ def _number(text: str) -> int | float:
         return float(lowered)
     raw = lowered.rstrip("f")
     return int(raw) if re.fullmatch(r"[-+]?\d+", raw) else float(raw)
+
+
+def to_pbtxt(config: dict[str, Any], maps: Collection[str] = (), enums: Collection[str] = ()) -> str:
+    """Write ``config`` (a dict as ``parse_pbtxt`` returns) as protobuf text format.
+
+    ``maps`` names the map fields (bare name or dotted path), written as ``{key: ... value: ...}`` entries;
+    ``enums`` the enum fields, whose values are written bare (``TYPE_FP32``), where a string would be quoted.
+    None values are left out; a map key that is an int is written as a number.
+    """
+    return "".join(_Writer(set(maps), set(enums)).fields(config, "", 0))
+
+
+class _Writer:
+    def __init__(self, maps: set[str], enums: set[str]) -> None:
+        self.maps = maps
+        self.enums = enums
+
+    def fields(self, message: dict[str, Any], path: str, depth: int) -> list[str]:
+        lines = []
+        for name, value in message.items():
+            full = f"{path}.{name}" if path else name
+            lines.extend(self.field(name, full, value, depth))
+        return lines
+
+    def field(self, name: str, path: str, value: Any, depth: int) -> list[str]:
+        pad = "  " * depth
+        if value is None:
+            return []
+        if isinstance(value, dict) and (path in self.maps or name in self.maps):
+            entries = ({"key": key, "value": item} for key, item in value.items())
+            return [line for entry in entries for line in self.message(name, entry, path, depth)]
+        if isinstance(value, dict):
+            return self.message(name, value, path, depth)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+            return [line for item in value for line in self.message(name, item, path, depth)]
+        if isinstance(value, (list, tuple)):
+            return [f"{pad}{name}: [{', '.join(self.scalar(name, v) for v in value)}]\n"] if value else []
+        return [f"{pad}{name}: {self.scalar(name, value)}\n"]
+
+    def message(self, name: str, value: dict[str, Any], path: str, depth: int) -> list[str]:
+        pad = "  " * depth
+        return [f"{pad}{name} {{\n", *self.fields(value, path, depth + 1), f"{pad}}}\n"]
+
+    def scalar(self, name: str, value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        text = str(value)
+        if name in self.enums and re.fullmatch(r"[A-Za-z_]\w*", text):
+            return text
+        return '"' + text.translate(_ESCAPES) + '"'
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})

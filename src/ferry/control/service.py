@@ -79,7 +79,7 @@ class ServiceControl:
 
         def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
             warnings.clear()
-            if spec.engine == "triton" and not config.settings.triton_grpc_server:
+            if spec.engine == "triton" and not (config.settings.triton_grpc_server or aux.get("triton_grpc_server")):
                 raise InvalidInput(
                     "--engine triton needs a Triton server: set it with `ferry config --triton-grpc-server HOST:PORT`, "
                     "or serve the model in-process with --engine onnxruntime, torchscript, sklearn, xgboost or lightgbm"

@@ -248,3 +248,11 @@ def _json_or_text(text: Any) -> Any:
         return json.loads(text) if isinstance(text, str) else text
     except json.JSONDecodeError:
         return text
+
+
+def triton_model_name(name: str, version: str = "") -> str:
+    """The model an endpoint version is on a Triton server: ``<endpoint>_<version>``, or ``<endpoint>``.
+
+    `ferry triton sync` writes ``<repository>/<this>/1/...``; the triton engine asks the server for it.
+    """
+    return f"{name}_{version}" if version else name

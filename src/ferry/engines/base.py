@@ -33,7 +33,7 @@ ENGINES: dict[str, str | None] = {
     "lightgbm": "ferry.engines.lightgbm:LightGBMEngine",
     "onnxruntime": "ferry.engines.onnxruntime:OnnxRuntimeEngine",
     "torchscript": "ferry.engines.torchscript:TorchScriptEngine",
-    "triton": None,
+    "triton": "ferry.engines.triton:TritonEngine",
     "custom": "ferry.engines.custom:CustomEngine",
     "custom_async": "ferry.engines.custom:CustomAsyncEngine",
 }

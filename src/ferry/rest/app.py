@@ -1,4 +1,4 @@
-"""The ASGI app: /serve routes, health, OpenAPI; lifespan runs the reconciler beside the server."""
+"""The ASGI app: /serve and /v2 routes, health, OpenAPI; lifespan runs the reconciler beside the server."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from ferry.errors import EngineError, FerryError, NotFound, UserCodeError
 from ferry.rest.auth import BearerAuth, load_tokens
 from ferry.rest.http import decode_body, header, read_body, send, send_error
 from ferry.rest.openapi import DOCS_HTML, openapi
+from ferry.rest.v2 import V2Routes, is_v2
 from ferry.serving.dataplane import DataPlane, dumps
 from ferry.serving.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 SERVE = "/serve/"
+GRPC_GRACE_S = 10.0
+"""Seconds in-flight gRPC calls get to finish when the server stops."""
 ROUTING_KEY = b"x-ferry-routing-key"
 """A request carrying this header lands on the same canary target while the canary stays the same."""
 
@@ -33,12 +36,17 @@ class FerryApp:
         max_body: int = 64 << 20,
         startup_timeout: float = 120.0,
         tokens: Collection[str] = (),
+        grpc_address: str | None = None,
     ) -> None:
+        self.grpc_address = grpc_address
+        """host:port of the KServe V2 gRPC face, served on this app's loop; None: no gRPC."""
+        self._grpc: Any = None
         self.auth = BearerAuth(tokens) if tokens else None  # None: serving is open, one `if` per request
         self.plane = plane
         self.startup_timeout = startup_timeout
         self.reconciler = reconciler
         self.max_body = max_body
+        self.v2 = V2Routes(plane, self.readiness, max_body)
         self._task: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Any, send_: Any) -> None:
@@ -56,6 +64,8 @@ class FerryApp:
                 if method != "POST":
                     return await _method_not_allowed(send_, "POST")
                 return await self._serve(scope, receive, send_, path[len(SERVE) :])
+            if is_v2(path):
+                return await self.v2.handle(scope, receive, send_)
             if method not in ("GET", "HEAD"):
                 return await _method_not_allowed(send_, "GET")
             await self._get(path, send_)
@@ -97,7 +107,7 @@ class FerryApp:
             return await send(send_, 200, DOCS_HTML, b"text/html; charset=utf-8")
         if path == "/metrics":
             return await self._metrics(send_)
-        raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /metrics, /docs")
+        raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /metrics, /docs, /v2")
 
     async def _metrics(self, send_: Any) -> None:
         metrics = self.plane.metrics
@@ -127,12 +137,18 @@ class FerryApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.plane.loop = asyncio.get_running_loop()
+                if not await self._bind_grpc(send_):
+                    return
                 if self.reconciler is not None:
                     self._task = asyncio.create_task(self.reconciler.run(), name="ferry reconciler")
                     self._task.add_done_callback(_log_crash)
                     await self._first_load(self._task)
+                if self._grpc is not None:
+                    await self._grpc.start()  # after the first load, as uvicorn opens the HTTP port
                 await send_({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._grpc is not None:
+                    await self._grpc.stop(GRPC_GRACE_S)  # in-flight calls finish first
                 if self.reconciler is not None and self._task is not None:
                     self.reconciler.stop()
                     await asyncio.gather(self._task, return_exceptions=True)  # _log_crash has reported a crash
@@ -141,6 +157,19 @@ class FerryApp:
                     self.plane.metrics.close()
                 await send_({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _bind_grpc(self, send_: Any) -> bool:
+        """Bind the gRPC port before anything starts; one that cannot be bound fails the startup, in one line."""
+        if self.grpc_address is None:
+            return True
+        from ferry.grpc.server import bind  # grpcio and tritonclient: the ferry[triton] extra
+
+        try:
+            self._grpc = bind(self.plane, self.grpc_address, self.auth, self.readiness, self.max_body)
+        except FerryError as exc:
+            await send_({"type": "lifespan.startup.failed", "message": str(exc)})
+            return False
+        return True
 
 
 def _log_crash(task: asyncio.Task) -> None:
@@ -168,6 +197,7 @@ def create_app() -> FerryApp:
     """Build the app from FERRY_* settings (uvicorn's factory: each worker process calls it)."""
     from ferry.control.store import Store
     from ferry.db import make_engine
+    from ferry.grpc import address
     from ferry.metrics.collectors import Metrics
     from ferry.registry.artifacts import ArtifactStore
     from ferry.registry.models import ModelRegistry
@@ -185,4 +215,6 @@ def create_app() -> FerryApp:
     )
     reconciler.drain_timeout = settings.drain_timeout_s
     tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
-    return FerryApp(plane, reconciler, int(settings.max_body_mb * (1 << 20)), settings.startup_timeout, tokens)
+    grpc_address = address(settings.host, settings.grpc_port) if settings.grpc_port else None
+    max_body = int(settings.max_body_mb * (1 << 20))
+    return FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens, grpc_address)

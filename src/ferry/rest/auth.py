@@ -13,7 +13,7 @@ import orjson
 from ferry.errors import FerryError, InvalidInput
 from ferry.rest.http import header, send
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 """Probes stay open: load balancers and orchestrators call them without credentials."""
 
 FILE_FORMAT = "one token per line; blank lines and lines starting with # are ignored"

@@ -79,11 +79,108 @@ def openapi(table: RouteTable) -> dict[str, Any]:
     version = _path_parameter("version", sorted({s.version for s in specs if s.version}))
     paths["/serve/{endpoint}"] = {"post": _operation("any endpoint", None, [endpoint])}
     paths["/serve/{endpoint}/{version}"] = {"post": _operation("any endpoint version", None, [endpoint, version])}
+    paths.update(_v2_paths(sorted({s.name for s in specs}), sorted({s.version for s in specs if s.version})))
     return {
         "openapi": "3.1.0",
         "info": {"title": "ferry", "version": __version__, "description": f"revision {table.revision}"},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, **V2_SCHEMAS}},
+    }
+
+
+V2_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                "FP64", "BYTES"]  # fmt: skip
+PARAMETERS = {"type": "object", "description": "binary_data_size (inputs), binary_data (outputs), binary_data_output"}
+V2_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": V2_DATATYPES},
+        "parameters": PARAMETERS,
+        "data": {"description": "row-major values, flat or nested (BYTES as strings); absent for binary data"},
+    },
+}
+V2_SCHEMAS = {
+    "V2InferRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"description": "echoed in the answer"},
+            "parameters": PARAMETERS,
+            "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/V2Tensor"}},
+            "outputs": {
+                "type": "array",
+                "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+            },
+        },
+    },
+    "V2Tensor": V2_TENSOR,
+    "V2InferResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"}, "outputs": {}},
+    },
+}
+HEADER_LENGTH = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "the binary tensor extension: the JSON's length; binary tensor data follows it",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _v2_paths(names: list[str], versions: list[str]) -> dict[str, Any]:
+    """The Open Inference Protocol (KServe V2) routes, templated over model name and version."""
+    name = _path_parameter("model_name", names)
+    version = _path_parameter("model_version", versions)
+    json_object = {"application/json": {"schema": {"type": "object"}}}
+    paths: dict[str, Any] = {
+        "/v2": _get("server metadata: name, version, extensions", _v2_responses(json_object)),
+        "/v2/health/live": _get("the process is up", _v2_responses(json_object)),
+        "/v2/health/ready": _get("the current revision is loaded (400: not yet)", _v2_responses(json_object)),
+    }
+    for prefix, parameters in (
+        ("/v2/models/{model_name}", [name]),
+        ("/v2/models/{model_name}/versions/{model_version}", [name, version]),
+    ):
+        paths[prefix] = _get("model metadata: inputs and outputs", _v2_responses(json_object))
+        paths[f"{prefix}/ready"] = _get("the model is ready (400: loading or failed)", _v2_responses(json_object))
+        paths[f"{prefix}/infer"] = {"post": _v2_infer()}
+        for operations in (paths[prefix], paths[f"{prefix}/ready"], paths[f"{prefix}/infer"]):
+            for operation in operations.values():
+                operation["parameters"] = [*parameters, *operation.get("parameters", ())]
+    return paths
+
+
+def _v2_responses(ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "200": {"description": "ok", "content": ok},
+        **{status: _error_response(status, text) for status, text in ERROR_STATUSES.items()},
+    }
+
+
+def _v2_infer() -> dict[str, Any]:
+    """Only the model, on named tensors (no pre/post): JSON tensors, or the binary tensor extension."""
+    answer = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/V2InferResponse"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }
+    responses = _v2_responses(answer)
+    responses["200"]["headers"] = {"Inference-Header-Content-Length": {"schema": {"type": "string"}}}
+    return {
+        "summary": "run the model on tensors (the Open Inference Protocol)",
+        "parameters": [HEADER_LENGTH],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": responses,
     }
 
 

@@ -7,8 +7,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
+import numpy as np
 import orjson
 
 from ferry.control.metrics_config import log_freq, matching_metric_spec
@@ -16,8 +18,9 @@ from ferry.control.spec import ServiceConfig
 from ferry.errors import FerryError, NotReady
 from ferry.metrics.collectors import NULL_METER, Metrics
 from ferry.metrics.custom import CustomStats
+from ferry.serving import v2
 from ferry.serving.pipeline import EndpointRuntime, Retired
-from ferry.serving.routing import RouteTable
+from ferry.serving.routing import RouteTable, version_order
 from ferry.serving.shadow import ShadowSender
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,38 @@ class DataPlane:
             self.shadows.send(shadow, answer)  # fire and forget, on a later loop turn
             return answer
         raise _swapping(endpoint)
+
+    def model(self, name: str, version: str | None = None) -> EndpointRuntime:
+        """The runtime ``name[/version]`` resolves to, as for /serve (canary, unversioned, newest version).
+
+        NotFound (404) for a name this service does not serve, NotReady (503) while it loads or failed."""
+        return self.table.resolve(name, version or None)
+
+    def versions(self, name: str) -> list[str]:
+        """The loaded versions of endpoint ``name``, oldest first ("" for one added without a version)."""
+        specs = [rt.spec for rt in self.table.runtimes.values() if rt.spec.name == name]
+        return [s.version for s in sorted(specs, key=lambda s: version_order(s.version))]
+
+    async def infer_tensors(
+        self, name: str, version: str | None, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> tuple[EndpointRuntime, dict[str, np.ndarray]]:
+        """Run only ``name[/version]``'s model on named arrays (the V2 protocol: no preprocess/postprocess).
+
+        Counted in the endpoint's metrics like any request. InputMismatch (422) for unknown or missing
+        inputs, a wrong datatype or shape, or an unknown output; InvalidInput (400) for custom engines."""
+        for _ in range(RESOLVE_ATTEMPTS):
+            try:
+                runtime = self.model(name, version)
+            except FerryError as exc:
+                self.unrouted(name, exc.status_code)
+                raise
+            try:
+                prepare = partial(v2.feeds, runtime, inputs, outputs)
+                arrays = await runtime.run_tensors(prepare, self.pool, self.request_timeout_s)
+            except Retired:
+                continue
+            return runtime, v2.named_outputs(runtime, arrays, outputs)
+        raise _swapping(name)
 
     def ready(self) -> bool:
         """True once the first revision has been loaded (failed versions do not block readiness)."""

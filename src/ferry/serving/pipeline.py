@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+import numpy as np
+
 from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn, load_engine
-from ferry.engines.tensor import RowBatching, TensorEngine
+from ferry.engines.tensor import Feeds, RowBatching, TensorEngine
 from ferry.errors import EngineError, FerryError, NotReady, Overloaded, Timeout, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.metrics.custom import CustomStats
@@ -136,14 +138,19 @@ class EndpointRuntime:
             recorder.observe(seconds)
 
     async def _run(self, body: Any, collect: StatsFn, pool: Executor, timeout_s: float | None) -> Any:
+        inline = self.all_sync and self._cost["pipeline"].cheap
+        return await self._guarded(lambda: self._stages(body, collect, pool), timeout_s, inline)
+
+    async def _guarded(self, work: Callable[[], Awaitable[Any]], timeout_s: float | None, inline: bool) -> Any:
+        """``work()`` counted in flight, under the request timeout unless it runs inline (nothing to time out)."""
         self._enter()
         try:
             limit = self.timeout_s or timeout_s
-            if limit is None or (self.all_sync and self._cost["pipeline"].cheap):  # inline: nothing to time out
-                answer = await self._stages(body, collect, pool)
+            if limit is None or inline:
+                answer = await work()
             else:
                 async with timeout(limit):
-                    answer = await self._stages(body, collect, pool)
+                    answer = await work()
             if self.closed:  # unloaded under it (drain timeout): what it computed may rest on freed state
                 raise self._unloaded()
             return answer
@@ -160,6 +167,41 @@ class EndpointRuntime:
             raise
         finally:
             self._leave()
+
+    async def run_tensors(
+        self, prepare: Callable[[], Feeds], pool: Executor, timeout_s: float | None = None
+    ) -> list[np.ndarray]:
+        """Only the model, on the arrays ``prepare()`` checks and returns (the V2 protocol: no pre/post).
+
+        Counted on this version's meter like ``run``; raises ``Retired`` like ``run``.
+        """
+        started = perf_counter()
+        inline = self.batcher is None and not self.engine.is_async and self._cost["model"].cheap
+        try:
+            outputs = await self._guarded(lambda: self._tensors(prepare, pool), timeout_s, inline)
+        except (Retired, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            self._count(getattr(exc, "status_code", 500), perf_counter() - started, None, None)
+            raise
+        self._count(200, perf_counter() - started, None, None)
+        return outputs
+
+    async def _tensors(self, prepare: Callable[[], Feeds], pool: Executor) -> list[np.ndarray]:
+        feeds, started = prepare(), perf_counter()
+        try:
+            if self.batcher is not None:
+                outputs = await self.batcher.submit(feeds)
+            elif self.engine.is_async:
+                outputs = await self.engine.run_tensors(feeds)
+            else:
+                outputs = await self._sync("model", self.engine.run_tensors, pool, feeds)
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise self._engine_error(exc) from exc
+        self.meter.model.observe(perf_counter() - started)
+        return outputs
 
     async def _stages(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
         state: dict[str, Any] = {}
@@ -412,7 +454,7 @@ class Retired(Exception):
 
 def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
     policy = BatchPolicy.from_spec(spec)
-    if not policy.enabled:
+    if not policy.enabled or spec.engine == "triton":  # its max_batch_size is Triton's: the server batches
         return None
     if not isinstance(engine, TensorEngine):
         raise EngineError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.control.autoupdate import reconcile_service
-from ferry.control.spec import EndpointSpec
+from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import Store
 from ferry.errors import FerryError
 from ferry.registry.artifacts import ArtifactStore
@@ -255,7 +255,7 @@ class Reconciler:
     def apply(self, number: int) -> None:
         """Make revision ``number`` live: build what changed, swap tables, retire what left."""
         config = self.store.get_revision(self.service_id, number).config
-        desired = config.endpoints
+        desired = with_triton_addresses(config)
         current = self.plane.table
         keep = {k: rt for k, rt in current.runtimes.items() if desired.get(k) == rt.spec}
         to_build = [spec for key, spec in desired.items() if key not in keep]
@@ -364,6 +364,23 @@ class Reconciler:
                 self.store.remove_instance(self.instance_id)
             except Exception:
                 log.exception("could not deregister instance %s", self.instance_id)
+
+
+def with_triton_addresses(config: ServiceConfig) -> dict[str, EndpointSpec]:
+    """The revision's endpoints, each triton one carrying its Triton address in aux ``triton_grpc_server``.
+
+    An endpoint's own address wins; the others get the service's (``ferry config --triton-grpc-server``).
+    The address is then part of the spec the reconciler compares: a new service address rebuilds exactly
+    the triton endpoints that use it, and an unchanged revision rebuilds nothing.
+    """
+    address = config.settings.triton_grpc_server
+    return {key: _with_triton_address(spec, address) for key, spec in config.endpoints.items()}
+
+
+def _with_triton_address(spec: EndpointSpec, address: str | None) -> EndpointSpec:
+    if spec.engine != "triton" or not address or spec.aux_config.get("triton_grpc_server"):
+        return spec
+    return spec.model_copy(update={"aux_config": {**spec.aux_config, "triton_grpc_server": address}})
 
 
 def _store_problem(exc: BaseException) -> str:

@@ -1,0 +1,147 @@
+"""A real `tritonserver` for tests (the nvidia-pytriton wheel's, CPU, Python backend), on free ports."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+TRITON_HOME = Path(os.environ.get("FERRY_TRITON_HOME", Path.home() / ".cache" / "ferry" / "triton"))
+"""What scripts/triton_setup.sh builds (scripts/test.sh runs it): venv/ with tritonserver, pylib/ for model.py."""
+
+MODEL_PY_HEADER = """
+import os, sys
+# The backend stub's Python ignores PYTHONPATH: take the model-side libraries from it here.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+"""
+"""The first lines of every Python-backend model.py a test writes (see scripts/triton_setup.sh)."""
+
+
+class TritonError(AssertionError):
+    """tritonserver did not start or reach a state in time; the message carries its log."""
+
+
+def server_dir() -> Path:
+    """site-packages/pytriton/tritonserver of the set-up venv; skips where it is missing (fails under CI)."""
+    found = sorted(glob.glob(str(TRITON_HOME / "venv/lib/python3*/site-packages/pytriton/tritonserver")))
+    if not found or not (Path(found[0]) / "backends/python/triton_python_backend_stub").exists():
+        message = f"no tritonserver in {TRITON_HOME}: run `bash scripts/triton_setup.sh` (scripts/test.sh does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(found[0])
+
+
+class Triton:
+    """`tritonserver` over ``repository`` with HTTP and gRPC on free 127.0.0.1 ports; a context manager.
+
+    ``explicit``: --model-control-mode=explicit (nothing loads until asked, as `ferry triton sync` drives it).
+    """
+
+    def __init__(self, repository: Path, *, explicit: bool = False) -> None:
+        self.repository = Path(repository)
+        self.explicit = explicit
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = self.repository.parent / f"tritonserver-{self.http_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def __enter__(self) -> Triton:
+        try:
+            self._start()
+            self.wait_for(self._live, 60, "/v2/health/live")
+            if not self.explicit:
+                self.wait_for(self._ready, 120, "/v2/health/ready (every model loaded)")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        root = server_dir()
+        command = [
+            str(root / "bin/tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={root / 'backends'}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-timeout-secs=5",
+        ]
+        if self.explicit:
+            command.append("--model-control-mode=explicit")
+        env = {**os.environ, "PYTHONPATH": str(TRITON_HOME / "pylib")}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+
+    def _live(self) -> bool:
+        return self.client.get("/v2/health/live").status_code == 200
+
+    def _ready(self) -> bool:
+        return self.client.get("/v2/health/ready").status_code == 200
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
+        return self.client.get(path).status_code == 200
+
+    def index(self) -> list[dict]:
+        """The repository index (explicit mode): every model folder with its state."""
+        return self.client.post("/v2/repository/index", json={}).json()
+
+    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise TritonError(f"tritonserver exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if check():
+                    return time.monotonic() - start
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TritonError(f"tritonserver: {what} not reached in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-8000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM to its process group; the Python backend needs 2-3 s to remove its shared memory."""
+        self.client.close()  # an open keep-alive connection holds the shutdown for --exit-timeout-secs
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the server, not its group: it stops its backend stubs itself
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def python_model(repository: Path, name: str, config: str, model_py: str, files: dict[str, Path] | None = None) -> Path:
+    """Write ``<repository>/<name>/config.pbtxt`` and ``1/model.py`` (after MODEL_PY_HEADER), link ``files`` in."""
+    folder = repository / name / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (repository / name / "config.pbtxt").write_text(config)
+    (folder / "model.py").write_text(MODEL_PY_HEADER + model_py)
+    for target, source in (files or {}).items():
+        shutil.copyfile(source, folder / target)
+    return repository / name
