@@ -4,6 +4,7 @@
 #   FERRY_WORKERS (default 2, as the floor), FERRY_VENV (default <repo>/.venv),
 #   FERRY_BATCH (aux config for the endpoint; default dynamic batching: max_batch_size=32),
 #   FERRY_SRC (ferry checkout whose examples/ are served; default the repo that holds this folder),
+#   FERRY_ONNX (minilm: serve this .onnx file instead of the peers' fp32 model, e.g. its int8 one),
 #   FERRY_METRICS=0 (serve without metrics), FERRY_CUSTOM_STATS=1 (sklearn: log x0 and x1 on every request).
 set -euo pipefail
 scenario=$1 port=$2
@@ -34,7 +35,7 @@ case $scenario in
     code=$FERRY_HOME/minilm-preprocess
     mkdir -p "$code" && cp "$src/examples/huggingface/preprocess.py" "$models/tokenizer.json" "$code/"
     sid=$(ferry create --name bench | sed -n 's/.*id=//p')
-    mid=$(ferry --id "$sid" model upload --name minilm --project bench --path "$models/model.onnx" \
+    mid=$(ferry --id "$sid" model upload --name minilm --project bench --path "${FERRY_ONNX:-$models/model.onnx}" \
           | sed -n 's/.*Model ID=//p')
     # shellcheck disable=SC2086
     ferry --id "$sid" model add --engine onnxruntime --endpoint minilm --model-id "$mid" --preprocess "$code" \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from rich.markup import escape
@@ -32,15 +33,23 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     p.add_argument("--name", help="model name in the printed upload/add lines (default: the output file's stem)")
     p.add_argument("--project", default="", help="model project in the printed upload/add lines")
     p.add_argument("--preprocess", help="Preprocess file or folder for the printed add line")
+    q = p.add_argument_group("int8 (text-classification only)")
+    q.add_argument("--quantize", choices=["int8"], help="also write OUTPUT's NAME.int8.onnx (dynamic quantisation)")
+    q.add_argument("--samples", type=Path, metavar="FILE", help="check sentences, one a line (default: the example's)")
+    q.add_argument("--min-agreement", type=float, default=0.98, help="least int8/fp32 argmax agreement (default: 0.98)")
+    q.add_argument("--max-prob-diff", type=float, default=0.05, help="largest probability difference (default: 0.05)")
     p.set_defaults(func=convert)
 
 
 def convert(ctx: Context, args: argparse.Namespace) -> None:
-    from ferry.convert import command_line, shape_text
+    from ferry.convert import command_line, quantize, read_samples, shape_text
     from ferry.convert import convert as run
 
     if args.opset < 7 or args.atol < 0:
         raise InvalidInput("--opset must be 7 or more and --atol 0 or more")
+    if args.quantize and args.task != "text-classification":
+        raise InvalidInput("--quantize checks argmax and probabilities: use it with --task text-classification")
+    samples = read_samples(args.samples) if args.quantize else ()  # a bad file fails before the export
     done = run(args.hf, args.task, args.output, args.opset, args.atol, progress=_progress)
     name = args.name or args.output.stem
     print(
@@ -49,6 +58,12 @@ def convert(ctx: Context, args: argparse.Namespace) -> None:
     )
     inputs = " ".join(done.input_names)
     print(f"wrote {done.output}: inputs {inputs}, output {done.output_name} {shape_text(done.output_size)}")
+    if args.quantize:
+        int8 = quantize(done.output, args.hf, samples, args.min_agreement, args.max_prob_diff, progress=_progress)
+        print(f"int8 vs fp32: {int8.summary()} (--min-agreement {args.min_agreement:g}, "
+              f"--max-prob-diff {args.max_prob_diff:g})")  # fmt: skip
+        print(f"wrote {int8.output}: int8 weights ({_mb(int8.output)} MB; fp32 {_mb(done.output)} MB)")
+        done = replace(done, output=int8.output)
     print("serve it with:")
     print(command_line(done.upload_args(name, args.project)))
     print(command_line(done.add_args(args.endpoint or args.output.stem, name, args.project, args.preprocess)))
@@ -56,3 +71,7 @@ def convert(ctx: Context, args: argparse.Namespace) -> None:
 
 def _progress(message: str) -> None:
     err_console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f}"

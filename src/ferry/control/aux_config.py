@@ -134,7 +134,16 @@ class BatchAux(QueueAux):
         return self
 
 
-class SklearnAux(BatchAux):
+class ClassicAux(BatchAux):
+    """The classic engines (sklearn, xgboost, lightgbm): batching keys plus compiling to ONNX."""
+
+    compile: Literal["onnx"] | None = None
+    """``onnx``: convert the model to an ONNX graph served by ONNX Runtime (engines/compiled.py)."""
+    compile_tolerance: NonNegativeFloat = 1e-4
+    """Largest difference from the original's answers on sample rows at which the compiled model is served."""
+
+
+class SklearnAux(ClassicAux):
     method: str = "predict"
     """The model method called: predict, predict_proba, transform, ..."""
 
@@ -166,8 +175,8 @@ class TritonAux(TritonModelConfig, CommonAux):
 
 AUX_MODELS: dict[str, type[AuxBase]] = {
     "sklearn": SklearnAux,
-    "xgboost": BatchAux,
-    "lightgbm": BatchAux,
+    "xgboost": ClassicAux,
+    "lightgbm": ClassicAux,
     "onnxruntime": OnnxRuntimeAux,
     "torchscript": TorchScriptAux,
     "triton": TritonAux,

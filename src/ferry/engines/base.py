@@ -49,6 +49,9 @@ REQUIREMENTS = {
 }
 """Engine name -> (the library it needs, how to install it)."""
 
+COMPILABLE = ("sklearn", "xgboost", "lightgbm")
+"""Engines whose models aux ``compile=onnx`` converts (engines/compiled.py)."""
+
 
 def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> Engine:
     """Build the engine ``spec.engine`` for one endpoint version.
@@ -59,7 +62,7 @@ def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, proces
     """
     engine_cls = engine_class(spec.engine)
     try:
-        return engine_cls(spec, model_path, loaded, process)
+        engine = engine_cls(spec, model_path, loaded, process)
     except FerryError:
         raise
     except Exception as exc:
@@ -67,6 +70,11 @@ def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, proces
             f"endpoint {spec.key}: the {spec.engine} engine failed to load: {type(exc).__name__}: {exc}",
             endpoint=spec.key,
         ) from exc
+    if spec.aux_config.get("compile") == "onnx" and spec.engine in COMPILABLE:
+        from ferry.engines.compiled import compile_engine  # converters load only for endpoints that ask
+
+        return compile_engine(spec, engine)  # never raises: an uncompiled model is served as it is
+    return engine
 
 
 def engine_class(name: str) -> type:
