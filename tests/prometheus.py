@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.process import wait_until
 
 
 class PrometheusError(AssertionError):
@@ -136,17 +136,7 @@ class Prometheus:
 
     def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> float:
         """Poll ``check`` until it is true; the seconds it took. Fails with the log if Prometheus exits."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if check():
-                    return time.monotonic() - start
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise PrometheusError(f"prometheus: {what} not reached in {timeout} s:\n{self.log()}")
+        return wait_until(self.proc, "prometheus", check, timeout, what, self.log, PrometheusError, every=0.1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import FERRY_BIN, free_port
+from tests.process import wait_until
 
 
 class Server:
@@ -37,17 +37,7 @@ class Server:
 
     def wait_for(self, check, timeout: float = 20, what: str = "condition") -> float:
         """Poll ``check`` until it is true; returns the seconds it took."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ferry serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if check():
-                    return time.monotonic() - start
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"ferry serve: {what} not reached in {timeout} s:\n{self.log()}")
+        return wait_until(self.proc, "ferry serve", check, timeout, what, self.log)
 
     def post(self, path: str, body=None, **kwargs) -> httpx.Response:
         return self.client.post(path, json=body, **kwargs)

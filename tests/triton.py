@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.process import wait_until
 
 TRITON_HOME = Path(os.environ.get("FERRY_TRITON_HOME", Path.home() / ".cache" / "ferry" / "triton"))
 """What scripts/triton_setup.sh builds (scripts/test.sh runs it): venv/ with tritonserver, pylib/ for model.py."""
@@ -109,17 +109,7 @@ class Triton:
         return self.client.post("/v2/repository/index", json={}).json()
 
     def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise TritonError(f"tritonserver exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if check():
-                    return time.monotonic() - start
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TritonError(f"tritonserver: {what} not reached in {timeout} s:\n{self.log()}")
+        return wait_until(self.proc, "tritonserver", check, timeout, what, self.log, TritonError, every=0.1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:] if self.log_path.exists() else ""
