@@ -210,7 +210,7 @@ def test_watch_follows_revisions_and_reports_a_broken_model_for_its_endpoint_onl
         assert "scale/1" not in endpoints
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "stopped" in out
+        returncode = proc.wait(timeout=30)
+    assert returncode == 0, proc.stderr.read() if proc.stderr else ""
+    lines.wait_for("stopped", 10)  # stdout belongs to the Lines thread: read it there, not with communicate()
     assert ferry("--id", sid, "status", "--json").json()["instances"] == []  # deregistered on the way out
