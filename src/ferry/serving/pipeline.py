@@ -113,10 +113,24 @@ class EndpointRuntime:
 
         Raises ``Retired`` when the reconciler has begun to retire this runtime: resolve again.
         """
-        started, custom = perf_counter(), self.custom
+        custom = self.custom
         collected = custom.sample() if custom is not None else None
+        collect = None if collected is None else collected.append
+        inline = self.all_sync and self._cost["pipeline"].cheap
+        return await self._counted(lambda: self._stages(body, collect, pool), timeout_s, inline, custom, collected)
+
+    async def _counted(
+        self,
+        work: Callable[[], Awaitable[Any]],
+        timeout_s: float | None,
+        inline: bool,
+        custom: CustomStats | None = None,
+        collected: list | None = None,
+    ) -> Any:
+        """``work()`` guarded (in flight, timeout), then its answer counted on the meter with its status code."""
+        started = perf_counter()
         try:
-            answer = await self._run(body, None if collected is None else collected.append, pool, timeout_s)
+            answer = await self._guarded(work, timeout_s, inline)
         except (Retired, asyncio.CancelledError):  # resolved again / the caller went away: no answer to count
             raise
         except BaseException as exc:
@@ -136,10 +150,6 @@ class EndpointRuntime:
         meter = self.meter
         for recorder, seconds in zip((meter.preprocess, meter.model, meter.postprocess), times, strict=False):
             recorder.observe(seconds)
-
-    async def _run(self, body: Any, collect: StatsFn, pool: Executor, timeout_s: float | None) -> Any:
-        inline = self.all_sync and self._cost["pipeline"].cheap
-        return await self._guarded(lambda: self._stages(body, collect, pool), timeout_s, inline)
 
     async def _guarded(self, work: Callable[[], Awaitable[Any]], timeout_s: float | None, inline: bool) -> Any:
         """``work()`` counted in flight, under the request timeout unless it runs inline (nothing to time out)."""
@@ -175,17 +185,8 @@ class EndpointRuntime:
 
         Counted on this version's meter like ``run``; raises ``Retired`` like ``run``.
         """
-        started = perf_counter()
         inline = self.batcher is None and not self.engine.is_async and self._cost["model"].cheap
-        try:
-            outputs = await self._guarded(lambda: self._tensors(prepare, pool), timeout_s, inline)
-        except (Retired, asyncio.CancelledError):
-            raise
-        except BaseException as exc:
-            self._count(getattr(exc, "status_code", 500), perf_counter() - started, None, None)
-            raise
-        self._count(200, perf_counter() - started, None, None)
-        return outputs
+        return await self._counted(lambda: self._tensors(prepare, pool), timeout_s, inline)
 
     async def _tensors(self, prepare: Callable[[], Feeds], pool: Executor) -> list[np.ndarray]:
         feeds, started = prepare(), perf_counter()
