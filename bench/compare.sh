@@ -35,14 +35,8 @@ fi
 
 # one SIDE VENV SRC: one run_all.sh run of the ferry adapter; prints "req/s p50 p99 errors".
 # Each side gets its own PEERS_HOME, so logs and FERRY_HOME stay apart.
-one() {
-  local line
-  line=$(SCENARIOS=$scenario PEERS_HOME=$home/compare-$1 FERRY_VENV=$2 FERRY_SRC=$3 \
-         "$peers/run_all.sh" "$secs" "$here/ferry" | awk '$1=="ferry"')
-  [[ $(awk '{print $3}' <<<"$line") =~ ^[0-9.]+$ ]] || { echo "side $1 failed: $line" >&2; exit 1; }
-  awk '{print $3, $4, $6, $7}' <<<"$line"
-}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+source "$here/lib.sh"
+one() { PEERS_HOME=$home/compare-$1 FERRY_VENV=$2 FERRY_SRC=$3 run_adapter "$scenario" "$here/ferry"; }
 
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $scenario  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# A = $a_label   B = $rev ($sha)"

@@ -15,14 +15,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 FERRY_VENV=${FERRY_VENV:-$repo/.venv} FERRY_SRC=$repo bash "$here/ferry/setup.sh"
 
 # one SIDE METRICS CUSTOM: one run_all.sh run of the ferry adapter; prints "req/s p50 p99 errors".
-one() {
-  local line
-  line=$(SCENARIOS=sklearn PEERS_HOME=$home/metrics-$1 FERRY_METRICS=$2 FERRY_CUSTOM_STATS=$3 \
-         "$peers/run_all.sh" "$secs" "$here/ferry" | awk '$1=="ferry"')
-  [[ $(awk '{print $3}' <<<"$line") =~ ^[0-9.]+$ ]] || { echo "side $1 failed: $line" >&2; exit 1; }
-  awk '{print $3, $4, $6, $7}' <<<"$line"
-}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+source "$here/lib.sh"
+one() { PEERS_HOME=$home/metrics-$1 FERRY_METRICS=$2 FERRY_CUSTOM_STATS=$3 run_adapter sklearn "$here/ferry"; }
 
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  sklearn  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# ON = metrics on, x0 and x1 logged at log frequency 1   OFF = FERRY_METRICS=0   ($(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD || echo '+dirty'))"

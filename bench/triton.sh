@@ -18,13 +18,8 @@ scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT   # see minilm.sh: the pee
 cp "$peers/models.py" "$scripts/"
 [[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
 
-one() {  # one ADAPTER: "req/s p50 p99 errors"
-  local line
-  line=$(SCENARIOS=minilm "$peers/run_all.sh" "$secs" "$here/$1" | awk '$2=="minilm"')
-  [[ $(awk '{print $3}' <<<"$line") =~ ^[0-9.]+$ ]] || { echo "$1 failed: $line" >&2; exit 1; }
-  awk '{print $3, $4, $6, $7}' <<<"$line"
-}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+source "$here/lib.sh"
+one() { run_adapter minilm "$here/$1"; }  # one ADAPTER: "req/s p50 p99 errors"
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  minilm  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-5s %-11s %9s %8s %8s %6s\n' round side req/s p50_ms p99_ms errors
 a=() b=()

@@ -15,13 +15,8 @@ bash "$here/ferry/setup.sh"
 "$venv/bin/python" -c "import tritonclient.grpc" 2>/dev/null || "$venv/bin/pip" install -q -e "$here/..[triton]"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-one() {  # one ADAPTER: "req/s p50 p99 errors"
-  local line
-  line=$(SCENARIOS=sklearn "$peers/run_all.sh" "$secs" "$here/$1" | awk '$2=="sklearn"')
-  [[ $(awk '{print $3}' <<<"$line") =~ ^[0-9.]+$ ]] || { echo "$1 failed: $line" >&2; exit 1; }
-  awk '{print $3, $4, $6, $7}' <<<"$line"
-}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+source "$here/lib.sh"
+one() { run_adapter sklearn "$here/$1"; }  # one ADAPTER: "req/s p50 p99 errors"
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  sklearn  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "## wrk, 16 connections"
 printf '%-5s %-8s %9s %8s %8s %6s\n' round face req/s p50_ms p99_ms errors
