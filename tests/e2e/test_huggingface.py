@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ferry.serving.instances import usable_cores
 from tests.conftest import Ferry
 from tests.server import Server
 
@@ -65,6 +67,10 @@ def test_sentiment_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) 
     dull = server.post("/serve/sentiment", {"text": "a dull, boring mess"}).json()
     assert dull["label"] == "negative", dull
     assert server.post("/serve/sentiment", {"nothing": 1}).status_code == 422
+    # plain `ferry serve`: one model instance per core, as threads sharing the session, and its memory
+    loaded = re.search(r"endpoint sentiment loaded in [\d.]+ s, batching with (\d+) model instance\(s\) as threads, "
+                       r"\+\d+ MiB resident", server.log_path.read_text())  # fmt: skip
+    assert loaded and int(loaded.group(1)) == usable_cores(), server.log()
 
 
 def test_embeddings_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:

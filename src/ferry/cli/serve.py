@@ -16,6 +16,7 @@ from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.metrics import MULTIPROC_ENV
 from ferry.rest.auth import load_tokens
+from ferry.serving.instances import WORKERS_ENV
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -61,6 +62,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     service_id, service_name = _service(ctx)
     workers = args.workers or _env_workers() or settings.workers
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
+    os.environ[WORKERS_ENV] = str(workers)  # each worker's share of the cores sets its model instances
     if args.poll_interval is not None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
     if args.metrics is False:

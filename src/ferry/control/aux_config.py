@@ -116,8 +116,9 @@ class BatchAux(QueueAux):
     """Batch sizes (an int or a list) run as soon as they are reached."""
     pad_value: float = 0.0
     """Fills the ragged (-1) axes when requests of different lengths share a batch."""
-    instances: PositiveInt = 1
-    """Batches that may run at once."""
+    instances: PositiveInt | None = None
+    """Batches that may run at once (model instances as threads); default one per core of the worker for
+    engines whose model call releases the GIL (onnxruntime, torchscript), else 1 (serving/instances.py)."""
     batch_instances: PositiveInt | None = None
     """Same as ``instances``."""
     dynamic_batching: DynamicBatching | None = None

@@ -32,6 +32,7 @@ class CompiledEngine(RowBatching):
     """The ONNX graph of a classic model, answering as its original engine does (labels, probabilities, values)."""
 
     is_async = False
+    releases_gil = True  # the model call runs in C++ without the GIL: instances may be threads
 
     def __init__(self, original: Any, session: Any, pick: Pick, n_features: int) -> None:
         self.original, self.session, self.pick, self.n_features = original, session, pick, n_features

@@ -19,6 +19,7 @@ class TorchScriptEngine(TensorRunner):
     """Runs a TorchScript module under ``torch.inference_mode``; a TensorEngine, so the batcher may stack requests."""
 
     is_async = False
+    releases_gil = True  # the model call runs in C++ without the GIL: instances may be threads
 
     def __init__(self, spec: EndpointSpec, model_path: Path | None, loaded: Any, process: Process) -> None:
         self.endpoint_key = spec.key

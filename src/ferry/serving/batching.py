@@ -30,7 +30,8 @@ class BatchPolicy:
     instances: int = 1
 
     @classmethod
-    def from_spec(cls, spec: EndpointSpec) -> BatchPolicy:
+    def from_spec(cls, spec: EndpointSpec, default_instances: int = 1) -> BatchPolicy:
+        """The policy ``spec`` asks for; ``default_instances`` where it names no ``instances``."""
         aux = spec.aux_config
         triton = aux.get("dynamic_batching") if isinstance(aux.get("dynamic_batching"), dict) else {}
         delay_ms = aux.get("max_queue_delay_ms")
@@ -43,7 +44,7 @@ class BatchPolicy:
             max_queue_delay_s=float(delay_ms or 0) / 1000,
             preferred_sizes=tuple(sorted(int(p) for p in preferred)),
             pad_value=float(aux.get("pad_value", 0)),
-            instances=max(1, int(aux.get("instances", aux.get("batch_instances", 1)))),
+            instances=max(1, int(aux.get("instances", aux.get("batch_instances", default_instances)))),
         )
 
     @property
@@ -102,6 +103,8 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task | None = None
+        self._running = 0
+        """Batches running now (at most ``policy.instances``)."""
         self._executor = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"ferry-batch-{key}")
         self._cost = CostMeter(inline_budget_s)
         self._closed = False
@@ -141,6 +144,7 @@ class DynamicBatcher:
                     self._slots.release()
                     break
                 batch = self._take()
+                self._running += 1
                 asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _gather_window(self) -> None:
@@ -161,7 +165,9 @@ class DynamicBatcher:
         return sum(p.rows for p in self._queue)
 
     def _take(self) -> list[_Pending]:
-        limit = self._batch_limit(self._queued_rows())
+        """The next batch: the queue shared evenly among the idle instances, so none waits while one works."""
+        queued, idle = self._queued_rows(), self.policy.instances - self._running
+        limit = self._batch_limit(-(-queued // max(1, idle)))
         batch, rows = [], 0
         while self._queue and rows + self._queue[0].rows <= limit:
             item = self._queue.popleft()
@@ -191,6 +197,7 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(error)
         finally:
+            self._running -= 1
             self._slots.release()
 
     def _record(self, batch: list[_Pending]) -> None:

@@ -13,7 +13,15 @@ INLINE_BUDGET_S = 0.001
 """Sync work costing under this runs on the event loop: handing it to a thread costs more than it does."""
 
 BLOCKED_FACTOR = 5
-"""An inline call that takes this many budgets of wall-clock time blocked the loop: it never runs inline again."""
+"""An inline call that takes this many budgets of wall-clock time blocked the loop (a strike)."""
+
+STRIKES = 3
+"""Strikes among the last ``SAMPLES`` inline calls that send a stage to the pool for good.
+
+One is not enough: while model threads run, an inline call now and then waits a GIL switch interval
+(5 ms) or two for the interpreter, and one such wait must not send cheap code to the pool, where every
+call then pays a thread hop. Code that blocks (sleep, I/O) blocks on most calls and strikes out at once.
+"""
 
 SAMPLES = 8
 """Calls measured in the pool before a stage may move onto the loop."""
@@ -24,8 +32,8 @@ class CostMeter:
 
     In the pool a call's wall time also counts waits for the GIL, so the fastest of the last few calls
     is the estimate: a call that sleeps or does I/O is never fast, cheap code sometimes is. Inline, the
-    average wall time must stay under the budget, and one call over ``BLOCKED_FACTOR`` budgets (a blocking
-    call) sends the stage to the pool for good. ``forbid_inline`` does the same up front (code that calls
+    average wall time must stay under the budget, and ``STRIKES`` of the last few calls over ``BLOCKED_FACTOR``
+    budgets (blocking calls) send the stage to the pool for good. ``forbid_inline`` does the same up front (code that calls
     ``send_request``).
     """
 
@@ -34,6 +42,7 @@ class CostMeter:
         self.blocked = budget_s <= 0
         self.inline = False
         self._pool_times: deque[float] = deque(maxlen=SAMPLES)
+        self._strikes: deque[bool] = deque(maxlen=SAMPLES)
         self._inline_average = 0.0
 
     @property
@@ -66,7 +75,8 @@ class CostMeter:
             self._inline_average = min(self._pool_times)
 
     def _after_inline(self, elapsed: float) -> None:
-        if elapsed > BLOCKED_FACTOR * self.budget_s:
+        self._strikes.append(elapsed > BLOCKED_FACTOR * self.budget_s)
+        if sum(self._strikes) >= STRIKES:
             self.forbid_inline()
             return
         self._inline_average = 0.9 * self._inline_average + 0.1 * elapsed

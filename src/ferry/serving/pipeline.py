@@ -24,6 +24,7 @@ from ferry.metrics.custom import CustomStats
 from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
 from ferry.serving.crossing import calls_other_endpoints, marking, on_loop, timeout
 from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
+from ferry.serving.instances import default_instances
 from ferry.serving.userclass import Hook, UserCode, load_user_code
 
 log = logging.getLogger(__name__)
@@ -454,7 +455,7 @@ class Retired(Exception):
 
 
 def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
-    policy = BatchPolicy.from_spec(spec)
+    policy = BatchPolicy.from_spec(spec, default_instances(engine))
     if not policy.enabled or spec.engine == "triton":  # its max_batch_size is Triton's: the server batches
         return None
     if not isinstance(engine, TensorEngine):

@@ -20,6 +20,7 @@ from ferry.errors import FerryError
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
 from ferry.serving.dataplane import DataPlane
+from ferry.serving.instances import resident_bytes
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.routing import RouteTable
 
@@ -287,7 +288,7 @@ class Reconciler:
         failed: dict[str, str] = {}
         metrics = self.plane.metrics
         for spec in specs:
-            started = time.monotonic()
+            started, memory = time.monotonic(), resident_bytes()
             try:
                 built[spec.key] = self.build(spec)
             except Exception as exc:
@@ -296,6 +297,7 @@ class Reconciler:
                 if metrics is not None:
                     metrics.load_failed(spec.name, spec.version)
             else:
+                _log_loaded(built[spec.key], time.monotonic() - started, resident_bytes() - memory)
                 if metrics is not None:
                     metrics.loaded(spec.name, spec.version, time.monotonic() - started)
         return built, failed
@@ -390,3 +392,10 @@ def _store_problem(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__  # SQLAlchemy appends the SQL and a docs link
     return f"store unreachable: {first[:300]}"
+
+
+def _log_loaded(runtime: EndpointRuntime, seconds: float, grown: int) -> None:
+    """One line per loaded version: how long it took, its model instances and what it added to memory."""
+    batcher = runtime.batcher
+    instances = f", batching with {batcher.policy.instances} model instance(s) as threads" if batcher else ""
+    log.info("endpoint %s loaded in %.2f s%s, +%.0f MiB resident", runtime.key, seconds, instances, grown / 2**20)

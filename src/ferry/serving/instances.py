@@ -1,0 +1,39 @@
+"""How many model instances (threads sharing one loaded model) a batched endpoint runs when its config names none."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+WORKERS_ENV = "FERRY_WORKERS"
+"""``ferry serve`` sets it for its workers: the cores are shared among that many processes."""
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, so a container's or taskset's limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_instances(engine: Any) -> int:
+    """One model instance per core this worker owns, for engines whose model call releases the GIL; else one.
+
+    ONNX Runtime and torch run a session from several threads at once with one intra-op thread each, as
+    Triton's ``instance_group`` runs copies of a model; a model call that holds the GIL (scikit-learn) gains
+    nothing from a second thread, so it keeps one and ``ferry serve --workers`` is the way to more cores.
+    """
+    if not getattr(engine, "releases_gil", False):
+        return 1
+    workers = os.environ.get(WORKERS_ENV, "1")
+    return max(1, usable_cores() // max(1, int(workers) if workers.isdigit() else 1))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
