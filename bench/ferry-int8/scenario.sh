@@ -1,2 +1,3 @@
-# Same routes and bodies as the ferry adapter.
+# Same routes and bodies as the ferry adapter; only the MiniLM job has an int8 model.
 source "$(dirname "${BASH_SOURCE[0]}")/../ferry/scenario.sh"
+[[ $SCENARIO == minilm ]] || BODY=
