@@ -141,6 +141,30 @@ def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+# --- the Hugging Face example's model, trained once ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainedExample:
+    """What examples/huggingface/train.py --quick wrote: the fine-tuned model and its preprocess folder."""
+
+    hf: Path
+    preprocess: Path
+
+
+@pytest.fixture(scope="session")
+def hf_example(tmp_path_factory: pytest.TempPathFactory) -> TrainedExample:
+    """The example's MiniLM fine-tuned with --quick (~10 s), once per session: tests read it, none writes to it."""
+    root = tmp_path_factory.mktemp("hf-example")
+    trained = TrainedExample(root / "hf-model", root / "preprocess")
+    train = Path(__file__).resolve().parents[1] / "examples" / "huggingface" / "train.py"
+    argv = [sys.executable, str(train), str(trained.hf), "--preprocess-dir", str(trained.preprocess), "--quick"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, f"{argv} failed:\n{proc.stderr[-3000:]}{proc.stdout}"
+    return trained
+
+
 # --- the real command ---------------------------------------------------------------------------
 
 

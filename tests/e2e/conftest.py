@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Ferry
+from tests.conftest import Ferry, TrainedExample
 from tests.server import Server
 
 STORE_VARIABLES = ("FERRY_STORE", "FERRY_ARTIFACT_ROOT", "FERRY_SERVICE", "FERRY_CACHE_DIR")
+FAST_POLL = {"FERRY_POLL_INTERVAL": "0.05"}
+"""The fixtures' servers look for a new revision every 50 ms: each change a test waits for lands sooner."""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def e2e_service(e2e_ferry: Ferry) -> str:
 @pytest.fixture(scope="module")
 def example_server(e2e_home: Path, e2e_service: str) -> Iterator[Server]:
     """`ferry --id <service> serve` on a free port, for the whole module."""
-    server = Server(e2e_home.parent, "--id", e2e_service)
+    server = Server(e2e_home.parent, "--id", e2e_service, env=FAST_POLL)
     try:
         server.wait_ready()
         yield server
@@ -51,9 +54,43 @@ def example_server(e2e_home: Path, e2e_service: str) -> Iterator[Server]:
 def server(ferry_sqlite: Ferry, tmp_path: Path) -> Iterator[Server]:
     """A new service and one `ferry serve` for it, for one test."""
     ferry_sqlite.service()
-    srv = Server(tmp_path)
+    srv = Server(tmp_path, env=FAST_POLL)
     try:
         srv.wait_ready()
         yield srv
     finally:
         srv.stop()
+
+
+@dataclass(frozen=True)
+class Converted:
+    """`ferry model convert` of the Hugging Face example as its README runs it: the ONNX file and what it printed."""
+
+    example: TrainedExample
+    onnx: Path
+    out: str
+
+
+@pytest.fixture(scope="session")
+def sentiment_onnx(hf_example: TrainedExample, tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    """The example's model converted once (~8 s) for the tests that serve it in ferry and on Triton."""
+    root = tmp_path_factory.mktemp("sentiment-onnx")
+    onnx = root / "model.onnx"
+    out = Ferry(root)("model", "convert", "--hf", str(hf_example.hf), "--task", "text-classification",
+                      "--output", str(onnx), "--endpoint", "sentiment", "--name", "minilm sentiment",
+                      "--project", "serving examples", "--preprocess", str(hf_example.preprocess),
+                      env={"HF_HUB_OFFLINE": "1"}).out  # fmt: skip
+    return Converted(hf_example, onnx, out)
+
+
+@pytest.fixture(scope="session")
+def sklearn_example_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/sklearn/train.py's model, trained once (~1.3 s) for the tests that serve it but do not test it.
+
+    test_examples.py runs each example's train.py itself: that is what it tests.
+    """
+    from tests.e2e.test_examples import train  # the helper, not its tests
+
+    model = tmp_path_factory.mktemp("sklearn-example") / "sklearn-model.pkl"
+    train("sklearn", model)
+    return model

@@ -83,6 +83,6 @@ def test_a_registry_change_nobody_reconciled_is_caught_up_by_the_server(server: 
     path = tmp_path / "crashed.pkl"
     joblib.dump(DummyClassifier(strategy="constant", constant=3).fit(np.zeros((3, 2)), [1, 2, 3]), path)
     registry.upload(NAME, path, project=PROJECT)  # the registry only: no reconcile ran
-    assert server.wait_endpoint("x_auto/1", BODY, timeout=15) == {"y": [3]}  # within 10 polls of 0.2 s, and a load
+    assert server.wait_endpoint("x_auto/1", BODY, timeout=15) == {"y": [3]}  # within 10 polls (RULES_EVERY) and a load
     history = ferry("history", "--json").json()
     assert "auto-update: +x_auto/1" in history[-1]["summary"]

@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from ferry.serving.instances import usable_cores
 from tests.conftest import Ferry
+from tests.e2e.conftest import Converted
 from tests.server import Server
 
 pytestmark = [
@@ -28,9 +30,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROJECT = "serving examples"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # every subprocess: models load from folders only
+@pytest.fixture(scope="module", autouse=True)
+def offline() -> Iterator[None]:
+    """Every subprocess, the module's `ferry serve` too: models load from folders only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 def run(*argv: str) -> str:
@@ -51,15 +56,13 @@ def answer(server: Server, endpoint: str, text: str) -> dict:
     return server.wait_endpoint(endpoint, {"text": text}, timeout=60)
 
 
-def test_sentiment_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:
-    hf, preprocess, onnx = tmp_path / "hf-model", tmp_path / "preprocess", tmp_path / "model.onnx"
-    run(str(EXAMPLES / "huggingface" / "train.py"), str(hf), "--preprocess-dir", str(preprocess), "--quick")
+def test_sentiment_example(e2e_ferry: Ferry, example_server: Server, sentiment_onnx: Converted) -> None:
+    """train.py --quick and `model convert` ran once for the session (the sentiment_onnx fixture)."""
+    preprocess, out = sentiment_onnx.example.preprocess, sentiment_onnx.out
     assert {p.name for p in preprocess.iterdir()} >= {"preprocess.py", "tokenizer.json"}
-    out = ferry_sqlite("model", "convert", "--hf", str(hf), "--task", "text-classification", "--output", str(onnx),
-                       "--endpoint", "sentiment", "--name", "minilm sentiment", "--project", PROJECT,
-                       "--preprocess", str(preprocess)).out  # fmt: skip
     assert "--input-name input_ids token_type_ids attention_mask" in out and '--output-size "[-1, 2]"' in out
-    serve_as_printed(ferry_sqlite, out)
+    serve_as_printed(e2e_ferry, out)
+    server = example_server
 
     great = answer(server, "sentiment", "what a great movie")
     assert great["label"] == "positive", great
@@ -73,14 +76,15 @@ def test_sentiment_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) 
     assert loaded and int(loaded.group(1)) == usable_cores(), server.log()
 
 
-def test_embeddings_example(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:
+def test_embeddings_example(e2e_ferry: Ferry, example_server: Server, tmp_path: Path) -> None:
     preprocess, onnx = tmp_path / "embed-preprocess", tmp_path / "minilm.onnx"
     minilm = run(str(EXAMPLES / "huggingface_embeddings" / "prepare.py"), str(preprocess)).strip()
-    out = ferry_sqlite("model", "convert", "--hf", minilm, "--task", "feature-extraction", "--output", str(onnx),
-                       "--endpoint", "embed", "--name", "minilm encoder", "--project", PROJECT,
-                       "--preprocess", str(preprocess)).out  # fmt: skip
+    out = e2e_ferry("model", "convert", "--hf", minilm, "--task", "feature-extraction", "--output", str(onnx),
+                    "--endpoint", "embed", "--name", "minilm encoder", "--project", PROJECT,
+                    "--preprocess", str(preprocess)).out  # fmt: skip
     assert '--output-name last_hidden_state --output-type float32 --output-size "[-1, -1, 384]"' in out
-    serve_as_printed(ferry_sqlite, out)
+    serve_as_printed(e2e_ferry, out)
+    server = example_server
 
     movie = np.array(answer(server, "embed", "what a great movie")["embedding"])
     film = np.array(server.post("/serve/embed", {"text": "a wonderful film"}).json()["embedding"])

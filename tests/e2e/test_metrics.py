@@ -9,8 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ferry.cli.context import Context
 from tests.conftest import Ferry
-from tests.e2e.test_examples import EXAMPLES, add, train, upload
+from tests.e2e.test_examples import EXAMPLES, add, upload
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -38,10 +39,8 @@ def sample(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def sklearn_endpoint(ferry: Ferry, tmp_path: Path, *aux: str) -> None:
-    """The sklearn example as its README adds it (its preprocess reports x0, x1 and y)."""
-    model = tmp_path / "sklearn-model.pkl"
-    train("sklearn", model)
+def sklearn_endpoint(ferry: Ferry, model: Path, *aux: str) -> None:
+    """The sklearn example's ``model`` as its README adds it (its preprocess reports x0, x1 and y)."""
     upload(ferry, "train sklearn model", model)
     add(ferry, "", "sklearn", ENDPOINT, EXAMPLES / "sklearn" / "preprocess.py", "--name", "train sklearn model",
         *(("--aux-config", *aux) if aux else ()))  # fmt: skip
@@ -53,9 +52,9 @@ def add_example_metrics(ferry: Ferry, *extra: str) -> None:
 
 
 @pytest.fixture
-def sklearn_server(ferry_sqlite: Ferry, tmp_path: Path):
+def sklearn_server(ferry_sqlite: Ferry, sklearn_example_model: Path, tmp_path: Path):
     ferry_sqlite.service()
-    sklearn_endpoint(ferry_sqlite, tmp_path)
+    sklearn_endpoint(ferry_sqlite, sklearn_example_model)
     add_example_metrics(ferry_sqlite)
     srv = Server(tmp_path)
     try:
@@ -98,8 +97,8 @@ def test_counts_exact_after_known_requests(sklearn_server: Server):
     assert sample(s, "ferry_process_resident_memory_bytes", pid=str(sklearn_server.proc.pid)) > 10e6
 
 
-def test_metric_config_reaches_the_running_server(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
-    sklearn_endpoint(ferry_sqlite, tmp_path)
+def test_metric_config_reaches_the_running_server(ferry_sqlite: Ferry, server: Server, sklearn_example_model: Path):
+    sklearn_endpoint(ferry_sqlite, sklearn_example_model)
     server.wait_endpoint(ENDPOINT, {"x0": 1, "x1": 1})
     assert sample(scrape(server), "ferry_custom_x0_count", endpoint=ENDPOINT) == 0  # nothing configured yet
     add_example_metrics(ferry_sqlite)
@@ -110,7 +109,9 @@ def test_metric_config_reaches_the_running_server(ferry_sqlite: Ferry, server: S
 
     server.wait_for(counted, 10, "x0 counted after `metrics add`")
     ferry_sqlite("metrics", "remove", "--endpoint", ENDPOINT, "--variable", "x0")
-    time.sleep(1.0)  # five polls
+    ctx = Context()
+    head = ctx.store.head(ctx.service.id)
+    server.wait_for(lambda: server.client.get("/health/ready").json().get("revision") == head, 10, "removal applied")
     before = sample(scrape(server), "ferry_custom_x0_count", endpoint=ENDPOINT)
     x1_before = sample(scrape(server), "ferry_custom_x1_count", endpoint=ENDPOINT)
     for _ in range(3):
@@ -120,9 +121,9 @@ def test_metric_config_reaches_the_running_server(ferry_sqlite: Ferry, server: S
     assert sample(after, "ferry_custom_x1_count", endpoint=ENDPOINT) == x1_before + 3
 
 
-def test_two_workers_one_scrape_counts_both(ferry_sqlite: Ferry, tmp_path: Path):
+def test_two_workers_one_scrape_counts_both(ferry_sqlite: Ferry, sklearn_example_model: Path, tmp_path: Path):
     ferry_sqlite.service()
-    sklearn_endpoint(ferry_sqlite, tmp_path)
+    sklearn_endpoint(ferry_sqlite, sklearn_example_model)
     add_example_metrics(ferry_sqlite)
     server = Server(tmp_path, "--workers", "2")
     try:

@@ -24,9 +24,11 @@ def value(prom: Prometheus, promql: str) -> float:
     return float(series["value"][1])
 
 
-def test_dashboard_queries_return_data_from_a_real_prometheus(ferry_sqlite: Ferry, tmp_path: Path):
+def test_dashboard_queries_return_data_from_a_real_prometheus(
+    ferry_sqlite: Ferry, sklearn_example_model: Path, tmp_path: Path
+):
     ferry_sqlite.service()
-    sklearn_endpoint(ferry_sqlite, tmp_path, "max_batch_size=8")
+    sklearn_endpoint(ferry_sqlite, sklearn_example_model, "max_batch_size=8")
     add_example_metrics(ferry_sqlite)
     out = tmp_path / "dashboard.json"
     ferry_sqlite("dashboard", "export", "--output", str(out))

@@ -27,13 +27,26 @@ def write(folder: Path, name: str, source: str) -> str:
     return str(path)
 
 
-@pytest.fixture
-def model_id(ferry_sqlite: Ferry, tmp_path: Path) -> str:
+@pytest.fixture(scope="module")
+def model_id(e2e_ferry: Ferry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("logreg")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 2))
-    joblib.dump(LogisticRegression().fit(x, (x.sum(axis=1) > 0).astype(int)), tmp_path / "m.pkl")
-    out = ferry_sqlite("model", "upload", "--name", "logreg", "--project", "e2e", "--path", str(tmp_path / "m.pkl"))
+    joblib.dump(LogisticRegression().fit(x, (x.sum(axis=1) > 0).astype(int)), folder / "m.pkl")
+    out = e2e_ferry("model", "upload", "--name", "logreg", "--project", "e2e", "--path", str(folder / "m.pkl"))
     return out.out.strip().rsplit("=", 1)[1]
+
+
+@pytest.fixture
+def ferry_sqlite(e2e_ferry: Ferry) -> Ferry:
+    """The module's store (SQLite under its own FERRY_HOME) and its one service: every test here uses it."""
+    return e2e_ferry
+
+
+@pytest.fixture
+def server(example_server: Server) -> Server:
+    """One `ferry serve` for the module: its tests add endpoints under distinct names, none restarts it."""
+    return example_server
 
 
 ROWS = """

@@ -80,16 +80,16 @@ def test_sklearn_served_within_two_seconds_of_add(ferry_sqlite: Ferry, model_id:
         server.stop()
 
 
-def test_changes_under_load_fail_no_request(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
+def test_changes_under_load_fail_no_request(e2e_ferry: Ferry, example_server: Server, tmp_path: Path):
     """Requests to /serve/m never fail while versions are added, replaced and removed."""
-    add_tagged(ferry_sqlite, tmp_path, "m/1", "1")
-    server.wait_for(lambda: server.post("/serve/m", {}).status_code == 200)
+    add_tagged(e2e_ferry, tmp_path, "m/1", "1")
+    example_server.wait_for(lambda: example_server.post("/serve/m", {}).status_code == 200)
     failures: list[str] = []
     seen: set[str] = set()
     stop = threading.Event()
 
     def load() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=example_server.url, timeout=30) as client:
             while not stop.is_set():
                 r = client.post("/serve/m", json={})
                 if r.status_code != 200:
@@ -101,16 +101,16 @@ def test_changes_under_load_fail_no_request(ferry_sqlite: Ferry, server: Server,
     for w in workers:
         w.start()
     try:
-        add_tagged(ferry_sqlite, tmp_path, "m/2", "2")
-        server.wait_for(lambda: "2" in seen)
-        add_tagged(ferry_sqlite, tmp_path, "m/2", "2b")
-        server.wait_for(lambda: "2b" in seen)
-        ferry_sqlite("model", "remove", "--endpoint", "m/2")
+        add_tagged(e2e_ferry, tmp_path, "m/2", "2")
+        example_server.wait_for(lambda: "2" in seen)
+        add_tagged(e2e_ferry, tmp_path, "m/2", "2b")
+        example_server.wait_for(lambda: "2b" in seen)
+        e2e_ferry("model", "remove", "--endpoint", "m/2")
         seen.discard("1")
-        server.wait_for(lambda: "1" in seen)
-        add_tagged(ferry_sqlite, tmp_path, "m", "plain")
-        server.wait_for(lambda: "plain" in seen)  # an unversioned endpoint takes /serve/m over
-        ferry_sqlite("model", "remove", "--endpoint", "m/1")
+        example_server.wait_for(lambda: "1" in seen)
+        add_tagged(e2e_ferry, tmp_path, "m", "plain")
+        example_server.wait_for(lambda: "plain" in seen)  # an unversioned endpoint takes /serve/m over
+        e2e_ferry("model", "remove", "--endpoint", "m/1")
         time.sleep(1.0)
     finally:
         stop.set()
@@ -119,7 +119,7 @@ def test_changes_under_load_fail_no_request(ferry_sqlite: Ferry, server: Server,
     assert failures == [], failures[:5]
 
 
-def test_errors_over_http(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
+def test_errors_over_http(e2e_ferry: Ferry, example_server: Server, tmp_path: Path):
     raising = code(tmp_path, "raising", """
         class Preprocess:
             def preprocess(self, body, state, collect=None):
@@ -127,41 +127,42 @@ def test_errors_over_http(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
             def process(self, data, state, collect=None):
                 return data
         """)  # fmt: skip
-    add_tagged(ferry_sqlite, tmp_path, "good", "g")
-    add(ferry_sqlite, "--engine", "custom", "--endpoint", "raising", "--preprocess", raising)
-    add(ferry_sqlite, "--engine", "custom", "--endpoint", "broken", "--preprocess",
+    add_tagged(e2e_ferry, tmp_path, "good", "g")
+    add(e2e_ferry, "--engine", "custom", "--endpoint", "raising", "--preprocess", raising)
+    add(e2e_ferry, "--engine", "custom", "--endpoint", "broken", "--preprocess",
         code(tmp_path, "broken", "import no_such_module_here\n"))  # fmt: skip
-    server.wait_for(lambda: server.post("/serve/good", {}).status_code == 200)
-    r = server.post("/serve/raising", {"y": 1})
+    example_server.wait_for(lambda: example_server.post("/serve/good", {}).status_code == 200)
+    r = example_server.post("/serve/raising", {"y": 1})
     assert r.status_code == 422 and "endpoint raising: preprocess raised KeyError: 'x'" in r.json()["error"]
-    server.wait_for(lambda: server.serve("broken", {}).status_code != 404)  # added last: the newest revision
-    r = server.post("/serve/broken", {})
+    # added last: the newest revision
+    example_server.wait_for(lambda: example_server.serve("broken", {}).status_code != 404)
+    r = example_server.post("/serve/broken", {})
     assert r.status_code == 503 and "no_such_module_here" in r.json()["error"] and "retry-after" in r.headers
-    r = server.post("/serve/ghost", {})
+    r = example_server.post("/serve/ghost", {})
     assert r.status_code == 404 and "broken" not in r.json()["error"] and "good" in r.json()["error"]
-    r = server.client.post("/serve/good", content=b"x" * (65 << 20))
+    r = example_server.client.post("/serve/good", content=b"x" * (65 << 20))
     assert r.status_code == 413
-    status = ferry_sqlite("status", "--json").json()
+    status = e2e_ferry("status", "--json").json()
     (inst,) = status["instances"]
     assert inst["state"]["endpoints"]["broken"]["state"] == "failed"
     assert "no_such_module_here" in inst["state"]["endpoints"]["broken"]["error"]
     assert inst["state"]["endpoints"]["good"]["state"] == "ready"
-    assert "broken" in ferry_sqlite("status").out  # the human view shows it too
-    assert server.client.get("/health/live").status_code == 200
+    assert "broken" in e2e_ferry("status").out  # the human view shows it too
+    assert example_server.client.get("/health/live").status_code == 200
 
 
-def test_engine_crash_is_500_and_process_survives(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
+def test_engine_crash_is_500_and_process_survives(e2e_ferry: Ferry, example_server: Server, tmp_path: Path):
     crash = code(tmp_path, "crash", """
         class Preprocess:
             def process(self, data, state, collect=None):
                 raise MemoryError("out of memory in the model")
         """)  # fmt: skip
-    add(ferry_sqlite, "--engine", "custom", "--endpoint", "c", "--preprocess", crash)
-    add_tagged(ferry_sqlite, tmp_path, "ok", "ok")
-    server.wait_for(lambda: server.post("/serve/ok", {}).status_code == 200)
-    r = server.post("/serve/c", {})
+    add(e2e_ferry, "--engine", "custom", "--endpoint", "c", "--preprocess", crash)
+    add_tagged(e2e_ferry, tmp_path, "ok", "ok")
+    example_server.wait_for(lambda: example_server.post("/serve/ok", {}).status_code == 200)
+    r = example_server.post("/serve/c", {})
     assert r.status_code == 422 and "MemoryError" in r.json()["error"]
-    assert server.post("/serve/ok", {}).json() == {"tag": "ok"}
+    assert example_server.post("/serve/ok", {}).json() == {"tag": "ok"}
 
 
 def test_two_workers_both_serve_and_age_out(ferry_sqlite: Ferry, tmp_path: Path):

@@ -10,7 +10,8 @@ import pytest
 
 from ferry.control.triton_config import triton_model_name
 from tests.conftest import Ferry
-from tests.e2e.test_huggingface import EXAMPLES, PROJECT, offline, run, serve_as_printed  # noqa: F401
+from tests.e2e.conftest import Converted
+from tests.e2e.test_huggingface import offline, serve_as_printed  # noqa: F401
 from tests.server import Server
 from tests.triton import Triton, python_model
 
@@ -73,12 +74,10 @@ def triton_add_line(convert_out: str, endpoint: str) -> list[str]:
     return argv[: argv.index("--aux-config")] + ["--aux-config", "max_batch_size=8"]
 
 
-def test_sentiment_example_with_the_model_on_triton(ferry_sqlite: Ferry, server: Server, tmp_path: Path) -> None:
-    hf, preprocess, onnx = tmp_path / "hf-model", tmp_path / "preprocess", tmp_path / "model.onnx"
-    run(str(EXAMPLES / "huggingface" / "train.py"), str(hf), "--preprocess-dir", str(preprocess), "--quick")
-    out = ferry_sqlite("model", "convert", "--hf", str(hf), "--task", "text-classification", "--output", str(onnx),
-                       "--endpoint", "sentiment", "--name", "minilm sentiment", "--project", PROJECT,
-                       "--preprocess", str(preprocess)).out  # fmt: skip
+def test_sentiment_example_with_the_model_on_triton(
+    ferry_sqlite: Ferry, server: Server, sentiment_onnx: Converted, tmp_path: Path
+) -> None:
+    out, onnx = sentiment_onnx.out, sentiment_onnx.onnx
     serve_as_printed(ferry_sqlite, out)  # the in-process onnxruntime endpoint, to compare with
 
     repository = tmp_path / "models"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,11 +26,10 @@ def upload(ferry: Ferry, *args: str) -> str:
     return ferry("model", "upload", *args).out.strip().rsplit("=", 1)[-1]
 
 
-def add_endpoints(ferry: Ferry, root: Path) -> None:
-    """The sklearn example as its README adds it, and an ONNX y = x + 1 on x[batch, 3] as `ox`."""
-    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), str(root / "sklearn-model.pkl")], check=True)
+def add_endpoints(ferry: Ferry, root: Path, model: Path) -> None:
+    """The sklearn example's ``model`` as its README adds it, and an ONNX y = x + 1 on x[batch, 3] as `ox`."""
     project = ("--name", "train sklearn model", "--project", "serving examples")
-    upload(ferry, *project, "--framework", "sklearn", "--path", str(root / "sklearn-model.pkl"))
+    upload(ferry, *project, "--framework", "sklearn", "--path", str(model))
     ferry("model", "add", "--engine", "sklearn", "--endpoint", SKLEARN,
           "--preprocess", str(EXAMPLE / "preprocess.py"), *project)  # fmt: skip
     onnx = upload(ferry, "--name", "plus_one", "--project", "v2", "--path", str(plus_one_onnx(root / "p.onnx")))
@@ -53,8 +50,8 @@ class GrpcServer(Server):
 
 
 @pytest.fixture(scope="module")
-def root(e2e_home: Path, e2e_ferry: Ferry, e2e_service: str) -> Path:
-    add_endpoints(e2e_ferry, e2e_home.parent)
+def root(e2e_home: Path, e2e_ferry: Ferry, e2e_service: str, sklearn_example_model: Path) -> Path:
+    add_endpoints(e2e_ferry, e2e_home.parent, sklearn_example_model)
     return e2e_home.parent
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +27,16 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def v2_server(e2e_home: Path, e2e_ferry: Ferry, e2e_service: str) -> Iterator[Server]:  # noqa: F811
+def v2_server(
+    e2e_home: Path,  # noqa: F811
+    e2e_ferry: Ferry,  # noqa: F811
+    e2e_service: str,  # noqa: F811
+    sklearn_example_model: Path,
+) -> Iterator[Server]:
     """`ferry serve` (token-locked) with the sklearn example's model and a tiny ONNX model, each also batched."""
     root = e2e_home.parent
-    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), str(root / "sk.pkl")], check=True, capture_output=True)
     sk, ox = (
-        upload(e2e_ferry, "example", root / "sk.pkl"),
+        upload(e2e_ferry, "example", sklearn_example_model),
         upload(e2e_ferry, "plus_one", plus_one_onnx(root / "p.onnx")),
     )
     for name, extra in (("sk", ()), ("skb", BATCHED)):

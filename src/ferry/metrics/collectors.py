@@ -60,6 +60,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_elements = Counter(
+            "ferry_batch_elements", "Input elements given to batched model calls, padding included", LABELS, registry=r
+        )
+        self.padded_elements = Counter(
+            "ferry_batch_padded_elements",
+            "Input elements of batched model calls that were padding (ragged requests padded to the longest)",
+            LABELS,
+            registry=r,
+        )
         self.overloaded = Counter(
             "ferry_overloaded_requests", "Requests refused with 503: max_queue_size were waiting", LABELS, registry=r
         )
@@ -154,6 +163,8 @@ class EndpointMeter:
         self.timed_out = metrics.timed_out.labels(name, version)
         self.batch_size = fast.histogram(metrics.batch_size.labels(name, version)) if batching else NOTHING
         self.queue_wait = fast.histogram(metrics.queue_wait.labels(name, version)) if batching else NOTHING
+        self.batch_elements = fast.counter(metrics.batch_elements.labels(name, version)) if batching else NOTHING
+        self.padded_elements = fast.counter(metrics.padded_elements.labels(name, version)) if batching else NOTHING
 
     def request(self, code: int, seconds: float) -> None:
         """One answered request: its status code and its end-to-end time."""
@@ -170,7 +181,7 @@ class NullMeter:
 
     labels = ("", "")
     latency = preprocess = model = postprocess = in_flight = overloaded = timed_out = NOTHING
-    batch_size = queue_wait = NOTHING
+    batch_size = queue_wait = batch_elements = padded_elements = NOTHING
 
     def request(self, code: int, seconds: float) -> None:
         pass

@@ -50,12 +50,11 @@ class FerryApp:
         self._task: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Any, send_: Any) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send_)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send_)
-
-    async def _http(self, scope: dict, receive: Any, send_: Any) -> None:
+        """HTTP requests are served in this coroutine itself: a coroutine per request fewer than a dispatch."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send_)
+            return
         if self.auth is not None and not await self.auth.admit(scope, send_):
             return
         path, method = scope["path"], scope["method"]

@@ -17,6 +17,7 @@ from ferry.engines.tensor import Feeds, TensorEngine
 from ferry.errors import NotReady, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
+from ferry.serving.padding import cut_by_length
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class BatchPolicy:
     preferred_sizes: tuple[int, ...] = ()
     pad_value: float = 0
     instances: int = 1
+    group_by_length: bool = False
+    """Run a batch of ragged requests as a few model calls of similar lengths (``serving/padding.py``)."""
 
     @classmethod
     def from_spec(cls, spec: EndpointSpec, default_instances: int = 1) -> BatchPolicy:
@@ -45,6 +48,7 @@ class BatchPolicy:
             preferred_sizes=tuple(sorted(int(p) for p in preferred)),
             pad_value=float(aux.get("pad_value", 0)),
             instances=max(1, int(aux.get("instances", aux.get("batch_instances", default_instances)))),
+            group_by_length=str(aux.get("group_by_length", False)).lower() in ("true", "1"),
         )
 
     @property
@@ -58,6 +62,14 @@ class _Pending:
     rows: int
     arrived: float
     future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class _Tally:
+    """Input elements the model calls of one batch were given, and how many of them were padding."""
+
+    elements: int = 0
+    padded: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,10 +196,12 @@ class DynamicBatcher:
         self._record(batch)
         try:
             if self._cost.cheap:  # a fast model (sklearn): a thread hop and GIL hand-offs would cost more
-                results = self._cost.call(self._execute, batch)
+                results, tally = self._cost.call(self._execute, batch)
             else:
                 loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self._executor, self._cost.call, self._execute, batch)
+                results, tally = await loop.run_in_executor(self._executor, self._cost.call, self._execute, batch)
+            self.meter.batch_elements.inc(tally.elements)  # here, on the loop's thread: the meter has no lock
+            self.meter.padded_elements.inc(tally.padded)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     _resolve(item.future, result)
@@ -208,38 +222,47 @@ class DynamicBatcher:
 
     # the model call (in a batch thread or inline) -----------------------------------------------
 
-    def _execute(self, batch: list[_Pending]) -> list[Any]:
-        """Outputs per request (or the exception that request caused), in batch order."""
+    def _execute(self, batch: list[_Pending]) -> tuple[list[Any], _Tally]:
+        """Outputs per request (or the exception that request caused), in batch order; what was padding."""
         self.batches += 1
         self.batched_rows += sum(p.rows for p in batch)
         groups: dict[tuple, list[int]] = {}
         for index, pending in enumerate(batch):
             groups.setdefault(self.axes.stack_key(pending.feeds), []).append(index)
         results: list[Any] = [None] * len(batch)
+        tally = _Tally()
         for indices in groups.values():
-            answers = self._run_group([batch[i] for i in indices])
-            for index, answer in zip(indices, answers, strict=True):
-                results[index] = answer
-        return results
+            for run in self._runs(indices, batch):
+                answers = self._run_group([batch[i] for i in run], tally)
+                for index, answer in zip(run, answers, strict=True):
+                    results[index] = answer
+        return results, tally
 
-    def _run_group(self, group: list[_Pending]) -> list[Any]:
+    def _runs(self, indices: list[int], batch: list[_Pending]) -> list[list[int]]:
+        """One model call per run: the stackable requests together, or cut by length (``group_by_length``)."""
+        if not self.policy.group_by_length or len(indices) < 2 or not self.axes.inputs:
+            return [indices]
+        return [[indices[i] for i in run] for run in cut_by_length([batch[i].feeds for i in indices])]
+
+    def _run_group(self, group: list[_Pending], tally: _Tally) -> list[Any]:
         if len(group) == 1:
-            return [self._call_alone(group[0])]
+            return [self._call_alone(group[0], tally)]
         try:
-            feeds, lengths = self._stack([p.feeds for p in group])
+            feeds, lengths = self._stack([p.feeds for p in group], tally)
             outputs = self.engine.run_tensors(feeds)
             return self._scatter(outputs, [p.rows for p in group], lengths)
         except Exception:
             # Find who broke the batch: each request alone, so only the culprits get the error.
-            return [self._call_alone(p) for p in group]
+            return [self._call_alone(p, tally) for p in group]
 
-    def _call_alone(self, pending: _Pending) -> Any:
+    def _call_alone(self, pending: _Pending, tally: _Tally) -> Any:
+        tally.elements += sum(np.size(a) for a in pending.feeds.values())
         try:
             return self.engine.run_tensors(pending.feeds)
         except Exception as exc:
             return exc
 
-    def _stack(self, feeds_list: list[Feeds]) -> tuple[Feeds, dict[int, list[int]]]:
+    def _stack(self, feeds_list: list[Feeds], tally: _Tally) -> tuple[Feeds, dict[int, list[int]]]:
         """One array per input along axis 0; axes declared -1 padded; the original sizes per padded axis."""
         stacked: Feeds = {}
         lengths: dict[int, list[int]] = {}
@@ -250,6 +273,9 @@ class DynamicBatcher:
                 if axis < arrays[0].ndim and len(set(sizes)) > 1:
                     lengths.setdefault(axis, sizes)
             stacked[name] = np.concatenate(self._pad(arrays), axis=0)
+            own = sum(a.size for a in arrays)
+            tally.elements += stacked[name].size
+            tally.padded += stacked[name].size - own
         return stacked, lengths
 
     def _pad(self, arrays: list[np.ndarray]) -> list[np.ndarray]:

@@ -32,9 +32,9 @@ class CostMeter:
 
     In the pool a call's wall time also counts waits for the GIL, so the fastest of the last few calls
     is the estimate: a call that sleeps or does I/O is never fast, cheap code sometimes is. Inline, the
-    average wall time must stay under the budget, and ``STRIKES`` of the last few calls over ``BLOCKED_FACTOR``
-    budgets (blocking calls) send the stage to the pool for good. ``forbid_inline`` does the same up front (code that calls
-    ``send_request``).
+    average wall time must stay under the budget, and ``STRIKES`` of the last few calls over
+    ``BLOCKED_FACTOR`` budgets (blocking calls) send the stage to the pool for good. ``forbid_inline`` does
+    the same up front (code that calls ``send_request``).
     """
 
     def __init__(self, budget_s: float = INLINE_BUDGET_S) -> None:
