@@ -85,11 +85,13 @@ def same(batched, alone) -> bool:
     delay_ms=st.sampled_from([0, 1, 5]),
     instances=st.integers(1, 3),
     width=st.integers(1, 6),
+    grouped=st.booleans(),  # group_by_length changes a batch's model calls, never its answers
     seed=st.integers(0, 2**16),
 )
-def test_batched_answers_equal_solo_answers(requests, max_batch, delay_ms, instances, width, seed):
+def test_batched_answers_equal_solo_answers(requests, max_batch, delay_ms, instances, width, grouped, seed):
     model = NumpyModel(width)
-    policy = BatchPolicy(max_batch_size=max_batch, max_queue_delay_s=delay_ms / 1000, instances=instances)
+    policy = BatchPolicy(max_batch_size=max_batch, max_queue_delay_s=delay_ms / 1000, instances=instances,
+                         group_by_length=grouped)  # fmt: skip
     batcher = DynamicBatcher(model, policy, batch_axes(spec(width), model.input_names), "p/1", inline_budget_s=0)
     rng = np.random.default_rng(seed)
     feeds = []

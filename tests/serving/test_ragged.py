@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferry.control.aux_config import validate_aux_config
 from ferry.errors import InvalidInput
 from ferry.metrics.collectors import Metrics
-from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
 from ferry.serving.padding import cut_by_length
 from tests.serving.test_batching import ragged, ragged_model, run_many  # noqa: F401 - ragged is a fixture
-from tests.serving.test_batching_properties import NumpyModel, request, same, solo, spec
 
 LENGTHS = (1, 3, 2, 5, 4)
 
@@ -89,43 +85,3 @@ def test_cutting_by_length_partitions_the_batch_and_never_computes_more(shapes):
 def test_requests_of_mixed_lengths_are_cut_into_short_and_long_runs():
     feeds_list = [{"x": np.zeros((1, n), np.float32)} for n in (20, 3, 21, 2, 19, 3)]
     assert cut_by_length(feeds_list) == [[3, 1, 5], [4, 0, 2]]
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    requests=st.lists(request, min_size=1, max_size=24),
-    max_batch=st.integers(3, 16),
-    delay_ms=st.sampled_from([0, 1, 5]),
-    instances=st.integers(1, 3),
-    grouped=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_answers_equal_solo_answers_grouped_or_not(requests, max_batch, delay_ms, instances, grouped, seed):
-    """Grouping changes the model calls of a batch, never which requests a batch takes nor their answers."""
-    model = NumpyModel(3)
-    policy = BatchPolicy(max_batch, delay_ms / 1000, instances=instances, group_by_length=grouped)
-    batcher = DynamicBatcher(model, policy, batch_axes(spec(3), model.input_names), "p/1", inline_budget_s=0)
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for rows, tokens, poisoned, _ in requests:
-        x = rng.integers(0, 9, size=(rows, tokens)).astype(np.float32)
-        if poisoned:
-            x[0, 0] = -1
-        feeds.append({"x": x})
-
-    async def one(f, wait):
-        await asyncio.sleep(wait)
-        try:
-            return await batcher.submit(f)
-        except Exception as exc:
-            return exc
-
-    async def all_at_once():
-        return await asyncio.gather(*(one(f, r[3]) for f, r in zip(feeds, requests, strict=True)))
-
-    try:
-        answers = asyncio.run(all_at_once())
-    finally:
-        batcher.close()
-    for f, answer in zip(feeds, answers, strict=True):
-        assert same(answer, solo(model, f)), (f["x"].tolist(), answer)
