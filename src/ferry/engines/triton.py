@@ -68,7 +68,7 @@ class TritonEngine(TensorRunner):
         try:
             result = await CHANNELS.client(self.address).infer(self.model, inputs, outputs=outputs)
         except InferenceServerException as exc:
-            raise self._error(exc) from None
+            raise self._error(_detached(exc)) from None
         return [result.as_numpy(name) for name in self.output_names]
 
     async def describe(self) -> None:
@@ -78,7 +78,7 @@ class TritonEngine(TensorRunner):
         try:
             meta = await CHANNELS.client(self.address).get_model_metadata(self.model, as_json=True)
         except InferenceServerException as exc:
-            raise self._error(exc) from None
+            raise self._error(_detached(exc)) from None
         self.inputs = _described_inputs(self.inputs, meta.get("inputs", []))
         self.output_names = self.output_names or [o["name"] for o in meta.get("outputs", [])]
         self._described = True
@@ -162,7 +162,8 @@ class Channels:
 
     grpc.aio channels belong to the loop that made them: ``ferry serve`` has one loop, but warmup and tests
     run engines under ``asyncio.run``, so a loop without a client gets its own. The last engine of an
-    address to close closes its clients.
+    address to close closes its clients; a client whose loop has ended is closed on a loop of its own
+    rather than left holding its TCP connection until garbage collection.
     """
 
     def __init__(self) -> None:
@@ -180,11 +181,13 @@ class Channels:
         loop = asyncio.get_running_loop()
         with self._lock:
             clients = self._clients.setdefault(address, {})
-            for stale in [other for other in clients if other.is_closed()]:
-                del clients[stale]  # its loop is gone, and with it any way to close the channel
+            stale = [clients.pop(other) for other in list(clients) if other.is_closed()]
             if loop not in clients:
                 clients[loop] = grpcaio.InferenceServerClient(address)
-            return clients[loop]
+            client = clients[loop]
+        for orphan in stale:  # their loop is gone (a warmup's asyncio.run): close them on a loop of their own
+            _close_orphan(orphan)
+        return client
 
     def clients(self, address: str) -> list[grpcaio.InferenceServerClient]:
         """The live clients for ``address`` (one per loop that used it)."""
@@ -204,6 +207,7 @@ class Channels:
     def _close(self, loop: asyncio.AbstractEventLoop, client: grpcaio.InferenceServerClient) -> None:
         """Close ``client`` on its own loop, from whichever thread releases it."""
         if loop.is_closed():
+            _close_orphan(client)
             return
         try:
             running = asyncio.get_running_loop()
@@ -219,6 +223,20 @@ class Channels:
                 asyncio.run_coroutine_threadsafe(closing, loop)
             except RuntimeError:  # the loop closed meanwhile
                 closing.close()
+
+
+def _detached(exc: InferenceServerException) -> InferenceServerException:
+    """``exc`` without its traceback and cause: their frames hold the gRPC call, whose channel keeps its TCP
+    connection open for as long as an error that was answered (and maybe logged) stays referenced."""
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+    return exc
+
+
+def _close_orphan(client: grpcaio.InferenceServerClient) -> None:
+    """Close a client whose loop has ended, on a fresh loop in a thread of its own (this one may run a loop)."""
+    closer = threading.Thread(target=asyncio.run, args=(client.close(),), name="ferry-triton-close", daemon=True)
+    closer.start()
+    closer.join(timeout=5)
 
 
 CHANNELS = Channels()
