@@ -52,6 +52,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         help="record no Prometheus metrics and answer no GET /metrics (default: on; $FERRY_METRICS=0 turns them off)",
     )
+    ray = p.add_argument_group("Ray Serve (pip install 'ferry[ray]')")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the service as a Ray Serve application: an ingress deployment for HTTP and pre/post, one "
+        "deployment per model version (replicas from aux config ray.*); this process follows the store",
+    )
+    ray.add_argument(
+        "--address", default=None, help="the Ray cluster to join (default $RAY_ADDRESS, else a running local one)"
+    )
+    ray.add_argument("--ingress-min-replicas", type=int, default=1, metavar="N", help="fewest ingress replicas")
+    ray.add_argument("--ingress-max-replicas", type=int, default=4, metavar="N", help="most ingress replicas")
     p.set_defaults(func=serve)
 
 
@@ -70,12 +82,28 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     host, port = args.host or settings.host, args.port or settings.port
     locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     where = f"http://{host}:{port}" + _grpc(host, port, args.grpc_port or settings.grpc_port)
-    err_console.print(
-        f"serving service {service_id} ({service_name}) on {where} with {workers} worker(s){locked}",
-        highlight=False,
-    )
+    how = "on Ray Serve" if args.ray else f"with {workers} worker(s)"
+    err_console.print(f"serving service {service_id} ({service_name}) on {where} {how}{locked}", highlight=False)
+    if args.ray:
+        return _serve_on_ray(ctx, args, service_id, host, port)
     with _shared_metrics(workers if args.metrics is not False and settings.metrics else 1):
         _run(uvicorn, host, port, workers)
+
+
+def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host: str, port: int) -> None:
+    from ferry.rayserve import require
+
+    require()
+    from ferry.rayserve.launcher import INGRESS_OPTIONS, serve_on_ray
+
+    low, high = args.ingress_min_replicas, args.ingress_max_replicas
+    if not 0 < low <= high:
+        from ferry.errors import InvalidInput
+
+        raise InvalidInput(f"--ingress-min-replicas {low} and --ingress-max-replicas {high}: need 1 <= min <= max")
+    scaling = {**INGRESS_OPTIONS["autoscaling_config"], "min_replicas": low, "initial_replicas": low}
+    ingress = {**INGRESS_OPTIONS, "autoscaling_config": {**scaling, "max_replicas": high}}
+    serve_on_ray(ctx.store, service_id, args.address, host, port, ingress)
 
 
 def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:

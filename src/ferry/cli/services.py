@@ -144,6 +144,7 @@ def status(ctx: Context, args: argparse.Namespace) -> None:
             )
     table("endpoints per instance", ("instance", "endpoint", "state", "requests", "errors", "error"), rows)
     _shadows(doc)
+    _ray(doc)
     _recent(doc)
 
 
@@ -184,6 +185,18 @@ def _recent(doc: dict[str, Any]) -> None:
             rows.append((inst["id"][:8], f"({len(lines) - RECENT_IN_TABLE} earlier: see status --json)"))
         rows.extend((inst["id"][:8], line) for line in lines[-RECENT_IN_TABLE:])
     table("recent warnings and errors per instance", ("instance", "log"), rows)
+
+
+def _ray(doc: dict[str, Any]) -> None:
+    """What `ferry serve --ray` reports from Ray Serve: each application's deployments and replicas by state."""
+    rows = [
+        (app, name, d["status"], ", ".join(f"{n} {state.lower()}" for state, n in sorted(d["replicas"].items())))
+        for inst in doc["instances"]
+        for app, found in sorted(inst["state"].get("ray", {}).items())
+        for name, d in sorted(found["deployments"].items())
+    ]
+    if rows:
+        table("Ray Serve deployments", ("application", "deployment", "status", "replicas"), rows)
 
 
 def _shadows(doc: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -69,8 +70,34 @@ class DynamicBatching(QueueBatching):
     """Same as ``max_queue_delay_ms``, in microseconds."""
 
 
+class RayAux(AuxBase):
+    """How ``ferry serve --ray`` runs this version's model deployment on Ray Serve (ferry/ray/)."""
+
+    min_replicas: NonNegativeInt = 1
+    """Fewest replicas Ray Serve keeps running."""
+    max_replicas: PositiveInt = 1
+    """Most replicas Ray Serve's autoscaler may start."""
+    target_ongoing_requests: PositiveFloat = 2.0
+    """Requests in flight per replica the autoscaler aims for: more per replica adds replicas."""
+    max_ongoing_requests: PositiveInt = 32
+    """Requests one replica takes at once (its batches are made from these)."""
+    num_cpus: NonNegativeFloat = 1.0
+    """CPUs Ray reserves for each replica."""
+    num_gpus: NonNegativeFloat = 0.0
+    """GPUs Ray reserves for each replica."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayAux:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}")
+        return self
+
+
 class CommonAux(AuxBase):
     """Keys of every engine: read by the runtime (serving/pipeline.py) and the reconciler."""
+
+    ray: RayAux | None = None
+    """This version's model deployment under ``ferry serve --ray`` (ray.min_replicas=1 ray.max_replicas=8 ...)."""
 
     warmup: Any = None
     """A request body sent once after the version loads, before it takes traffic."""

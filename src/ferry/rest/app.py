@@ -192,8 +192,9 @@ async def _method_not_allowed(send_: Any, allowed: str) -> None:
     await send(send_, 405, body, extra=[(b"allow", allowed.encode())])
 
 
-def create_app() -> FerryApp:
-    """Build the app from FERRY_* settings (uvicorn's factory: each worker process calls it)."""
+def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
+    """Build the app from FERRY_* settings (uvicorn's factory: each worker process calls it; a Ray Serve
+    ingress replica passes the reconciler that runs models on their deployments)."""
     from ferry.control.store import Store
     from ferry.db import make_engine
     from ferry.grpc import address
@@ -209,7 +210,7 @@ def create_app() -> FerryApp:
     artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
     registry = ModelRegistry(store.engine, artifacts)
     plane = DataPlane(request_timeout_s=settings.request_timeout_s, metrics=Metrics() if settings.metrics else None)
-    reconciler = Reconciler(
+    reconciler = reconciler_cls(
         plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
     )
     reconciler.drain_timeout = settings.drain_timeout_s

@@ -217,6 +217,14 @@ class EndpointRuntime:
         self.meter.model.observe(perf_counter() - started)
         return outputs
 
+    async def run_model(self, data: Any, state: dict, collect: StatsFn, pool: Executor) -> Any:
+        """Only the model stage, batched (a model replica under ``ferry serve --ray``: the ingress runs pre/post)."""
+        return await self._model(data, state, collect, pool)
+
+    async def run_model_tensors(self, feeds: Feeds, pool: Executor) -> list[np.ndarray]:
+        """Only the model on checked arrays, batched (the V2 protocol on a ``ferry serve --ray`` model replica)."""
+        return await self._tensors(lambda: feeds, pool)
+
     async def _stages(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
         state: dict[str, Any] = {}
         if self.all_sync:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ferry.control.spec import TensorSpec
 from ferry.engines.tensor import Feeds, RowBatching, TensorEngine
-from ferry.errors import EngineError, InputMismatch, InvalidInput
+from ferry.errors import EngineError, FerryError, InputMismatch, InvalidInput
 from ferry.serving.pipeline import EndpointRuntime
 
 DATATYPES: dict[str, np.dtype] = {
@@ -85,6 +85,11 @@ def signature(runtime: EndpointRuntime) -> Signature:
 
 def _signature(runtime: EndpointRuntime) -> Signature:
     spec, engine = runtime.spec, runtime.engine
+    remote = getattr(engine, "v2_signature", None)  # a model run elsewhere (ferry serve --ray) sends its own
+    if isinstance(remote, Signature):
+        return remote
+    if isinstance(remote, FerryError):
+        raise remote
     if isinstance(engine, RowBatching):
         return _row_signature(runtime)
     if not isinstance(engine, TensorEngine):

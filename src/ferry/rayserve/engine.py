@@ -1,0 +1,120 @@
+"""The ingress side: an endpoint's model stage as calls to its model deployment, and the reconciler that
+builds such runtimes (no model is loaded in an ingress replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+
+from ferry.control.spec import EndpointSpec
+from ferry.engines.base import StatsFn
+from ferry.errors import EngineError, FerryError, NotReady
+from ferry.rayserve.apps import MODEL_DEPLOYMENT, model_app
+from ferry.serving.pipeline import EndpointRuntime
+from ferry.serving.reconciler import Reconciler
+from ferry.serving.userclass import load_user_code
+from ferry.serving.v2 import Signature
+
+READY_TIMEOUT_S = 300.0
+"""How long an ingress replica waits for a new version's model deployment to be running."""
+RETRY_AFTER_S = 1
+
+
+class RayEngine:
+    """Sends preprocess's output to the version's model deployment and returns what its engine answered."""
+
+    is_async = True
+
+    def __init__(self, spec: EndpointSpec, service_id: str) -> None:
+        self.endpoint_key = spec.key
+        self.app = model_app(service_id, spec)
+        self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.app)
+        self.v2_signature: Signature | FerryError | None = None
+        """The version's V2 tensors from a model replica (``fetch_signature``), or why it has none."""
+
+    def fetch_signature(self) -> None:
+        """Ask a model replica for the version's V2 tensors, once, at build time (blocking)."""
+        try:
+            self.v2_signature = self.handle.signature.remote().result()
+        except (RayError, RayServeException) as exc:
+            self.v2_signature = self._error(exc)
+
+    async def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
+        try:
+            answer, new_state, collected = await self.handle.remote(data, state)
+        except (RayError, RayServeException) as exc:
+            raise self._error(exc) from None
+        state.update(new_state)
+        if collect is not None:
+            for values in collected:
+                collect(values)
+        return answer
+
+    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return await self.handle.tensors.remote(feeds)
+        except (RayError, RayServeException) as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> FerryError:
+        """The model replica's own ferry error as it is (a 422 stays a 422); Ray's failures as 503 or 500."""
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, FerryError):
+            return cause
+        if isinstance(exc, FerryError):
+            return exc
+        text = f"endpoint {self.endpoint_key}: the model deployment {self.app} failed: {type(exc).__name__}: {exc}"
+        if "ActorDiedError" in type(exc).__name__ or "Unavailable" in type(exc).__name__:
+            return NotReady(text, retry_after=RETRY_AFTER_S, endpoint=self.endpoint_key)
+        return EngineError(text, endpoint=self.endpoint_key)
+
+    def close(self) -> None:
+        """Nothing to release here: the launcher deletes the deployment once no ingress routes to it."""
+
+
+def wait_running(app: str, timeout: float = READY_TIMEOUT_S, interval: float = 0.2) -> None:
+    """Block until application ``app`` is RUNNING (its replicas are up); NotReady naming its state if not."""
+    deadline, status = time.monotonic() + timeout, "NOT_STARTED"
+    while time.monotonic() < deadline:
+        found = serve.status().applications.get(app)
+        status = found.status if found is not None else "NOT_STARTED"
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            raise EngineError(f"the model deployment {app} failed to deploy: {found.message}")
+        time.sleep(interval)
+    raise NotReady(f"the model deployment {app} is not running after {timeout:g} s (state {status})", retry_after=5)
+
+
+class RayReconciler(Reconciler):
+    """A ``Reconciler`` whose runtimes run pre/post here and the model on the version's model deployment."""
+
+    def build(self, spec: EndpointSpec) -> EndpointRuntime:
+        """Import the code (no ``load``: the model replicas load), wait for the model deployment, warm up."""
+        wait_running(model_app(self.service_id, spec))
+        engine = RayEngine(spec, self.service_id)
+        engine.fetch_signature()
+        code_path = self.artifacts.fetch(spec.preprocess) if spec.preprocess else None
+        user = load_user_code(code_path, spec, self.plane.send_request_for(spec.engine))
+        runtime = EndpointRuntime(spec, user, engine)
+        if "warmup" in spec.aux_config:
+            try:
+                asyncio.run(runtime.run(spec.aux_config["warmup"], self.plane.pool))
+            except BaseException:
+                runtime.close()
+                raise
+            runtime.requests = runtime.errors = 0
+        return runtime
+
+    def state(self) -> dict[str, Any]:
+        """``Reconciler.state`` plus the model applications this replica routes to (the launcher keeps those)."""
+        state = super().state()
+        engines = [runtime.engine for runtime in self.plane.table.runtimes.values()]
+        state["ray_apps"] = sorted({e.app for e in engines if isinstance(e, RayEngine)})
+        return state

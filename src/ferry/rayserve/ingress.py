@@ -1,0 +1,27 @@
+"""The ingress deployment: ferry's ASGI app (every HTTP route, pre/post) in each Ray Serve replica.
+
+Each replica is a ferry instance to the store: it follows the service's revisions with a
+``RayReconciler``, heartbeats (``ferry status`` lists it) and keeps serving its last revision when the
+store is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import serve
+
+from ferry.rayserve.engine import RayReconciler
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    def __init__(self, env: dict[str, str]) -> None:
+        os.environ.update(env)  # the launcher's FERRY_* settings (launcher.replica_env): create_app reads them
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from ferry.rest.app import create_app
+
+        return create_app(RayReconciler)

@@ -1,0 +1,150 @@
+"""`ferry serve --ray` on a real Ray cluster of two nodes on this machine: the same answers as `ferry serve`,
+live revisions, and the applications it leaves behind. Run alone with `pytest -m ray`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Ferry
+from tests.e2e.conftest import FAST_POLL
+from tests.server import Server
+
+ray = pytest.importorskip("ray", reason="the Ray tests need pip install 'ferry[ray]'")
+from ray import serve  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sklearn"
+SMALL = ["--aux-config", "ray.num_cpus=0.5"]
+"""Model replicas that fit the test cluster's logical CPUs beside the ingress."""
+
+
+def v2_input(name: str, row: list[float]) -> dict:
+    return {"name": name, "shape": [1, len(row)], "datatype": "FP64", "data": row}
+
+
+V2_INFER = ("POST", "/v2/models/sklearn/versions/1/infer", {"inputs": [v2_input("input__0", [1.0, 2.0])]})
+CASES = [
+    ("POST", "/serve/sklearn", {"x0": 1, "x1": 2}),
+    ("POST", "/serve/sklearn", {"x0": -3.5, "x1": 0.25}),
+    ("POST", "/serve/sklearn/1", {"x0": 0, "x1": 0}),
+    ("POST", "/serve/sklearn", {"x0": "one", "x1": 2}),  # the model refuses it: an error from the model replica
+    ("POST", "/serve/sklearn", ["not", "a", "dict"]),  # preprocess raises: an error from the ingress
+    ("POST", "/serve/nothing", {"x0": 1, "x1": 2}),
+    ("POST", "/serve/sklearn/9", {"x0": 1, "x1": 2}),
+    ("GET", "/serve/sklearn", None),
+    ("POST", "/serve/a/b/c", {}),
+    ("GET", "/v2/models/sklearn/versions/1", None),
+    V2_INFER,
+    ("POST", "/v2/models/sklearn/versions/1/infer", {"inputs": [v2_input("x", [1.0, 2.0])]}),  # no such input
+    ("GET", "/health/ready", None),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A head and a second node, each with 2 logical CPUs; this process is connected to read Serve's state."""
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    nodes.add_node(num_cpus=2)
+    ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(e2e_ferry: Ferry, e2e_service: str, sklearn_example_model: Path) -> str:
+    """The sklearn example as endpoint sklearn, version 1."""
+    upload = e2e_ferry("--id", e2e_service, "model", "upload", "--name", "logreg", "--project", "ray",
+                       "--path", str(sklearn_example_model)).out  # fmt: skip
+    model_id = upload.rsplit("Model ID=", 1)[1].split()[0]
+    e2e_ferry("--id", e2e_service, "model", "add", "--engine", "sklearn", "--endpoint", "sklearn", "--version", "1",
+              "--model-id", model_id, "--preprocess", str(EXAMPLE / "preprocess.py"), *SMALL)  # fmt: skip
+    return model_id
+
+
+@pytest.fixture(scope="module")
+def on_ray(cluster: Cluster, e2e_home: Path, e2e_service: str, service: str) -> Iterator[Server]:
+    server = Server(e2e_home.parent, "--id", e2e_service, "--ray", "--address", cluster.address, env=FAST_POLL)
+    try:
+        server.wait_ready(timeout=120)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(example_server: Server, service: str) -> Server:
+    """`ferry serve` of the same service, the reference the cluster must match."""
+    return example_server
+
+
+def answer(server: Server, method: str, path: str, body: object) -> tuple[int, object]:
+    response = server.client.request(method, path, json=body)
+    try:
+        return response.status_code, _without_ids(response.json())
+    except ValueError:
+        return response.status_code, response.text
+
+
+def _without_ids(doc: object) -> object:
+    """Error answers carry a per-request id; the rest must be equal."""
+    if isinstance(doc, dict):
+        return {k: v for k, v in doc.items() if k not in ("request_id", "id")}
+    return doc
+
+
+def test_the_same_requests_get_the_same_answers_and_codes_as_ferry_serve(on_ray: Server, plain: Server):
+    got = {(m, p, str(b)): answer(on_ray, m, p, b) for m, p, b in CASES}
+    want = {(m, p, str(b)): answer(plain, m, p, b) for m, p, b in CASES}
+    assert got == want
+    codes = sorted({code for code, _ in got.values()})
+    assert 200 in codes and len(codes) >= 4, got  # the cases reach answers and several kinds of refusal
+    code, doc = got[(V2_INFER[0], V2_INFER[1], str(V2_INFER[2]))]
+    assert code == 200 and doc["outputs"][0]["data"], doc  # the model answered over V2 through the cluster
+
+
+def test_a_new_version_reaches_the_cluster_within_5_s_and_a_removed_one_is_deleted(
+    on_ray: Server, e2e_ferry: Ferry, e2e_service: str, service: str
+):
+    def model_apps() -> set[str]:
+        return {name for name in serve.status().applications if "-sklearn_" in name}
+
+    before = model_apps()
+    assert len(before) == 1, serve.status().applications
+    e2e_ferry("--id", e2e_service, "model", "add", "--engine", "sklearn", "--endpoint", "sklearn", "--version", "2",
+              "--model-id", service, "--preprocess", str(EXAMPLE / "preprocess.py"), *SMALL)  # fmt: skip
+    added = time.monotonic()
+    on_ray.wait_endpoint("sklearn/2", {"x0": 1, "x1": 2}, timeout=60)
+    took = time.monotonic() - added
+    print(f"version 2 answered {took:.2f} s after `model add` returned")
+    assert on_ray.serve("sklearn/2", {"x0": 1, "x1": 2}).json() == on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).json()
+    assert len(model_apps()) == 2
+    assert took < 5, f"version 2 answered {took:.1f} s after `model add`:\n{on_ray.log()}"
+
+    e2e_ferry("--id", e2e_service, "model", "remove", "--endpoint", "sklearn/2")
+    on_ray.wait_for(lambda: on_ray.serve("sklearn/2", {"x0": 1, "x1": 2}).status_code == 404, 20, "sklearn/2 gone")
+    on_ray.wait_for(lambda: model_apps() == before, 30, "its model application deleted")
+    assert on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).status_code == 200
+
+
+def test_status_shows_the_ingress_replicas_and_each_deployment_from_ray_serve(
+    on_ray: Server, e2e_ferry: Ferry, e2e_service: str
+):
+    doc = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
+    ingress = [i for i in doc["instances"] if "ray_apps" in i["state"]]
+    (launcher,) = [i for i in doc["instances"] if i["state"].get("role") == "ray launcher"]
+    assert len(ingress) == 1 and [a for a in ingress[0]["state"]["ray_apps"] if "-sklearn_1-" in a], ingress
+    apps = launcher["state"]["ray"]
+    replicas = {name: d["replicas"] for a in apps.values() for name, d in a["deployments"].items()}
+    assert replicas == {"ingress": {"RUNNING": 1}, "model": {"RUNNING": 1}}, apps
+    table = e2e_ferry("--id", e2e_service, "status").out
+    assert "Ray Serve deployments" in table and "1 running" in table, table
