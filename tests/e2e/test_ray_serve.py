@@ -3,11 +3,15 @@ live revisions, and the applications it leaves behind. Run alone with `pytest -m
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Ferry
@@ -23,6 +27,18 @@ pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sklearn"
 SMALL = ["--aux-config", "ray.num_cpus=0.5"]
 """Model replicas that fit the test cluster's logical CPUs beside the ingress."""
+
+
+SLOW_PROCESS = """
+import os
+import time
+
+
+class Preprocess:
+    def process(self, data, state, collect_custom_statistics_fn=None):
+        time.sleep(0.05)
+        return {"echo": data, "pid": os.getpid()}
+"""
 
 
 def v2_input(name: str, row: list[float]) -> dict:
@@ -61,8 +77,12 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def service(e2e_ferry: Ferry, e2e_service: str, sklearn_example_model: Path) -> str:
-    """The sklearn example as endpoint sklearn, version 1."""
+def service(e2e_ferry: Ferry, e2e_service: str, sklearn_example_model: Path, e2e_home: Path) -> str:
+    """The sklearn example as endpoint sklearn, version 1; endpoint slow: a custom engine taking 50 ms a call."""
+    slow = e2e_home.parent / "slow.py"
+    slow.write_text(SLOW_PROCESS)
+    e2e_ferry("--id", e2e_service, "model", "add", "--engine", "custom", "--endpoint", "slow",
+              "--preprocess", str(slow), *SMALL)  # fmt: skip
     upload = e2e_ferry("--id", e2e_service, "model", "upload", "--name", "logreg", "--project", "ray",
                        "--path", str(sklearn_example_model)).out  # fmt: skip
     model_id = upload.rsplit("Model ID=", 1)[1].split()[0]
@@ -110,6 +130,43 @@ def test_the_same_requests_get_the_same_answers_and_codes_as_ferry_serve(on_ray:
     assert 200 in codes and len(codes) >= 4, got  # the cases reach answers and several kinds of refusal
     code, doc = got[(V2_INFER[0], V2_INFER[1], str(V2_INFER[2]))]
     assert code == 200 and doc["outputs"][0]["data"], doc  # the model answered over V2 through the cluster
+
+
+def replicas_of(app_part: str) -> list[str]:
+    """Names of the live replica actors of the applications whose name holds ``app_part``."""
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in named if a["name"].startswith("SERVE_REPLICA::") and app_part in a["name"])
+
+
+def test_a_model_replica_killed_under_load_is_replaced_and_no_request_is_lost(
+    on_ray: Server, e2e_ferry: Ferry, e2e_service: str
+):
+    """Eight clients keep a 50 ms model busy while its only replica is killed: the requests in flight on it
+    are sent again, Ray starts another replica, and every request is answered."""
+    (victim,) = replicas_of("-slow-")
+    stop, answers = threading.Event(), collections.Counter()
+
+    def client() -> None:
+        with httpx.Client(base_url=on_ray.url, timeout=60) as http:
+            while not stop.is_set():
+                response = http.post("/serve/slow", json={"x": 1})
+                answers[(response.status_code, response.json().get("pid"))] += 1
+
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client) for _ in range(8)]
+        on_ray.wait_for(lambda: sum(answers.values()) >= 20, 20, "requests flowing")
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        on_ray.wait_for(lambda: replicas_of("-slow-") not in ([], [victim]), 60, "a new model replica")
+        answered = sum(answers.values())
+        on_ray.wait_for(lambda: sum(answers.values()) >= answered + 20, 30, "requests flowing on the new replica")
+        stop.set()
+        for done in clients:
+            done.result()
+    assert {code for code, _ in answers} == {200}, answers
+    assert len({pid for _, pid in answers}) == 2, answers  # answered by the killed replica, then by its successor
+    status = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
+    lines = [line for i in status["instances"] for line in i["state"].get("log", [])]
+    assert any("endpoint slow: a model replica was lost" in line for line in lines), lines
 
 
 def test_a_new_version_reaches_the_cluster_within_5_s_and_a_removed_one_is_deleted(

@@ -4,13 +4,14 @@ builds such runtimes (no model is loaded in an ingress replica)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.exceptions import RayError
-from ray.serve.exceptions import RayServeException
+from ray.exceptions import RayActorError, RayError
+from ray.serve.exceptions import DeploymentUnavailableError, RayServeException, ReplicaUnavailableError
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import StatsFn
@@ -21,6 +22,12 @@ from ferry.serving.reconciler import Reconciler
 from ferry.serving.userclass import load_user_code
 from ferry.serving.v2 import Signature
 
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+"""Times a request is sent again after the model replica it reached died."""
+LOST = (RayActorError, ReplicaUnavailableError)
+"""The replica died or cannot be reached: the request did not complete there."""
 READY_TIMEOUT_S = 300.0
 """How long an ingress replica waits for a new version's model deployment to be running."""
 RETRY_AFTER_S = 1
@@ -46,10 +53,7 @@ class RayEngine:
             self.v2_signature = self._error(exc)
 
     async def run(self, data: Any, state: dict, collect: StatsFn) -> Any:
-        try:
-            answer, new_state, collected = await self.handle.remote(data, state)
-        except (RayError, RayServeException) as exc:
-            raise self._error(exc) from None
+        answer, new_state, collected = await self._call(self.handle, data, state)
         state.update(new_state)
         if collect is not None:
             for values in collected:
@@ -57,10 +61,22 @@ class RayEngine:
         return answer
 
     async def run_tensors(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        try:
-            return await self.handle.tensors.remote(feeds)
-        except (RayError, RayServeException) as exc:
-            raise self._error(exc) from None
+        return await self._call(self.handle.tensors, feeds)
+
+    async def _call(self, method: Any, *args: Any) -> Any:
+        """``method.remote(*args)``, sent again when the replica it reached died under it (a model call is
+        idempotent per request): Ray Serve routes the retry to a live replica, or holds it for the new one."""
+        for attempt in range(RETRIES + 1):
+            try:
+                return await method.remote(*args)
+            except LOST as exc:
+                if attempt == RETRIES:
+                    raise self._error(exc) from None
+                log.warning("endpoint %s: a model replica was lost (%s); sending the request again", self.endpoint_key,
+                            type(exc).__name__)  # fmt: skip
+            except (RayError, RayServeException) as exc:
+                raise self._error(exc) from None
+        raise AssertionError("unreachable")
 
     def _error(self, exc: Exception) -> FerryError:
         """The model replica's own ferry error as it is (a 422 stays a 422); Ray's failures as 503 or 500."""
@@ -70,7 +86,7 @@ class RayEngine:
         if isinstance(exc, FerryError):
             return exc
         text = f"endpoint {self.endpoint_key}: the model deployment {self.app} failed: {type(exc).__name__}: {exc}"
-        if "ActorDiedError" in type(exc).__name__ or "Unavailable" in type(exc).__name__:
+        if isinstance(exc, (*LOST, DeploymentUnavailableError)):
             return NotReady(text, retry_after=RETRY_AFTER_S, endpoint=self.endpoint_key)
         return EngineError(text, endpoint=self.endpoint_key)
 
