@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     metrics: bool = True
     """Whether ``ferry serve`` records Prometheus metrics and answers GET /metrics (``--no-metrics``: off)."""
 
+    ray_upscale_delay_s: float = 10.0
+    """``ferry serve --ray``: seconds the load must call for more replicas of a deployment before they start."""
+
+    ray_downscale_delay_s: float = 120.0
+    """``ferry serve --ray``: seconds the load must allow fewer replicas of a deployment before they stop."""
+
+    ray_look_back_s: float = 10.0
+    """``ferry serve --ray``: the window over which Ray Serve averages the load its autoscaling reads."""
+
     def home_dir(self) -> Path:
         return self.home.expanduser()
 

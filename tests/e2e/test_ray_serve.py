@@ -63,17 +63,29 @@ CASES = [
 ]
 
 
+QUICK_METRICS = {
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+}
+"""Replicas and handles report their load to Serve's controller every 0.5 s (10 s by default)."""
+QUICK_SCALING = {"FERRY_RAY_UPSCALE_DELAY_S": "1", "FERRY_RAY_LOOK_BACK_S": "2", **FAST_POLL}
+"""Autoscaling acts on 2 s of load after 1 s (10 and 10 by default)."""
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """A head and a second node, each with 2 logical CPUs; this process is connected to read Serve's state."""
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    nodes.add_node(num_cpus=2)
-    ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
-    try:
-        yield nodes
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+    """A head and a second node, 4 logical CPUs each; this process is connected to read Serve's state."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in QUICK_METRICS.items():
+            mp.setenv(name, value)  # the nodes' processes inherit it
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
+        nodes.add_node(num_cpus=4)
+        ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
+        try:
+            yield nodes
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +105,9 @@ def service(e2e_ferry: Ferry, e2e_service: str, sklearn_example_model: Path, e2e
 
 @pytest.fixture(scope="module")
 def on_ray(cluster: Cluster, e2e_home: Path, e2e_service: str, service: str) -> Iterator[Server]:
-    server = Server(e2e_home.parent, "--id", e2e_service, "--ray", "--address", cluster.address, env=FAST_POLL)
+    flags = ("--ingress-max-replicas", "3", "--ingress-target", "2")
+    server = Server(e2e_home.parent, "--id", e2e_service, "--ray", "--address", cluster.address, *flags,
+                    env=QUICK_SCALING)  # fmt: skip
     try:
         server.wait_ready(timeout=120)
         yield server
@@ -205,3 +219,79 @@ def test_status_shows_the_ingress_replicas_and_each_deployment_from_ray_serve(
     assert replicas == {"ingress": {"RUNNING": 1}, "model": {"RUNNING": 1}}, apps
     table = e2e_ferry("--id", e2e_service, "status").out
     assert "Ray Serve deployments" in table and "1 running" in table, table
+
+
+BURN_PREPROCESS = """
+import time
+
+
+class Preprocess:
+    def preprocess(self, body, state, collect_custom_statistics_fn=None):
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:  # 200 ms of CPU in pre/post
+            pass
+        return body
+
+    def process(self, data, state, collect_custom_statistics_fn=None):
+        return data
+"""
+SLOW_MODEL = SLOW_PROCESS.replace("0.05", "0.2")
+SCALES = ["--aux-config", "ray.num_cpus=0.25", "ray.max_replicas=3"]
+
+
+def replica_counts(ferry: Ferry, service_id: str, endpoint: str) -> tuple[int, int]:
+    """(running ingress replicas, running replicas of ``endpoint``'s model) as `ferry status --json` shows them."""
+    doc = json.loads(ferry("--id", service_id, "status", "--json").out)
+    (launcher,) = [i for i in doc["instances"] if i["state"].get("role") == "ray launcher"]
+    apps = launcher["state"]["ray"]
+    ingress = next(a for name, a in apps.items() if name.count("-") == 1)["deployments"]["ingress"]
+    model = next(a for name, a in apps.items() if f"-{endpoint}-" in name)["deployments"]["model"]
+    return ingress["replicas"].get("RUNNING", 0), model["replicas"].get("RUNNING", 0)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "code", "target", "grows"),
+    # The burn model answers at once, but 8 threads burning CPU in the ingress starve its event loop of the
+    # GIL: its handle sees each model call last ~100 ms, 2-3 in flight. Its target (4) allows for that.
+    [("burn", BURN_PREPROCESS, 4, "ingress"), ("slowmodel", SLOW_MODEL, 2, "model")],
+)
+def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployment(
+    on_ray: Server,
+    e2e_ferry: Ferry,
+    e2e_service: str,
+    e2e_home: Path,
+    endpoint: str,
+    code: str,
+    target: int,
+    grows: str,
+):
+    """Eight clients on an endpoint whose preprocess burns 200 ms of CPU, then on one whose model sleeps
+    200 ms: the stage doing the work grows to its 3 replicas, the other does not grow."""
+    source = e2e_home.parent / f"{endpoint}.py"
+    source.write_text(code)
+    e2e_ferry("--id", e2e_service, "model", "add", "--engine", "custom", "--endpoint", endpoint,
+              "--preprocess", str(source), *SCALES, f"ray.target_ongoing_requests={target}")  # fmt: skip
+    on_ray.wait_endpoint(endpoint, {"x": 1}, timeout=60)
+    stop, seen = threading.Event(), []
+
+    def client() -> None:
+        with httpx.Client(base_url=on_ray.url, timeout=60) as http:
+            while not stop.is_set():
+                assert http.post(f"/serve/{endpoint}", json={"x": 1}).status_code == 200
+
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client) for _ in range(8)]
+        try:
+
+            def grown() -> bool:
+                seen.append(replica_counts(e2e_ferry, e2e_service, endpoint))
+                return seen[-1][0 if grows == "ingress" else 1] == 3
+
+            on_ray.wait_for(grown, 90, f"the {grows} deployment at 3 replicas")
+        finally:
+            stop.set()
+            for done in clients:
+                done.result()
+    other = [counts[1 if grows == "ingress" else 0] for counts in seen]
+    assert max(other) <= other[0], f"(ingress, model) replicas over time: {seen}"  # the other did not grow
+    print(f"{endpoint}: (ingress, model) replicas over time: {seen}")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
 from ferry.rayserve import require
-from ferry.rayserve.apps import ingress_app, model_app, model_options
+from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
+from ferry.rayserve.scaling import PREPOST, ingress_policy, prepost_requests
 
 SERVICE = "0123456789abcdef0123456789abcdef"
 
@@ -36,6 +38,10 @@ def test_replicas_and_resources_come_from_aux_ray_keys_with_defaults():
         "initial_replicas": 1,
         "max_replicas": 8,
         "target_ongoing_requests": 16,
+        "upscale_delay_s": 10.0,
+        "downscale_delay_s": 120.0,
+        "look_back_period_s": 10.0,
+        "metrics_interval_s": 5.0,
     }
     assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1}
     default = model_options(spec())
@@ -47,3 +53,30 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray.serve", None)
     with pytest.raises(InvalidInput, match=r"pip install 'ferry\[ray\]'"):
         require()
+
+
+def test_aux_delays_win_over_the_service_pace():
+    pace = Pace(upscale_delay_s=1, downscale_delay_s=5, look_back_s=2)
+    scaling = model_options(spec(aux_config={"ray": {"upscale_delay_s": 0}}), pace)["autoscaling_config"]
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (0, 5, 2)
+
+
+def ctx(reports: dict | None, current: int = 2, target: float = 4) -> SimpleNamespace:
+    metrics = None if reports is None else {PREPOST: reports}
+    return SimpleNamespace(aggregated_metrics=metrics, current_num_replicas=current,
+                           config=SimpleNamespace(target_ongoing_requests=target))  # fmt: skip
+
+
+def test_the_ingress_sizes_on_requests_in_pre_post_only():
+    assert ingress_policy(ctx({"a": 7.0, "b": 6.0}))[0] == 4  # 13 requests in pre/post, 4 a replica
+    assert ingress_policy(ctx({"a": 0.0, "b": 0.0}))[0] == 1  # all waiting on models: one replica will do
+    assert ingress_policy(ctx(None, current=3))[0] == 3  # no reports yet: stay
+
+
+def test_requests_waiting_on_a_model_deployment_are_not_pre_post_load():
+    engine = SimpleNamespace(waiting=5)
+    plane = SimpleNamespace(table=SimpleNamespace(runtimes={
+        "a": SimpleNamespace(inflight=8, engine=engine),
+        "b": SimpleNamespace(inflight=3, engine=SimpleNamespace()),  # a model in this process
+    }))  # fmt: skip
+    assert prepost_requests(plane) == 6

@@ -64,6 +64,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     ray.add_argument("--ingress-min-replicas", type=int, default=1, metavar="N", help="fewest ingress replicas")
     ray.add_argument("--ingress-max-replicas", type=int, default=4, metavar="N", help="most ingress replicas")
+    ray.add_argument(
+        "--ingress-target",
+        type=float,
+        default=8.0,
+        metavar="N",
+        help="requests in pre/post per ingress replica the autoscaler aims for (those waiting for a model "
+        "deployment do not count: the model deployments scale on those)",
+    )
     p.set_defaults(func=serve)
 
 
@@ -94,15 +102,16 @@ def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host:
     from ferry.rayserve import require
 
     require()
-    from ferry.rayserve.launcher import INGRESS_OPTIONS, serve_on_ray
+    from ferry.errors import InvalidInput
+    from ferry.rayserve.apps import ingress_options
+    from ferry.rayserve.launcher import pace, serve_on_ray
 
     low, high = args.ingress_min_replicas, args.ingress_max_replicas
     if not 0 < low <= high:
-        from ferry.errors import InvalidInput
-
         raise InvalidInput(f"--ingress-min-replicas {low} and --ingress-max-replicas {high}: need 1 <= min <= max")
-    scaling = {**INGRESS_OPTIONS["autoscaling_config"], "min_replicas": low, "initial_replicas": low}
-    ingress = {**INGRESS_OPTIONS, "autoscaling_config": {**scaling, "max_replicas": high}}
+    if args.ingress_target <= 0:
+        raise InvalidInput(f"--ingress-target {args.ingress_target:g}: give a number of requests above 0")
+    ingress = ingress_options(low, high, args.ingress_target, pace(ctx.settings))
     serve_on_ray(ctx.store, service_id, args.address, host, port, ingress)
 
 

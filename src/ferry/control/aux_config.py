@@ -85,6 +85,10 @@ class RayAux(AuxBase):
     """CPUs Ray reserves for each replica."""
     num_gpus: NonNegativeFloat = 0.0
     """GPUs Ray reserves for each replica."""
+    upscale_delay_s: NonNegativeFloat | None = None
+    """Seconds the load must call for more replicas before they start; unset: FERRY_RAY_UPSCALE_DELAY_S (10)."""
+    downscale_delay_s: NonNegativeFloat | None = None
+    """Seconds the load must allow fewer replicas before they stop; unset: FERRY_RAY_DOWNSCALE_DELAY_S (120)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> RayAux:

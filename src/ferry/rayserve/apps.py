@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from ferry.control.aux_config import RayAux
@@ -32,9 +33,23 @@ def model_app(service_id: str, spec: EndpointSpec) -> str:
     return f"{ingress_app(service_id)}-{readable}-{digest}"
 
 
-def model_options(spec: EndpointSpec) -> dict[str, Any]:
-    """``Deployment.options`` for the model deployment, from the spec's aux ``ray.*`` keys (defaults else)."""
+@dataclass(frozen=True)
+class Pace:
+    """How fast every deployment's replica count follows the load (FERRY_RAY_* settings; aux ``ray.*`` wins)."""
+
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 120.0
+    look_back_s: float = 10.0
+
+
+def model_options(spec: EndpointSpec, pace: Pace = Pace()) -> dict[str, Any]:
+    """``Deployment.options`` for the model deployment, from the spec's aux ``ray.*`` keys (defaults else).
+
+    Ray Serve's own policy scales it: replicas = requests in flight / ``ray.target_ongoing_requests``.
+    """
     ray = RayAux.model_validate(spec.aux_config.get("ray") or {})
+    up = pace.upscale_delay_s if ray.upscale_delay_s is None else ray.upscale_delay_s
+    down = pace.downscale_delay_s if ray.downscale_delay_s is None else ray.downscale_delay_s
     return {
         "name": MODEL_DEPLOYMENT,
         "max_ongoing_requests": ray.max_ongoing_requests,
@@ -43,6 +58,34 @@ def model_options(spec: EndpointSpec) -> dict[str, Any]:
             "initial_replicas": max(ray.min_replicas, 1),
             "max_replicas": ray.max_replicas,
             "target_ongoing_requests": ray.target_ongoing_requests,
+            "upscale_delay_s": up,
+            "downscale_delay_s": down,
+            **_window(pace),
         },
         "ray_actor_options": {"num_cpus": ray.num_cpus, "num_gpus": ray.num_gpus},
     }
+
+
+def ingress_options(low: int, high: int, target: float, pace: Pace = Pace()) -> dict[str, Any]:
+    """``Deployment.options`` for the ingress: ``low`` to ``high`` replicas, scaled by ``scaling.ingress_policy``
+    on the requests in pre/post (``target`` per replica), not on those waiting for a model deployment."""
+    return {
+        "name": INGRESS_DEPLOYMENT,
+        "max_ongoing_requests": 1024,
+        "autoscaling_config": {
+            "min_replicas": low,
+            "initial_replicas": low,
+            "max_replicas": high,
+            "target_ongoing_requests": target,
+            "upscale_delay_s": pace.upscale_delay_s,
+            "downscale_delay_s": pace.downscale_delay_s,
+            **_window(pace),
+            "policy": {"policy_function": "ferry.rayserve.scaling:ingress_policy"},
+        },
+        "ray_actor_options": {"num_cpus": 1},
+    }
+
+
+def _window(pace: Pace) -> dict[str, float]:
+    """The look-back window, with the (deprecated) metrics interval Ray still wants below it."""
+    return {"look_back_period_s": pace.look_back_s, "metrics_interval_s": min(10.0, pace.look_back_s / 2)}

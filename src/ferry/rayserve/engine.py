@@ -42,6 +42,8 @@ class RayEngine:
         self.endpoint_key = spec.key
         self.app = model_app(service_id, spec)
         self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.app)
+        self.waiting = 0
+        """Requests waiting for the model deployment now (the ingress's autoscaling leaves them out)."""
         self.v2_signature: Signature | FerryError | None = None
         """The version's V2 tensors from a model replica (``fetch_signature``), or why it has none."""
 
@@ -64,6 +66,14 @@ class RayEngine:
         return await self._call(self.handle.tensors, feeds)
 
     async def _call(self, method: Any, *args: Any) -> Any:
+        """``_send``, counted in ``waiting`` meanwhile."""
+        self.waiting += 1
+        try:
+            return await self._send(method, *args)
+        finally:
+            self.waiting -= 1
+
+    async def _send(self, method: Any, *args: Any) -> Any:
         """``method.remote(*args)``, sent again when the replica it reached died under it (a model call is
         idempotent per request): Ray Serve routes the retry to a live replica, or holds it for the new one."""
         for attempt in range(RETRIES + 1):

@@ -13,6 +13,7 @@ from typing import Any
 from ray import serve
 
 from ferry.rayserve.engine import RayReconciler
+from ferry.rayserve.scaling import PREPOST, prepost_requests
 
 
 @serve.deployment
@@ -24,4 +25,10 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from ferry.rest.app import create_app
 
-        return create_app(RayReconciler)
+        self.ferry_app = create_app(RayReconciler)
+        return self.ferry_app
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What ``scaling.ingress_policy`` sizes the ingress on: this replica's requests in pre/post."""
+        app = getattr(self, "ferry_app", None)
+        return {PREPOST: prepost_requests(app.plane) if app is not None else 0.0}

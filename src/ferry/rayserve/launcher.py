@@ -22,21 +22,13 @@ from ray import serve
 
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
-from ferry.rayserve.apps import INGRESS_DEPLOYMENT, ingress_app, model_app, model_options
+from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
 from ferry.serving.reconciler import with_triton_addresses
 from ferry.settings import Settings
 
 log = logging.getLogger(__name__)
-
-INGRESS_OPTIONS: dict[str, Any] = {
-    "name": INGRESS_DEPLOYMENT,
-    "max_ongoing_requests": 256,
-    "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32},
-    "ray_actor_options": {"num_cpus": 1},
-}
-"""The ingress deployment's defaults (``ferry serve --ray --ingress-*`` overrides the replica bounds)."""
 
 
 class Launcher:
@@ -48,10 +40,12 @@ class Launcher:
         self.settings = settings
         self.ingress = ingress
         self.env = replica_env(settings, service_id)
+        self.pace = pace(settings)
         self.applied: int | None = None
         self.desired: dict[str, EndpointSpec] = {}
         self.instance_id: str | None = None
         self._next_beat = 0.0
+        self._deleting: set[str] = set()
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -97,7 +91,7 @@ class Launcher:
     def _deploy_models(self, apps: Iterable[str]) -> None:
         targets = [
             serve.RunTarget(
-                target=ModelStage.options(**model_options(self.desired[app])).bind(
+                target=ModelStage.options(**model_options(self.desired[app], self.pace)).bind(
                     self.desired[app].model_dump_json(), self.env
                 ),
                 name=app,
@@ -116,14 +110,17 @@ class Launcher:
         log.info("ingress %s running", ingress_app(self.service_id))
 
     def _delete_unrouted(self) -> None:
-        leaving = self.running() - set(self.desired)
+        running = self.running()
+        self._deleting &= running  # gone for good: a spec that comes back later is deployed anew
+        leaving = running - set(self.desired)
         if not leaving:
             return
         instances = self.store.list_instances(self.service_id)
         if any(i.revision != self.applied for i in instances):
             return  # an ingress replica still moves to the head revision
         routed = {app for i in instances for app in i.state.get("ray_apps", ())}
-        for app in sorted(leaving - routed):
+        for app in sorted(leaving - routed - self._deleting):
+            self._deleting.add(app)
             serve.delete(app, _blocking=False)
             log.info("revision %s: deleting %s (no ingress routes to it)", self.applied, app)
 
@@ -149,6 +146,11 @@ def serve_state(prefix: str) -> dict[str, Any]:
             }
             apps[name] = {"status": str(getattr(app.status, "value", app.status)), "deployments": deployments}
     return apps
+
+
+def pace(settings: Settings) -> Pace:
+    """The service's autoscaling pace from FERRY_RAY_* (aux ``ray.*`` delays win per version)."""
+    return Pace(settings.ray_upscale_delay_s, settings.ray_downscale_delay_s, settings.ray_look_back_s)
 
 
 def replica_env(settings: Settings, service_id: str) -> dict[str, str]:
