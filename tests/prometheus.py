@@ -46,8 +46,11 @@ class Prometheus:
         *,
         job: str = "ferry",
         port: int | None = None,
+        http_sd: str | None = None,
     ) -> None:
         self.targets = list(targets)
+        self.http_sd = http_sd
+        """A URL answering Prometheus' HTTP service discovery (ferry's /metrics/targets): its targets are scraped."""
         self.scrape_interval = scrape_interval
         self.job = job
         self.port = port or free_port()
@@ -74,8 +77,13 @@ class Prometheus:
         interval = self.scrape_interval
         return {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": [{"job_name": self.job, **self._discovery()}],
         }
+
+    def _discovery(self) -> dict[str, Any]:
+        if self.http_sd is not None:
+            return {"http_sd_configs": [{"url": self.http_sd, "refresh_interval": self.scrape_interval}]}
+        return {"static_configs": [{"targets": self.targets}]}
 
     def _start(self) -> None:
         config = self.root / "prometheus.yml"

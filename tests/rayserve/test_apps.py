@@ -11,6 +11,7 @@ from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
 from ferry.rayserve import require
 from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
+from ferry.rayserve.metrics import targets
 from ferry.rayserve.scaling import PREPOST, ingress_policy, prepost_requests
 
 SERVICE = "0123456789abcdef0123456789abcdef"
@@ -80,3 +81,19 @@ def test_requests_waiting_on_a_model_deployment_are_not_pre_post_load():
         "b": SimpleNamespace(inflight=3, engine=SimpleNamespace()),  # a model in this process
     }))  # fmt: skip
     assert prepost_requests(plane) == 6
+
+
+def test_metrics_targets_list_every_process_that_reports_an_address_with_its_role():
+    states = [
+        {"role": "ray ingress", "metrics": "10.0.0.5:41000", "endpoints": {}},
+        {"role": "ray model", "endpoint": "fraud/2", "metrics": "10.0.0.6:41001"},
+        {"role": "ray launcher", "ray": {}},  # serves no metrics of its own
+        {"endpoints": {}},  # a plain `ferry serve`: scraped at its HTTP port
+    ]
+    assert targets(SERVICE, states) == [
+        {"targets": ["10.0.0.5:41000"], "labels": {"ferry_service": SERVICE, "ferry_role": "ray ingress"}},
+        {
+            "targets": ["10.0.0.6:41001"],
+            "labels": {"ferry_service": SERVICE, "ferry_role": "ray model", "ferry_endpoint": "fraud/2"},
+        },
+    ]

@@ -31,6 +31,7 @@ LOST = (RayActorError, ReplicaUnavailableError)
 READY_TIMEOUT_S = 300.0
 """How long an ingress replica waits for a new version's model deployment to be running."""
 RETRY_AFTER_S = 1
+ROLE = "ray ingress"
 
 
 class RayEngine:
@@ -121,6 +122,11 @@ def wait_running(app: str, timeout: float = READY_TIMEOUT_S, interval: float = 0
 class RayReconciler(Reconciler):
     """A ``Reconciler`` whose runtimes run pre/post here and the model on the version's model deployment."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report: dict[str, Any] = {"role": ROLE}
+        """Added to every heartbeat: the role, and where this replica's metrics are served."""
+
     def build(self, spec: EndpointSpec) -> EndpointRuntime:
         """Import the code (no ``load``: the model replicas load), wait for the model deployment, warm up."""
         wait_running(model_app(self.service_id, spec))
@@ -140,7 +146,7 @@ class RayReconciler(Reconciler):
 
     def state(self) -> dict[str, Any]:
         """``Reconciler.state`` plus the model applications this replica routes to (the launcher keeps those)."""
-        state = super().state()
+        state = {**super().state(), **self.report}
         engines = [runtime.engine for runtime in self.plane.table.runtimes.values()]
         state["ray_apps"] = sorted({e.app for e in engines if isinstance(e, RayEngine)})
         return state

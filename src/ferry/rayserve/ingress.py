@@ -13,7 +13,9 @@ from typing import Any
 from ray import serve
 
 from ferry.rayserve.engine import RayReconciler
+from ferry.rayserve.metrics import serve_metrics
 from ferry.rayserve.scaling import PREPOST, prepost_requests
+from ferry.settings import Settings
 
 
 @serve.deployment
@@ -25,8 +27,10 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from ferry.rest.app import create_app
 
-        self.ferry_app = create_app(RayReconciler)
-        return self.ferry_app
+        self.ferry_app = app = create_app(RayReconciler)
+        if app.plane.metrics is not None:
+            app.reconciler.report["metrics"] = serve_metrics(app.plane.metrics.registry, Settings().host)
+        return app
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What ``scaling.ingress_policy`` sizes the ingress on: this replica's requests in pre/post."""

@@ -23,6 +23,7 @@ from ray import serve
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
 from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
+from ferry.rayserve.engine import ROLE
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
 from ferry.serving.reconciler import with_triton_addresses
@@ -34,12 +35,12 @@ log = logging.getLogger(__name__)
 class Launcher:
     """Deploys one service's applications and follows its revisions until stopped."""
 
-    def __init__(self, store: Store, service_id: str, settings: Settings, ingress: dict[str, Any]) -> None:
+    def __init__(self, store: Store, service_id: str, settings: Settings, ingress: dict[str, Any], host: str) -> None:
         self.store = store
         self.service_id = service_id
         self.settings = settings
         self.ingress = ingress
-        self.env = replica_env(settings, service_id)
+        self.env = replica_env(settings, service_id, host)
         self.pace = pace(settings)
         self.applied: int | None = None
         self.desired: dict[str, EndpointSpec] = {}
@@ -115,7 +116,7 @@ class Launcher:
         leaving = running - set(self.desired)
         if not leaving:
             return
-        instances = self.store.list_instances(self.service_id)
+        instances = [i for i in self.store.list_instances(self.service_id) if i.state.get("role") == ROLE]
         if any(i.revision != self.applied for i in instances):
             return  # an ingress replica still moves to the head revision
         routed = {app for i in instances for app in i.state.get("ray_apps", ())}
@@ -153,17 +154,15 @@ def pace(settings: Settings) -> Pace:
     return Pace(settings.ray_upscale_delay_s, settings.ray_downscale_delay_s, settings.ray_look_back_s)
 
 
-def replica_env(settings: Settings, service_id: str) -> dict[str, str]:
-    """What a replica needs to find the store, the artifacts and its service: FERRY_* as this process has them.
-
-    Given to each replica's constructor rather than as a Ray runtime_env: a replica then starts in one of
-    Ray's idle worker processes instead of a new one made for that environment (seconds per version).
-    """
+def replica_env(settings: Settings, service_id: str, host: str) -> dict[str, str]:
+    """What a replica needs to find the store, the artifacts and its service, and the address its metrics
+    server binds (``--host``): FERRY_* as this process has them, given to each replica's constructor."""
     env = {k: v for k, v in os.environ.items() if k.startswith("FERRY_") or k.startswith("CLEARML_")}
     env.update(
         FERRY_STORE=settings.store_url(),
         FERRY_ARTIFACT_ROOT=settings.artifact_url(),
         FERRY_SERVICE=service_id,
+        FERRY_HOST=host,
     )
     return env
 
@@ -176,7 +175,7 @@ def serve_on_ray(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    launcher = Launcher(store, service_id, settings, ingress)
+    launcher = Launcher(store, service_id, settings, ingress, host)
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop())
     try:
         launcher.run()

@@ -106,6 +106,8 @@ class FerryApp:
             return await send(send_, 200, DOCS_HTML, b"text/html; charset=utf-8")
         if path == "/metrics":
             return await self._metrics(send_)
+        if path == "/metrics/targets" and self.reconciler is not None:
+            return await send(send_, 200, orjson.dumps(await asyncio.to_thread(self.reconciler.metrics_targets)))
         raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /metrics, /docs, /v2")
 
     async def _metrics(self, send_: Any) -> None:

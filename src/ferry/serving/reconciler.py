@@ -358,6 +358,13 @@ class Reconciler:
             "log": self.recent.snapshot(),
         }
 
+    def metrics_targets(self) -> list[dict[str, Any]]:
+        """Prometheus http_sd groups: every live instance of the service that reports its own metrics address
+        (the replicas of ``ferry serve --ray``); [] for plain ``ferry serve``, scraped at its HTTP port."""
+        from ferry.rayserve.metrics import targets  # no Ray import: the module imports it only when asked
+
+        return targets(self.service_id, [i.state for i in self.store.list_instances(self.service_id)])
+
     def _shutdown(self) -> None:
         for runtime in self.plane.table.runtimes.values():
             self._retire(runtime)
