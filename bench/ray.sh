@@ -14,8 +14,19 @@ bash "$here/ferry/setup.sh"
 scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT   # see minilm.sh: the peers' triton/ folder shadows a package
 cp "$peers/models.py" "$scripts/"
 [[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
+# A cluster per ferry-ray run, stopped after it: Serve's HTTP port is the cluster's (each run has its own), and
+# a cluster that `ferry serve --ray` starts for itself leaves its actors' processes behind when the harness
+# has to SIGKILL it. The run's status is its last kill's: not a failure.
+on_ray() {
+  local gcs
+  gcs=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  RAY_AUTH_MODE=disabled "$venv/bin/ray" start --head --port "$gcs" --num-cpus "$(nproc)" --include-dashboard false \
+    --disable-usage-stats >/dev/null
+  SCENARIOS=$1 RAY_ADDRESS=127.0.0.1:$gcs "$peers/run_all.sh" "$secs" "$here/ferry-ray" | tail -n +2 || true
+  "$venv/bin/ray" stop --force >/dev/null 2>&1
+}
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  ferry $(git -C "$here/.." rev-parse --short HEAD)  ${secs}s  ingress replicas ${FERRY_RAY_INGRESS:-1}, model replicas 1"
-raw=$("$peers/run_all.sh" "$secs" "$here/ferry-default" "$here/ferry-ray")
+raw=$("$peers/run_all.sh" "$secs" "$here/ferry-default" || true; on_ray sklearn; on_ray minilm)
 echo "$raw"
 awk 'NR > 1 && $3 != "-" { rps[$1, $2] = $3 }
   END { split("sklearn minilm", js, " ")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ferry adapter on Ray Serve: `ferry serve --ray` on a one-node cluster, 1 ingress replica and 1 replica
+# The ferry adapter on Ray Serve: `ferry serve --ray` on a local cluster of its own, 1 ingress replica and 1 replica
 # of the model deployment (its batcher as in the ferry adapter), so the figures compare with `ferry serve`.
 export FERRY_RAY=1 FERRY_RAY_INGRESS=${FERRY_RAY_INGRESS:-1}
 case $1 in

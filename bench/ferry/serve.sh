@@ -6,8 +6,8 @@
 #   FERRY_SRC (ferry checkout whose examples/ are served; default the repo that holds this folder),
 #   FERRY_ONNX (minilm: serve this .onnx file instead of the peers' fp32 model, e.g. its int8 one),
 #   FERRY_METRICS=0 (serve without metrics), FERRY_CUSTOM_STATS=1 (sklearn: log x0 and x1 on every request),
-#   FERRY_RAY=1 (`ferry serve --ray` on a one-node Ray cluster started here; FERRY_RAY_INGRESS ingress
-#   replicas, default 1; the model's replicas from ray.* keys in FERRY_BATCH).
+#   FERRY_RAY=1 (`ferry serve --ray` on the cluster at RAY_ADDRESS, else on a local one it starts;
+#   FERRY_RAY_INGRESS ingress replicas, default 1; the model's replicas from ray.* keys in FERRY_BATCH).
 set -euo pipefail
 scenario=$1 port=$2
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,13 +47,9 @@ case $scenario in
   *) echo "ferry adapter: no scenario '$scenario' yet" >&2; exit 2 ;;
 esac
 if [[ ${FERRY_RAY:-0} == 1 ]]; then
-  # A one-node Ray cluster for this run: `ray start --block` stays in this process group, so the harness
-  # stopping the server stops the cluster too. The endpoint's replicas come from FERRY_BATCH (ray.* keys).
-  gcs=$((port + 11))
-  "$venv/bin/ray" start --head --block --port "$gcs" --num-cpus "$(nproc)" --include-dashboard false \
-    --disable-usage-stats >"$FERRY_HOME/ray.log" 2>&1 &
-  until "$venv/bin/ray" status --address "127.0.0.1:$gcs" >/dev/null 2>&1; do sleep 0.5; done
-  exec "$venv/bin/ferry" --id "$sid" serve --ray --address "127.0.0.1:$gcs" --host 127.0.0.1 --port "$port" \
-    --ingress-min-replicas "${FERRY_RAY_INGRESS:-1}" --ingress-max-replicas "${FERRY_RAY_INGRESS:-1}"
+  # `ferry serve --ray` with no cluster to join starts a local one of its own, stopped with it.
+  # shellcheck disable=SC2086 # RAY_ADDRESS empty: no --address
+  exec "$venv/bin/ferry" --id "$sid" serve --ray ${RAY_ADDRESS:+--address "$RAY_ADDRESS"} --host 127.0.0.1 \
+    --port "$port" --ingress-min-replicas "${FERRY_RAY_INGRESS:-1}" --ingress-max-replicas "${FERRY_RAY_INGRESS:-1}"
 fi
 exec "$venv/bin/ferry" --id "$sid" serve --host 127.0.0.1 --port "$port" --workers "${FERRY_WORKERS:-2}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Ferry
+from tests.conftest import Ferry, free_port
 from tests.e2e.conftest import FAST_POLL
 from tests.prometheus import Prometheus
 from tests.server import Server
@@ -219,6 +219,15 @@ def test_status_shows_the_ingress_replicas_and_each_deployment_from_ray_serve(
     assert replicas == {"ingress": {"RUNNING": 1}, "model": {"RUNNING": 1}}, apps
     table = e2e_ferry("--id", e2e_service, "status").out
     assert "Ray Serve deployments" in table and "1 running" in table, table
+
+
+def test_a_second_launcher_on_another_port_is_told_the_port_is_the_clusters(
+    on_ray: Server, cluster: Cluster, e2e_ferry: Ferry, e2e_service: str
+):
+    other = str(free_port())
+    refused = e2e_ferry("--id", e2e_service, "serve", "--ray", "--address", cluster.address, "--port", other, ok=False)
+    assert f"already answers HTTP on 127.0.0.1:{on_ray.port}" in refused.err and f"--port {on_ray.port}" in refused.err
+    assert on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).status_code == 200  # the running service is untouched
 
 
 def test_prometheus_finds_every_replica_through_the_ingress_and_reads_ferry_serve_names(on_ray: Server):

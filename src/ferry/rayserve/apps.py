@@ -10,6 +10,8 @@ from typing import Any
 from ferry.control.aux_config import RayAux
 from ferry.control.spec import EndpointSpec
 
+QUIET = {"enable_access_log": False}
+"""Replicas log no line per request (Ray Serve's default does, in every replica, on the request path)."""
 MODEL_DEPLOYMENT = "model"
 """The one deployment of each model application."""
 INGRESS_DEPLOYMENT = "ingress"
@@ -52,6 +54,7 @@ def model_options(spec: EndpointSpec, pace: Pace = Pace()) -> dict[str, Any]:
     down = pace.downscale_delay_s if ray.downscale_delay_s is None else ray.downscale_delay_s
     return {
         "name": MODEL_DEPLOYMENT,
+        "logging_config": QUIET,
         "max_ongoing_requests": ray.max_ongoing_requests,
         "autoscaling_config": {
             "min_replicas": ray.min_replicas,
@@ -71,6 +74,7 @@ def ingress_options(low: int, high: int, target: float, pace: Pace = Pace()) -> 
     on the requests in pre/post (``target`` per replica), not on those waiting for a model deployment."""
     return {
         "name": INGRESS_DEPLOYMENT,
+        "logging_config": QUIET,
         "max_ongoing_requests": 1024,
         "autoscaling_config": {
             "min_replicas": low,

@@ -22,7 +22,7 @@ from ray import serve
 
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
-from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
+from ferry.rayserve.apps import QUIET, Pace, ingress_app, model_app, model_options
 from ferry.rayserve.engine import ROLE
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
@@ -133,6 +133,21 @@ class Launcher:
             self.store.remove_instance(self.instance_id)
 
 
+def _check_http(host: str, port: int) -> None:
+    """Ray Serve's HTTP address is the cluster's: one already running elsewhere keeps its own. Say so."""
+    from ray.serve.context import _get_global_client
+
+    from ferry.errors import InvalidInput
+
+    config = _get_global_client().http_config
+    if (config.host, config.port) != (host, port):
+        raise InvalidInput(
+            f"Ray Serve on this cluster already answers HTTP on {config.host}:{config.port} (the address is the "
+            f"cluster's, not an application's): use --host {config.host} --port {config.port}, or stop Serve "
+            "first (`serve shutdown -y`)"
+        )
+
+
 def serve_state(prefix: str) -> dict[str, Any]:
     """Application -> its status and, per deployment, its status and replica counts by state (from Serve)."""
     apps: dict[str, Any] = {}
@@ -174,7 +189,8 @@ def serve_on_ray(
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
+    _check_http(host, port)
     launcher = Launcher(store, service_id, settings, ingress, host)
     signal.signal(signal.SIGTERM, lambda *_: launcher.stop())
     try:
