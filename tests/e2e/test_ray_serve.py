@@ -4,6 +4,7 @@ live revisions, and the applications it leaves behind. Run alone with `pytest -m
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import threading
 import time
@@ -153,30 +154,45 @@ def replicas_of(app_part: str) -> list[str]:
     return sorted(a["name"] for a in named if a["name"].startswith("SERVE_REPLICA::") and app_part in a["name"])
 
 
+@contextlib.contextmanager
+def load(server: Server, path: str, clients: int = 8) -> Iterator[collections.Counter]:
+    """``clients`` threads POST {"x": 1} to ``path`` until the block ends; counts (status, answer's pid)."""
+    stop, answers = threading.Event(), collections.Counter()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            while not stop.is_set():
+                response = http.post(path, json={"x": 1})
+                pid = response.json().get("pid") if response.status_code == 200 else None
+                answers[(response.status_code, pid)] += 1
+
+    with ThreadPoolExecutor(clients) as pool:
+        running = [pool.submit(client) for _ in range(clients)]
+        try:
+            yield answers
+        finally:
+            stop.set()
+            for done in running:
+                done.result()
+
+
+def flowing(server: Server, answers: collections.Counter, more: int = 20, what: str = "requests flowing") -> None:
+    """Wait until ``more`` further requests have been answered."""
+    start = sum(answers.values())
+    server.wait_for(lambda: sum(answers.values()) >= start + more, 30, what)
+
+
 def test_a_model_replica_killed_under_load_is_replaced_and_no_request_is_lost(
     on_ray: Server, e2e_ferry: Ferry, e2e_service: str
 ):
     """Eight clients keep a 50 ms model busy while its only replica is killed: the requests in flight on it
     are sent again, Ray starts another replica, and every request is answered."""
     (victim,) = replicas_of("-slow-")
-    stop, answers = threading.Event(), collections.Counter()
-
-    def client() -> None:
-        with httpx.Client(base_url=on_ray.url, timeout=60) as http:
-            while not stop.is_set():
-                response = http.post("/serve/slow", json={"x": 1})
-                answers[(response.status_code, response.json().get("pid"))] += 1
-
-    with ThreadPoolExecutor(8) as pool:
-        clients = [pool.submit(client) for _ in range(8)]
-        on_ray.wait_for(lambda: sum(answers.values()) >= 20, 20, "requests flowing")
+    with load(on_ray, "/serve/slow") as answers:
+        flowing(on_ray, answers)
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         on_ray.wait_for(lambda: replicas_of("-slow-") not in ([], [victim]), 60, "a new model replica")
-        answered = sum(answers.values())
-        on_ray.wait_for(lambda: sum(answers.values()) >= answered + 20, 30, "requests flowing on the new replica")
-        stop.set()
-        for done in clients:
-            done.result()
+        flowing(on_ray, answers, what="requests flowing on the new replica")
     assert {code for code, _ in answers} == {200}, answers
     assert len({pid for _, pid in answers}) == 2, answers  # answered by the killed replica, then by its successor
     status = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
@@ -302,26 +318,31 @@ def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployme
     e2e_ferry("--id", e2e_service, "model", "add", "--engine", "custom", "--endpoint", endpoint,
               "--preprocess", str(source), *SCALES, f"ray.target_ongoing_requests={target}")  # fmt: skip
     on_ray.wait_endpoint(endpoint, {"x": 1}, timeout=60)
-    stop, seen = threading.Event(), []
+    seen: list[tuple[int, int]] = []
 
-    def client() -> None:
-        with httpx.Client(base_url=on_ray.url, timeout=60) as http:
-            while not stop.is_set():
-                assert http.post(f"/serve/{endpoint}", json={"x": 1}).status_code == 200
+    def grown() -> bool:
+        seen.append(replica_counts(e2e_ferry, e2e_service, endpoint))
+        return seen[-1][0 if grows == "ingress" else 1] == 3
 
-    with ThreadPoolExecutor(8) as pool:
-        clients = [pool.submit(client) for _ in range(8)]
-        try:
-
-            def grown() -> bool:
-                seen.append(replica_counts(e2e_ferry, e2e_service, endpoint))
-                return seen[-1][0 if grows == "ingress" else 1] == 3
-
-            on_ray.wait_for(grown, 90, f"the {grows} deployment at 3 replicas")
-        finally:
-            stop.set()
-            for done in clients:
-                done.result()
+    with load(on_ray, f"/serve/{endpoint}") as answers:
+        on_ray.wait_for(grown, 90, f"the {grows} deployment at 3 replicas")
+    assert {code for code, _ in answers} == {200}, answers
     other = [counts[1 if grows == "ingress" else 0] for counts in seen]
     assert max(other) <= other[0], f"(ingress, model) replicas over time: {seen}"  # the other did not grow
     print(f"{endpoint}: (ingress, model) replicas over time: {seen}")
+
+
+def test_an_ingress_replica_killed_under_load_is_replaced_and_only_its_requests_in_flight_fail(on_ray: Server):
+    """Eight clients while one ingress replica is killed: at most the requests it held fail, then every
+    request is answered again and Ray brings the ingress back to its replica count."""
+    before = replicas_of("#ingress#")
+    with load(on_ray, "/serve/slow") as answers:
+        flowing(on_ray, answers)
+        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        on_ray.wait_for(lambda: len(set(replicas_of("#ingress#")) - set(before)) == 1, 60, "a new ingress replica")
+        failed = sum(n for (code, _), n in answers.items() if code != 200)
+        flowing(on_ray, answers, what="requests flowing after the kill")
+    lost = sum(n for (code, _), n in answers.items() if code != 200)
+    assert lost == failed <= 8, answers  # none failed once the replacement was up; at most one per client
+    codes = sorted({code for code, _ in answers})
+    print(f"ingress replica killed under 8 clients: {lost} of {sum(answers.values())} failed; codes {codes}")
