@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Ferry, TrainedExample
+from tests.conftest import Ferry, TrainedExample, _pg_bin
+from tests.postgres import Postgres
 from tests.server import Server
 
 STORE_VARIABLES = ("FERRY_STORE", "FERRY_ARTIFACT_ROOT", "FERRY_SERVICE", "FERRY_CACHE_DIR")
@@ -94,3 +95,16 @@ def sklearn_example_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tmp_path_factory.mktemp("sklearn-example") / "sklearn-model.pkl"
     train("sklearn", model)
     return model
+
+
+@pytest.fixture
+def postgres(ferry_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Postgres]:
+    """A PostgreSQL server of the test's own as FERRY_STORE, which the test may stop and start."""
+    bindir = _pg_bin()
+    server = Postgres(bindir)
+    try:
+        server.start()
+        monkeypatch.setenv("FERRY_STORE", server.url)
+        yield server
+    finally:
+        server.remove()

@@ -11,25 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Ferry
+from tests.e2e import one_server
 from tests.load import hammer
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
+ferry_sqlite, server = one_server.ferry_sqlite, one_server.server  # one store and one `ferry serve` here
 
 Z = 3.9
 """A two-sided normal bound that a correct split leaves less than 1e-4 of the time."""
-
-
-@pytest.fixture
-def ferry_sqlite(e2e_ferry: Ferry) -> Ferry:
-    """The module's store (SQLite under its own FERRY_HOME) and its one service: every test here uses it."""
-    return e2e_ferry
-
-
-@pytest.fixture
-def server(example_server: Server) -> Server:
-    """One `ferry serve` for the module: its tests add endpoints under distinct names, none restarts it."""
-    return example_server
 
 
 def add_tagged(ferry: Ferry, tmp_path: Path, endpoint: str) -> None:

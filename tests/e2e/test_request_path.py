@@ -15,10 +15,12 @@ from sklearn.linear_model import LogisticRegression
 
 from ferry.cli.context import Context
 from tests.conftest import Ferry
+from tests.e2e import one_server
 from tests.load import hammer, probe
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
+ferry_sqlite, server = one_server.ferry_sqlite, one_server.server  # one store and one `ferry serve` here
 
 
 def write(folder: Path, name: str, source: str) -> str:
@@ -35,18 +37,6 @@ def model_id(e2e_ferry: Ferry, tmp_path_factory: pytest.TempPathFactory) -> str:
     joblib.dump(LogisticRegression().fit(x, (x.sum(axis=1) > 0).astype(int)), folder / "m.pkl")
     out = e2e_ferry("model", "upload", "--name", "logreg", "--project", "e2e", "--path", str(folder / "m.pkl"))
     return out.out.strip().rsplit("=", 1)[1]
-
-
-@pytest.fixture
-def ferry_sqlite(e2e_ferry: Ferry) -> Ferry:
-    """The module's store (SQLite under its own FERRY_HOME) and its one service: every test here uses it."""
-    return e2e_ferry
-
-
-@pytest.fixture
-def server(example_server: Server) -> Server:
-    """One `ferry serve` for the module: its tests add endpoints under distinct names, none restarts it."""
-    return example_server
 
 
 ROWS = """

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +14,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.conftest import Ferry, _as_postgres, _pg_bin, free_port
+from tests.conftest import Ferry
+from tests.postgres import Postgres
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -70,55 +66,6 @@ def test_a_long_load_keeps_the_instance_in_status_as_loading(ferry_sqlite: Ferry
         assert server.serve("slow", {}).json() == {"loaded": True}
     finally:
         server.stop()
-
-
-# --- a PostgreSQL server this test may stop -----------------------------------------------------
-
-
-class Postgres:
-    """A PostgreSQL server of its own on a free loopback port, stopped and started by the test."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="ferry-pg-outage-"))
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self._ctl("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._ctl("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", opts, "-w", "start")
-
-    def stop(self) -> None:
-        self._ctl("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
-                       capture_output=True)  # fmt: skip
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def _ctl(self, tool: str, *args: str) -> None:
-        subprocess.run(_as_postgres([str(self.bindir / tool), *args]), check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def postgres(ferry_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Postgres]:
-    bindir = _pg_bin()
-    if bindir is None:
-        message = "PostgreSQL is not installed (scripts/test.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = Postgres(bindir)
-    try:
-        server.start()
-        monkeypatch.setenv("FERRY_STORE", server.url)
-        yield server
-    finally:
-        server.remove()
 
 
 def tagged(tmp_path: Path, tag: str) -> str:

@@ -307,9 +307,13 @@ class Reconciler:
         model_path = self._model_path(spec)
         code_path = self.artifacts.fetch(spec.preprocess) if spec.preprocess else None
         runtime = EndpointRuntime.build(spec, model_path, code_path, self.plane.send_request_for(spec.engine))
-        if "warmup" in spec.aux_config:
+        return self.warm(runtime)
+
+    def warm(self, runtime: EndpointRuntime) -> EndpointRuntime:
+        """Send the aux ``warmup`` body through ``runtime`` once (closing it if that fails); its counters start at 0."""
+        if "warmup" in runtime.spec.aux_config:
             try:
-                asyncio.run(runtime.run(spec.aux_config["warmup"], self.plane.pool))
+                asyncio.run(runtime.run(runtime.spec.aux_config["warmup"], self.plane.pool))
             except BaseException:
                 with contextlib.suppress(Exception):  # the warmup's error is the one to report
                     runtime.close()
