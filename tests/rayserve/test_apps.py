@@ -12,7 +12,7 @@ from ferry.errors import InvalidInput
 from ferry.rayserve import require
 from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
 from ferry.rayserve.metrics import targets
-from ferry.rayserve.scaling import PREPOST, ingress_policy, prepost_requests
+from ferry.rayserve.scaling import WAITING, ingress_policy, model_waiting
 
 SERVICE = "0123456789abcdef0123456789abcdef"
 
@@ -62,25 +62,26 @@ def test_aux_delays_win_over_the_service_pace():
     assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (0, 5, 2)
 
 
-def ctx(reports: dict | None, current: int = 2, target: float = 4) -> SimpleNamespace:
-    metrics = None if reports is None else {PREPOST: reports}
-    return SimpleNamespace(aggregated_metrics=metrics, current_num_replicas=current,
+def ctx(ongoing: float, waiting: dict | None, current: int = 2, target: float = 4) -> SimpleNamespace:
+    metrics = None if waiting is None else {WAITING: waiting}
+    return SimpleNamespace(aggregated_metrics=metrics, total_num_requests=ongoing, current_num_replicas=current,
                            config=SimpleNamespace(target_ongoing_requests=target))  # fmt: skip
 
 
-def test_the_ingress_sizes_on_requests_in_pre_post_only():
-    assert ingress_policy(ctx({"a": 7.0, "b": 6.0}))[0] == 4  # 13 requests in pre/post, 4 a replica
-    assert ingress_policy(ctx({"a": 0.0, "b": 0.0}))[0] == 1  # all waiting on models: one replica will do
-    assert ingress_policy(ctx(None, current=3))[0] == 3  # no reports yet: stay
+def test_the_ingress_sizes_on_requests_not_waiting_for_a_model():
+    assert ingress_policy(ctx(20.0, {"a": 4.0, "b": 3.0}))[0] == 4  # 13 of 20 in the ingress's hands, 4 a replica
+    assert ingress_policy(ctx(12.0, {"a": 6.0, "b": 6.0}))[0] == 1  # all waiting on models: one replica will do
+    assert ingress_policy(ctx(3.0, {"a": 4.0}))[0] == 1  # windows disagree a little: never below one
+    assert ingress_policy(ctx(9.0, None, current=3))[0] == 3  # no reports yet: stay
 
 
-def test_requests_waiting_on_a_model_deployment_are_not_pre_post_load():
-    engine = SimpleNamespace(waiting=5)
+def test_a_replica_reports_the_requests_waiting_on_model_deployments():
     plane = SimpleNamespace(table=SimpleNamespace(runtimes={
-        "a": SimpleNamespace(inflight=8, engine=engine),
-        "b": SimpleNamespace(inflight=3, engine=SimpleNamespace()),  # a model in this process
+        "a": SimpleNamespace(inflight=8, engine=SimpleNamespace(waiting=5)),
+        "b": SimpleNamespace(inflight=3, engine=SimpleNamespace(waiting=2)),
+        "c": SimpleNamespace(inflight=3, engine=SimpleNamespace()),  # a model in this process
     }))  # fmt: skip
-    assert prepost_requests(plane) == 6
+    assert model_waiting(plane) == 7
 
 
 def test_metrics_targets_list_every_process_that_reports_an_address_with_its_role():

@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=float,
         default=8.0,
         metavar="N",
-        help="requests in pre/post per ingress replica the autoscaler aims for (those waiting for a model "
-        "deployment do not count: the model deployments scale on those)",
+        help="requests per ingress replica the autoscaler aims for, counting those in HTTP and pre/post (those "
+        "waiting for a model deployment do not count: the model deployments scale on those)",
     )
     p.set_defaults(func=serve)
 

@@ -89,6 +89,9 @@ class RayAux(AuxBase):
     """Seconds the load must call for more replicas before they start; unset: FERRY_RAY_UPSCALE_DELAY_S (10)."""
     downscale_delay_s: NonNegativeFloat | None = None
     """Seconds the load must allow fewer replicas before they stop; unset: FERRY_RAY_DOWNSCALE_DELAY_S (120)."""
+    colocate: bool = False
+    """Run the model in the ingress replicas (no model deployment: one Ray call a request less; it scales
+    with the ingress, and the keys above do not apply)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> RayAux:

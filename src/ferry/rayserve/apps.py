@@ -44,6 +44,11 @@ class Pace:
     look_back_s: float = 10.0
 
 
+def colocated(spec: EndpointSpec) -> bool:
+    """Whether the version's model runs inside the ingress replicas (aux ``ray.colocate``): no model app."""
+    return RayAux.model_validate(spec.aux_config.get("ray") or {}).colocate
+
+
 def model_options(spec: EndpointSpec, pace: Pace = Pace()) -> dict[str, Any]:
     """``Deployment.options`` for the model deployment, from the spec's aux ``ray.*`` keys (defaults else).
 

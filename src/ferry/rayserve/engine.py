@@ -3,7 +3,6 @@ builds such runtimes (no model is loaded in an ingress replica)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -16,7 +15,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException, 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import StatsFn
 from ferry.errors import EngineError, FerryError, NotReady
-from ferry.rayserve.apps import MODEL_DEPLOYMENT, model_app
+from ferry.rayserve.apps import MODEL_DEPLOYMENT, colocated, model_app
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.reconciler import Reconciler
 from ferry.serving.userclass import load_user_code
@@ -128,21 +127,16 @@ class RayReconciler(Reconciler):
         """Added to every heartbeat: the role, and where this replica's metrics are served."""
 
     def build(self, spec: EndpointSpec) -> EndpointRuntime:
-        """Import the code (no ``load``: the model replicas load), wait for the model deployment, warm up."""
+        """Import the code (no ``load``: the model replicas load), wait for the model deployment, warm up.
+        A colocated version (aux ``ray.colocate``) loads here, as under ``ferry serve``."""
+        if colocated(spec):
+            return super().build(spec)
         wait_running(model_app(self.service_id, spec))
         engine = RayEngine(spec, self.service_id)
         engine.fetch_signature()
         code_path = self.artifacts.fetch(spec.preprocess) if spec.preprocess else None
         user = load_user_code(code_path, spec, self.plane.send_request_for(spec.engine))
-        runtime = EndpointRuntime(spec, user, engine)
-        if "warmup" in spec.aux_config:
-            try:
-                asyncio.run(runtime.run(spec.aux_config["warmup"], self.plane.pool))
-            except BaseException:
-                runtime.close()
-                raise
-            runtime.requests = runtime.errors = 0
-        return runtime
+        return self.warm(EndpointRuntime(spec, user, engine))
 
     def state(self) -> dict[str, Any]:
         """``Reconciler.state`` plus the model applications this replica routes to (the launcher keeps those)."""

@@ -2,19 +2,21 @@
 
 Each replica is a ferry instance to the store: it follows the service's revisions with a
 ``RayReconciler``, heartbeats (``ferry status`` lists it) and keeps serving its last revision when the
-store is unreachable.
+store is unreachable. A replica starting while the store is unreachable stays in Serve's STARTING state
+(no traffic) until its first revision is loaded: the replicas already running serve meanwhile.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from ray import serve
 
 from ferry.rayserve.engine import RayReconciler
 from ferry.rayserve.metrics import serve_metrics
-from ferry.rayserve.scaling import PREPOST, prepost_requests
+from ferry.rayserve.scaling import WAITING, model_waiting
 from ferry.settings import Settings
 
 
@@ -28,11 +30,12 @@ class Ingress:
         from ferry.rest.app import create_app
 
         self.ferry_app = app = create_app(RayReconciler)
+        app.startup_timeout = threading.TIMEOUT_MAX  # Serve routes to the replica once its lifespan started
         if app.plane.metrics is not None:
             app.reconciler.report["metrics"] = serve_metrics(app.plane.metrics.registry, Settings().host)
         return app
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """What ``scaling.ingress_policy`` sizes the ingress on: this replica's requests in pre/post."""
+        """What ``scaling.ingress_policy`` leaves out of the ingress's load: requests waiting for a model."""
         app = getattr(self, "ferry_app", None)
-        return {PREPOST: prepost_requests(app.plane) if app is not None else 0.0}
+        return {WAITING: model_waiting(app.plane) if app is not None else 0.0}

@@ -22,7 +22,7 @@ from ray import serve
 
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
-from ferry.rayserve.apps import QUIET, Pace, ingress_app, model_app, model_options
+from ferry.rayserve.apps import QUIET, Pace, colocated, ingress_app, model_app, model_options
 from ferry.rayserve.engine import ROLE
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
@@ -30,6 +30,11 @@ from ferry.serving.reconciler import with_triton_addresses
 from ferry.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LAUNCHER_POLL_S = 0.2
+"""The launcher looks for a new revision at least this often (FERRY_POLL_INTERVAL when shorter): a new
+version's model replica takes seconds to start, so the launcher starts it first; the ingress replicas,
+polling at FERRY_POLL_INTERVAL, find the revision while it starts. One small query a poll, one process."""
 
 
 class Launcher:
@@ -54,7 +59,7 @@ class Launcher:
         self.instance_id = self.store.register_instance(self.service_id, socket.gethostname(), os.getpid())
         self.tick()
         self._deploy_ingress()
-        while not self._stop.wait(self.settings.poll_interval):
+        while not self._stop.wait(min(self.settings.poll_interval, LAUNCHER_POLL_S)):
             try:
                 self.tick()
             except Exception as exc:  # the store or Serve failing: the cluster keeps serving what it has
@@ -69,7 +74,8 @@ class Launcher:
         head = self.store.head(self.service_id)
         if head != self.applied:
             config = self.store.get_revision(self.service_id, head).config
-            self.desired = {model_app(self.service_id, s): s for s in with_triton_addresses(config).values()}
+            specs = [s for s in with_triton_addresses(config).values() if not colocated(s)]
+            self.desired = {model_app(self.service_id, s): s for s in specs}
             self._deploy_models([app for app in self.desired if app not in self.running()])
             self.applied = head
         elif time.monotonic() < self._next_beat:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import joblib
+import numpy as np
 import pytest
+from sklearn.dummy import DummyClassifier
 
 from tests.conftest import Ferry, free_port
 from tests.e2e.conftest import FAST_POLL
+from tests.e2e.on_ray.conftest import flowing, load, replicas_of
 from tests.prometheus import Prometheus
 from tests.server import Server
 
@@ -26,7 +27,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sklearn"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sklearn"
 SMALL = ["--aux-config", "ray.num_cpus=0.5"]
 """Model replicas that fit the test cluster's logical CPUs beside the ingress."""
 
@@ -65,29 +66,14 @@ CASES = [
 ]
 
 
-QUICK_METRICS = {
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+QUICK_SCALING = {
+    "FERRY_RAY_UPSCALE_DELAY_S": "1",
+    "FERRY_RAY_DOWNSCALE_DELAY_S": "3",
+    "FERRY_RAY_LOOK_BACK_S": "2",
+    **FAST_POLL,
 }
-"""Replicas and handles report their load to Serve's controller every 0.5 s (10 s by default)."""
-QUICK_SCALING = {"FERRY_RAY_UPSCALE_DELAY_S": "1", "FERRY_RAY_LOOK_BACK_S": "2", **FAST_POLL}
-"""Autoscaling acts on 2 s of load after 1 s (10 and 10 by default)."""
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """A head and a second node, 4 logical CPUs each; this process is connected to read Serve's state."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in QUICK_METRICS.items():
-            mp.setenv(name, value)  # the nodes' processes inherit it
-        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False})
-        nodes.add_node(num_cpus=4)
-        ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
-        try:
-            yield nodes
-        finally:
-            ray.shutdown()
-            nodes.shutdown()
+"""Autoscaling acts on 2 s of load, growing after 1 s and shrinking after 3 s (10, 120 and 10 by default):
+the load of one test (8 clients keep Ray's HTTP bridge in the ingress busy) is gone by the scaling tests."""
 
 
 @pytest.fixture(scope="module")
@@ -148,40 +134,6 @@ def test_the_same_requests_get_the_same_answers_and_codes_as_ferry_serve(on_ray:
     assert code == 200 and doc["outputs"][0]["data"], doc  # the model answered over V2 through the cluster
 
 
-def replicas_of(app_part: str) -> list[str]:
-    """Names of the live replica actors of the applications whose name holds ``app_part``."""
-    named = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(a["name"] for a in named if a["name"].startswith("SERVE_REPLICA::") and app_part in a["name"])
-
-
-@contextlib.contextmanager
-def load(server: Server, path: str, clients: int = 8) -> Iterator[collections.Counter]:
-    """``clients`` threads POST {"x": 1} to ``path`` until the block ends; counts (status, answer's pid)."""
-    stop, answers = threading.Event(), collections.Counter()
-
-    def client() -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as http:
-            while not stop.is_set():
-                response = http.post(path, json={"x": 1})
-                pid = response.json().get("pid") if response.status_code == 200 else None
-                answers[(response.status_code, pid)] += 1
-
-    with ThreadPoolExecutor(clients) as pool:
-        running = [pool.submit(client) for _ in range(clients)]
-        try:
-            yield answers
-        finally:
-            stop.set()
-            for done in running:
-                done.result()
-
-
-def flowing(server: Server, answers: collections.Counter, more: int = 20, what: str = "requests flowing") -> None:
-    """Wait until ``more`` further requests have been answered."""
-    start = sum(answers.values())
-    server.wait_for(lambda: sum(answers.values()) >= start + more, 30, what)
-
-
 def test_a_model_replica_killed_under_load_is_replaced_and_no_request_is_lost(
     on_ray: Server, e2e_ferry: Ferry, e2e_service: str
 ):
@@ -223,16 +175,87 @@ def test_a_new_version_reaches_the_cluster_and_a_removed_one_is_deleted(
     assert on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).status_code == 200
 
 
+def upload_constant(ferry: Ferry, service_id: str, folder: Path, answer: int) -> None:
+    """Upload and publish, as `ray auto` in project ray, a model whose every prediction is ``answer``."""
+    path = folder / f"constant{answer}.pkl"
+    joblib.dump(DummyClassifier(strategy="constant", constant=answer).fit(np.zeros((3, 2)), [1, 2, 3]), path)
+    ferry("--id", service_id, "model", "upload", "--name", "ray auto", "--project", "ray", "--path", str(path),
+          "--publish")  # fmt: skip
+
+
+def test_auto_update_and_a_canary_that_follows_new_versions_reach_the_cluster(
+    on_ray: Server, e2e_ferry: Ferry, e2e_service: str, e2e_home: Path
+):
+    """An auto-update rule (max 2 versions) deploys each published model as a version on the cluster; a
+    canary over the newest two splits requests between their model deployments and moves on with them."""
+    body = {"x0": 1, "x1": 2}
+    e2e_ferry("--id", e2e_service, "model", "auto-update", "--engine", "sklearn", "--endpoint", "auto",
+              "--preprocess", str(EXAMPLE / "preprocess.py"), "--name", "ray auto", "--project", "ray",
+              "--published", "--max-versions", "2", "--aux-config", "ray.num_cpus=0.25")  # fmt: skip
+    for answer in (1, 2):
+        upload_constant(e2e_ferry, e2e_service, e2e_home.parent, answer)
+        assert on_ray.wait_endpoint(f"auto/{answer}", body, timeout=60) == {"y": [answer]}
+    e2e_ferry("--id", e2e_service, "model", "canary", "--endpoint", "autocanary", "--weights", "1", "1",
+              "--input-endpoint-prefix", "auto/")  # fmt: skip
+
+    def split() -> collections.Counter:
+        return collections.Counter(on_ray.serve("autocanary", body).json()["y"][0] for _ in range(200))
+
+    try:
+        on_ray.wait_endpoint("autocanary", body)
+        first = split()
+        upload_constant(e2e_ferry, e2e_service, e2e_home.parent, 3)
+        on_ray.wait_endpoint("auto/3", body, timeout=60)
+        on_ray.wait_for(lambda: on_ray.serve("auto/1", body).status_code == 404, 20, "auto/1 withdrawn (max 2)")
+        second = split()
+    finally:  # the rule first: it would deploy its versions again
+        for name in ("autocanary", "auto", "auto/2", "auto/3"):
+            with contextlib.suppress(AssertionError):  # a failure above may have left some out
+                e2e_ferry("--id", e2e_service, "model", "remove", "--endpoint", name)
+    assert set(first) == {1, 2} and min(first.values()) > 60, first  # 200 at 1:1: fewer than 60 is 5.7 sd out
+    assert set(second) == {2, 3} and min(second.values()) > 60, second
+    on_ray.wait_for(lambda: not [a for a in serve.status().applications if "-auto_" in a], 60, "its apps deleted")
+    on_ray.wait_for(lambda: "auto/" not in on_ray.client.get("/metrics/targets").text, 20, "its replicas gone")
+
+
+def test_a_colocated_version_runs_its_model_in_the_ingress_with_the_same_answers(
+    on_ray: Server, e2e_ferry: Ferry, e2e_service: str, service: str
+):
+    """aux ray.colocate=true: the version loads in the ingress replicas, no model application is deployed,
+    and its answers and refusals are those of the same model on its own deployment."""
+    e2e_ferry("--id", e2e_service, "model", "add", "--engine", "sklearn", "--endpoint", "colo", "--model-id", service,
+              "--preprocess", str(EXAMPLE / "preprocess.py"), "--aux-config", "ray.colocate=true")  # fmt: skip
+    try:
+        on_ray.wait_endpoint("colo", {"x0": 1, "x1": 2}, timeout=60)
+        for body in ({"x0": 1, "x1": 2}, {"x0": -3.5, "x1": 0.25}, {"x0": "one", "x1": 2}):
+            own = str(answer(on_ray, "POST", "/serve/sklearn/1", body)).replace("sklearn/1", "colo")
+            assert str(answer(on_ray, "POST", "/serve/colo", body)) == own  # errors name their endpoint
+        assert not [name for name in serve.status().applications if "-colo-" in name], serve.status().applications
+    finally:
+        e2e_ferry("--id", e2e_service, "model", "remove", "--endpoint", "colo")
+
+
 def test_status_shows_the_ingress_replicas_and_each_deployment_from_ray_serve(
     on_ray: Server, e2e_ferry: Ferry, e2e_service: str
 ):
-    doc = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
-    ingress = [i for i in doc["instances"] if "ray_apps" in i["state"]]
-    (launcher,) = [i for i in doc["instances"] if i["state"].get("role") == "ray launcher"]
-    assert len(ingress) == 1 and [a for a in ingress[0]["state"]["ray_apps"] if "-sklearn_1-" in a], ingress
-    apps = launcher["state"]["ray"]
-    replicas = {name: d["replicas"] for a in apps.values() for name, d in a["deployments"].items()}
-    assert replicas == {"ingress": {"RUNNING": 1}, "model": {"RUNNING": 1}}, apps
+    """Every ingress replica is an instance in `ferry status` (as many as Serve runs: earlier load may have
+    grown the ingress), routing to the model applications; the launcher shows each deployment's replicas."""
+    seen: list[tuple[int, dict]] = []
+
+    def listed() -> bool:
+        doc = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
+        ingress = [i for i in doc["instances"] if "ray_apps" in i["state"]]
+        (launcher,) = [i for i in doc["instances"] if i["state"].get("role") == "ray launcher"]
+        apps = launcher["state"]["ray"]
+        seen.append((len(ingress), {name: a["deployments"] for name, a in apps.items()}))
+        running = [a["deployments"]["ingress"]["replicas"] for a in apps.values() if "ingress" in a["deployments"]]
+        routed = all(any("-sklearn_1-" in app for app in i["state"]["ray_apps"]) for i in ingress)
+        return running == [{"RUNNING": len(ingress)}] and routed
+
+    on_ray.wait_for(listed, 20, "every running ingress replica listed, routing to sklearn/1")
+    models = {name: d["model"]["replicas"] for name, d in seen[-1][1].items() if "model" in d}
+    assert sorted(name.split("-")[2] for name in models) == ["sklearn_1", "slow"], seen[-1]
+    assert all(replicas == {"RUNNING": 1} for replicas in models.values()), seen[-1]
     table = e2e_ferry("--id", e2e_service, "status").out
     assert "Ray Serve deployments" in table and "1 running" in table, table
 
@@ -252,8 +275,9 @@ def test_prometheus_finds_every_replica_through_the_ingress_and_reads_ferry_serv
     for i in range(sent):
         assert on_ray.serve("sklearn/1", {"x0": i, "x1": 1}).status_code == 200
     groups = on_ray.client.get("/metrics/targets").json()
-    roles = sorted((g["labels"]["ferry_role"], g["labels"].get("ferry_endpoint", "")) for g in groups)
-    assert roles == [("ray ingress", ""), ("ray model", "sklearn/1"), ("ray model", "slow")], groups
+    roles = collections.Counter((g["labels"]["ferry_role"], g["labels"].get("ferry_endpoint", "")) for g in groups)
+    ingress = roles.pop(("ray ingress", ""), 0)  # one, or more if earlier load grew the ingress
+    assert ingress >= 1 and roles == {("ray model", "sklearn/1"): 1, ("ray model", "slow"): 1}, groups
     with Prometheus([], http_sd=f"{on_ray.url}/metrics/targets") as prometheus:
         answered = 'sum(ferry_requests_total{endpoint="sklearn", version="1", code="200"})'
         loads = 'count by (endpoint) (ferry_model_load_seconds{ferry_role="ray model"})'
@@ -264,7 +288,7 @@ def test_prometheus_finds_every_replica_through_the_ingress_and_reads_ferry_serv
             return bool(counted) and float(counted[0]["value"][1]) >= sent and loaded == {"sklearn", "slow"}
 
         prometheus.wait_for(scraped, 30, f"{sent} requests counted and both model replicas' loads")
-        assert prometheus.query('count(up{ferry_role="ray ingress"} == 1)')[0]["value"][1] == "1"
+        assert prometheus.query('count(up{ferry_role="ray ingress"} == 1)')[0]["value"][1] == str(ingress)
 
 
 BURN_PREPROCESS = """
@@ -319,6 +343,7 @@ def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployme
     e2e_ferry("--id", e2e_service, "model", "add", "--engine", "custom", "--endpoint", endpoint,
               "--preprocess", str(source), *SCALES, f"ray.target_ongoing_requests={target}")  # fmt: skip
     on_ray.wait_endpoint(endpoint, {"x": 1}, timeout=60)
+    on_ray.wait_for(lambda: replica_counts(e2e_ferry, e2e_service, endpoint) == (1, 1), 60, "one replica of each")
     seen: list[tuple[int, int]] = []
 
     def grown() -> bool:
