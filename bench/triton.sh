@@ -6,19 +6,14 @@
 #   PEERS_DIR, PEERS_HOME, FERRY_WORKERS (default 2), FERRY_VENV as for compare.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-peers=${PEERS_DIR:-$(cd "$here/../.." && pwd)/shared/peers}
-home=${PEERS_HOME:-/tmp/peers} secs=${1:-15} rounds=${ROUNDS:-3}
-venv=${FERRY_VENV:-$here/../.venv}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+secs=${1:-15} rounds=${ROUNDS:-3}
+source "$here/lib.sh"
+peers_env
 bash "$here/ferry/setup.sh"
 "$venv/bin/python" -c "import onnxruntime, tokenizers, tritonclient.grpc" 2>/dev/null \
   || "$venv/bin/pip" install -q -e "$here/..[onnx,triton]" tokenizers
 bash "$here/../scripts/triton_setup.sh" >/dev/null
-scripts=$(mktemp -d) && trap 'rm -rf "$scripts"' EXIT   # see minilm.sh: the peers' triton/ folder shadows a package
-cp "$peers/models.py" "$scripts/"
-[[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
-
-source "$here/lib.sh"
+peers_scripts
 one() { run_adapter minilm "$here/$1"; }  # one ADAPTER: "req/s p50 p99 errors"
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  minilm  ${secs}s x $rounds rounds  workers=${FERRY_WORKERS:-2}  load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-5s %-11s %9s %8s %8s %6s\n' round side req/s p50_ms p99_ms errors
