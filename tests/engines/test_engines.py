@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ferry.control.spec import ENGINE_NAMES, EndpointSpec
 from ferry.engines import ENGINES, load_engine
+from ferry.engines.base import preload
 from ferry.errors import EngineError
 
 NO_CODE = None  # no user code: no process hook
@@ -204,3 +205,28 @@ def test_custom_async_always_returns_an_awaitable(is_async):
 def test_custom_without_process_fails_at_load(name):
     with pytest.raises(EngineError, match="engine needs Preprocess.process"):
         load_engine(EndpointSpec(name="e", version="1", engine=name), None, None, NO_CODE)
+
+
+def test_preload_imports_what_a_later_sklearn_load_would(sklearn_file):
+    """A fresh process: after ``preload`` the engine's library is in, and loading a version imports little."""
+    script = f"""
+import sys, time
+from ferry.engines.base import preload
+preload("sklearn")
+assert "sklearn.base" in sys.modules
+before = len(sys.modules)
+from ferry.control.spec import EndpointSpec
+from ferry.engines import load_engine
+from pathlib import Path
+spec = EndpointSpec(name="e", version="1", engine="sklearn", model_id="m1")
+load_engine(spec, Path({str(sklearn_file)!r}), None, None)
+print(len(sys.modules) - before)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 300, "loading the model imported what preload should have"  # without: ~1,000
+
+
+def test_preload_of_an_unknown_engine_names_it():
+    with pytest.raises(EngineError, match="engine nope is not available"):
+        preload("nope")

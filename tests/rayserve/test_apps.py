@@ -10,7 +10,7 @@ import pytest
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
 from ferry.rayserve import require
-from ferry.rayserve.apps import Pace, ingress_app, model_app, model_options
+from ferry.rayserve.apps import Pace, bridged, colocated, ingress_app, model_app, model_options
 from ferry.rayserve.metrics import targets
 from ferry.rayserve.scaling import WAITING, ingress_policy, model_waiting
 
@@ -48,6 +48,21 @@ def test_replicas_and_resources_come_from_aux_ray_keys_with_defaults():
     default = model_options(spec())
     assert default["autoscaling_config"]["max_replicas"] == 1 and default["ray_actor_options"]["num_cpus"] == 1
     assert default["name"] == "model" and default["max_ongoing_requests"] == 32
+
+
+@pytest.mark.parametrize(
+    ("ray", "bridges", "colocates"),
+    [
+        ({}, True, False),  # by default a new CPU version answers from the ingress while its deployment starts
+        ({"bridge": False}, False, False),
+        ({"num_gpus": 1}, False, False),  # the ingress holds no GPU: such a version waits for its deployment
+        ({"num_gpus": 0.5, "bridge": True}, False, False),
+        ({"colocate": True}, False, True),  # always in the ingress: nothing to bridge to
+    ],
+)
+def test_which_versions_bridge_and_which_colocate(ray, bridges, colocates):
+    version = spec(aux_config={"ray": ray})
+    assert (bridged(version), colocated(version)) == (bridges, colocates)
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch):

@@ -92,6 +92,9 @@ class RayAux(AuxBase):
     colocate: bool = False
     """Run the model in the ingress replicas (no model deployment: one Ray call a request less; it scales
     with the ingress, and the keys above do not apply)."""
+    bridge: bool = True
+    """When the version is added or changed on a running service, serve it from the ingress replicas' own
+    copy while its model deployment starts, then move it there (no bridge for versions that ask for GPUs)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> RayAux:

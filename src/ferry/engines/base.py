@@ -91,6 +91,18 @@ def engine_class(name: str) -> type:
     return getattr(module, class_name)
 
 
+PRELOAD = {"sklearn": ("joblib", "sklearn.base")}
+"""Libraries a version of the engine imports as it loads, beyond its engine module (which imports the rest)."""
+
+
+def preload(name: str) -> None:
+    """Import what loading a version of engine ``name`` imports, so that a load in this process later
+    skips those seconds (``ferry serve --ray``'s ingress replicas, ahead of a bridge)."""
+    engine_class(name)
+    for module in PRELOAD.get(name, ()):
+        importlib.import_module(module)
+
+
 def read_model(spec: EndpointSpec, model_path: Path | None, reader: Callable[[Path], Any]) -> Any:
     """Load ``model_path`` with ``reader``; any failure is an EngineError naming endpoint, file and cause."""
     if model_path is None:

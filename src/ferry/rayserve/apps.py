@@ -49,6 +49,13 @@ def colocated(spec: EndpointSpec) -> bool:
     return RayAux.model_validate(spec.aux_config.get("ray") or {}).colocate
 
 
+def bridged(spec: EndpointSpec) -> bool:
+    """Whether a new or changed version loads in the ingress replicas while its model deployment starts
+    (aux ``ray.bridge``, on unless the version is colocated or asks for GPUs the ingress does not hold)."""
+    ray = RayAux.model_validate(spec.aux_config.get("ray") or {})
+    return ray.bridge and not ray.colocate and ray.num_gpus == 0
+
+
 def model_options(spec: EndpointSpec, pace: Pace = Pace()) -> dict[str, Any]:
     """``Deployment.options`` for the model deployment, from the spec's aux ``ray.*`` keys (defaults else).
 

@@ -4,6 +4,7 @@ builds such runtimes (no model is loaded in an ingress replica)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -13,9 +14,9 @@ from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException, ReplicaUnavailableError
 
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import StatsFn
+from ferry.engines.base import StatsFn, preload
 from ferry.errors import EngineError, FerryError, NotReady
-from ferry.rayserve.apps import MODEL_DEPLOYMENT, colocated, model_app
+from ferry.rayserve.apps import MODEL_DEPLOYMENT, bridged, colocated, model_app
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.reconciler import Reconciler
 from ferry.serving.userclass import load_user_code
@@ -104,18 +105,30 @@ class RayEngine:
         """Nothing to release here: the launcher deletes the deployment once no ingress routes to it."""
 
 
+def app_status(app: str) -> tuple[str, str]:
+    """Serve's status of application ``app`` ("NOT_STARTED" when it has none yet) and its message."""
+    found = serve.status().applications.get(app)
+    return (getattr(found.status, "value", found.status), found.message) if found is not None else ("NOT_STARTED", "")
+
+
 def wait_running(app: str, timeout: float = READY_TIMEOUT_S, interval: float = 0.2) -> None:
     """Block until application ``app`` is RUNNING (its replicas are up); NotReady naming its state if not."""
     deadline, status = time.monotonic() + timeout, "NOT_STARTED"
     while time.monotonic() < deadline:
-        found = serve.status().applications.get(app)
-        status = found.status if found is not None else "NOT_STARTED"
+        status, message = app_status(app)
         if status == "RUNNING":
             return
         if status == "DEPLOY_FAILED":
-            raise EngineError(f"the model deployment {app} failed to deploy: {found.message}")
+            raise EngineError(f"the model deployment {app} failed to deploy: {message}")
         time.sleep(interval)
     raise NotReady(f"the model deployment {app} is not running after {timeout:g} s (state {status})", retry_after=5)
+
+
+def _preload_quietly(engine: str) -> None:
+    try:
+        preload(engine)
+    except Exception as exc:  # the bridge will load it, or say why it cannot
+        log.debug("preloading engine %s failed: %s", engine, exc)
 
 
 class RayReconciler(Reconciler):
@@ -125,22 +138,66 @@ class RayReconciler(Reconciler):
         super().__init__(*args, **kwargs)
         self.report: dict[str, Any] = {"role": ROLE}
         """Added to every heartbeat: the role, and where this replica's metrics are served."""
+        self.bridges: dict[str, EndpointRuntime] = {}
+        """Endpoint version -> the runtime loaded here while its model deployment starts (aux ``ray.bridge``)."""
+        self.preloaded: set[str] = set()
+        """Engines whose libraries this replica imported ahead of a bridge."""
 
     def build(self, spec: EndpointSpec) -> EndpointRuntime:
         """Import the code (no ``load``: the model replicas load), wait for the model deployment, warm up.
-        A colocated version (aux ``ray.colocate``) loads here, as under ``ferry serve``."""
+
+        A colocated version (aux ``ray.colocate``) loads here, as under ``ferry serve``. So does a version
+        added or changed while this replica serves (a bridge), when its deployment is not running yet: it
+        answers from here at once, and moves to the deployment once that runs (``outdated``)."""
         if colocated(spec):
             return super().build(spec)
-        wait_running(model_app(self.service_id, spec))
+        app = model_app(self.service_id, spec)
+        if self.applied is not None and bridged(spec) and app_status(app)[0] != "RUNNING":
+            runtime = super().build(spec)
+            self.bridges = {**self.bridges, spec.key: runtime}  # a new dict: heartbeats read it from their thread
+            log.info("endpoint %s: answering from this replica while its model deployment %s starts", spec.key, app)
+            return runtime
+        wait_running(app)
+        if spec.key in self.bridges:
+            log.info("endpoint %s: moving to its model deployment %s", spec.key, app)
+        elif bridged(spec):
+            self._preload(spec.engine)
         engine = RayEngine(spec, self.service_id)
         engine.fetch_signature()
         code_path = self.artifacts.fetch(spec.preprocess) if spec.preprocess else None
         user = load_user_code(code_path, spec, self.plane.send_request_for(spec.engine))
         return self.warm(EndpointRuntime(spec, user, engine))
 
+    def _preload(self, engine: str) -> None:
+        """Import the engine's libraries in the background, once: a later version of it bridges in a
+        fraction of a second instead of seconds (scikit-learn: 1.5 s, ~85 MiB resident on the test machine)."""
+        if engine not in self.preloaded:
+            self.preloaded.add(engine)
+            name = f"ferry preload {engine}"
+            threading.Thread(target=_preload_quietly, args=(engine,), name=name, daemon=True).start()
+
+    def keeps(self, runtime: EndpointRuntime, spec: EndpointSpec | None) -> bool:
+        """A bridge goes on serving until its model deployment runs."""
+        return super().keeps(runtime, spec) and not self._crossed(runtime)
+
+    def outdated(self) -> bool:
+        """Whether a bridge's model deployment now runs (a call to Serve's controller per bridge serving)."""
+        self.bridges = self._serving_bridges()
+        return any(self._crossed(runtime) for runtime in self.bridges.values())
+
+    def _serving_bridges(self) -> dict[str, EndpointRuntime]:
+        served = self.plane.table.runtimes
+        return {key: runtime for key, runtime in self.bridges.items() if served.get(key) is runtime}
+
+    def _crossed(self, runtime: EndpointRuntime) -> bool:
+        """Whether ``runtime`` is a bridge whose model deployment is RUNNING."""
+        key = runtime.spec.key
+        return self.bridges.get(key) is runtime and app_status(model_app(self.service_id, runtime.spec))[0] == "RUNNING"
+
     def state(self) -> dict[str, Any]:
         """``Reconciler.state`` plus the model applications this replica routes to (the launcher keeps those)."""
         state = {**super().state(), **self.report}
         engines = [runtime.engine for runtime in self.plane.table.runtimes.values()]
         state["ray_apps"] = sorted({e.app for e in engines if isinstance(e, RayEngine)})
+        state["bridged"] = sorted(self._serving_bridges())
         return state

@@ -37,7 +37,6 @@ RULES_EVERY = 10
 METRICS_EVERY_S = 0.5
 """How often a serving process moves what it recorded into its series: with --workers N, how stale the
 other workers' part of a scrape can be."""
-"""Auto-update rules are reconciled every this many poll intervals (a writer may have crashed mid-way)."""
 
 
 @dataclasses.dataclass
@@ -226,10 +225,12 @@ class Reconciler:
         self._store_up()
         if head != self.applied:
             self.retry.reset()
-        elif not (self.plane.table.failed and time.monotonic() >= self._retry_at):
+        elif time.monotonic() < self._retry_at:
             return
-        else:  # a load may have failed for a passing reason (artifact store down): try again, backing off
+        elif self.plane.table.failed:  # a load may have failed for a passing reason (artifact store down)
             log.info("retrying %s endpoint(s) that failed to load", len(self.plane.table.failed))
+        elif not await asyncio.to_thread(self.outdated):
+            return
         self.loading_revision = head
         try:
             await asyncio.to_thread(self.apply, head)
@@ -258,7 +259,7 @@ class Reconciler:
         config = self.store.get_revision(self.service_id, number).config
         desired = with_triton_addresses(config)
         current = self.plane.table
-        keep = {k: rt for k, rt in current.runtimes.items() if desired.get(k) == rt.spec}
+        keep = {k: rt for k, rt in current.runtimes.items() if self.keeps(rt, desired.get(k))}
         to_build = [spec for key, spec in desired.items() if key not in keep]
         if to_build:
             self.plane.swap(dataclasses.replace(current, loading=frozenset(s.key for s in to_build)))
@@ -282,6 +283,14 @@ class Reconciler:
         for runtime in retired:
             self._retire(runtime)
         log.info("revision %s live: %s endpoint(s), %s failed", number, len(keep) + len(built), len(failed))
+
+    def keeps(self, runtime: EndpointRuntime, spec: EndpointSpec | None) -> bool:
+        """Whether ``runtime`` goes on serving a revision that wants ``spec`` (None: its endpoint left)."""
+        return spec == runtime.spec
+
+    def outdated(self) -> bool:
+        """Whether some runtime should be rebuilt though the revision did not change (``keeps`` says which)."""
+        return False
 
     def _build_all(self, specs: list[EndpointSpec]) -> tuple[dict[str, EndpointRuntime], dict[str, str]]:
         built: dict[str, EndpointRuntime] = {}

@@ -164,15 +164,33 @@ def test_a_new_version_reaches_the_cluster_and_a_removed_one_is_deleted(
               "--model-id", service, "--preprocess", str(EXAMPLE / "preprocess.py"), *SMALL)  # fmt: skip
     added = time.monotonic()
     on_ray.wait_endpoint("sklearn/2", {"x0": 1, "x1": 2}, timeout=60)
-    took = time.monotonic() - added
-    print(f"version 2 answered {took:.2f} s after `model add` returned")
-    assert on_ray.serve("sklearn/2", {"x0": 1, "x1": 2}).json() == on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).json()
+    answered = time.monotonic() - added
+    first = on_ray.serve("sklearn/2", {"x0": 1, "x1": 2}).json()
+    assert first == on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).json()
+    bridging = [bridges for _, bridges in ingress_routes(e2e_ferry, e2e_service)]
+    assert ["sklearn/2"] in bridging, bridging  # it answers from the ingress's own copy while its deployment starts
+
+    def moved() -> bool:
+        routes = ingress_routes(e2e_ferry, e2e_service)
+        return bool(routes) and all(route == (True, []) for route in routes)
+
+    on_ray.wait_for(moved, 60, "every ingress replica routing version 2 to its model deployment, bridging none")
+    print(f"version 2 answered {answered:.2f} s after `model add` returned; "
+          f"moved to its deployment after {time.monotonic() - added:.2f} s")  # fmt: skip
+    assert on_ray.serve("sklearn/2", {"x0": 1, "x1": 2}).json() == first
     assert len(model_apps()) == 2
 
     e2e_ferry("--id", e2e_service, "model", "remove", "--endpoint", "sklearn/2")
     on_ray.wait_for(lambda: on_ray.serve("sklearn/2", {"x0": 1, "x1": 2}).status_code == 404, 20, "sklearn/2 gone")
     on_ray.wait_for(lambda: model_apps() == before, 30, "its model application deleted")
     assert on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).status_code == 200
+
+
+def ingress_routes(ferry: Ferry, service_id: str) -> list[tuple[bool, list[str]]]:
+    """Per live ingress replica: whether it routes sklearn/2 to a model deployment, and what it bridges."""
+    status = json.loads(ferry("--id", service_id, "status", "--json").out)
+    ingresses = [i["state"] for i in status["instances"] if i["state"].get("role") == "ray ingress"]
+    return [(any("-sklearn_2-" in app for app in s.get("ray_apps", ())), s.get("bridged", [])) for s in ingresses]
 
 
 def upload_constant(ferry: Ferry, service_id: str, folder: Path, answer: int) -> None:
@@ -315,7 +333,8 @@ def replica_counts(ferry: Ferry, service_id: str, endpoint: str) -> tuple[int, i
     (launcher,) = [i for i in doc["instances"] if i["state"].get("role") == "ray launcher"]
     apps = launcher["state"]["ray"]
     ingress = next(a for name, a in apps.items() if name.count("-") == 1)["deployments"]["ingress"]
-    model = next(a for name, a in apps.items() if f"-{endpoint}-" in name)["deployments"]["model"]
+    # A new version answers from the ingress (a bridge) before the launcher's heartbeat lists its application.
+    model = next((a["deployments"]["model"] for name, a in apps.items() if f"-{endpoint}-" in name), {"replicas": {}})
     return ingress["replicas"].get("RUNNING", 0), model["replicas"].get("RUNNING", 0)
 
 
@@ -361,6 +380,7 @@ def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployme
 def test_an_ingress_replica_killed_under_load_is_replaced_and_only_its_requests_in_flight_fail(on_ray: Server):
     """Eight clients while one ingress replica is killed: at most the requests it held fail, then every
     request is answered again and Ray brings the ingress back to its replica count."""
+    on_ray.wait_for(lambda: len(replicas_of("#ingress#")) == 1, 60, "the ingress back to 1 replica after earlier load")
     before = replicas_of("#ingress#")
     with load(on_ray, "/serve/slow") as answers:
         flowing(on_ray, answers)
