@@ -148,11 +148,11 @@ def replicas(store, sid: str) -> tuple[int, ...]:
     return (ingress, *(running(lambda name, e=e: f"-{e}_" in name or f"-{e}-" in name, "model") for e in ENDPOINTS))
 
 
-def wait_answering(url: str, endpoint: str, timeout: float = 180) -> None:
+def wait_answering(url: str, endpoint: str, timeout: float = 180, body: object = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.post(f"{url}/serve/{endpoint}", json={"x": 1}, timeout=30).status_code == 200:
+            if httpx.post(f"{url}/serve/{endpoint}", json=body or {"x": 1}, timeout=30).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -177,6 +177,18 @@ def measure(load: Load, store, sid: str, secs: float) -> None:
             print(f"{time.monotonic() - start:5.0f} {phase:<10} {len(got) / SAMPLE_S:9.1f} {p50}  {counts}", flush=True)
     if load.failed:
         print(f"failed answers by status: {dict(load.failed)}")
+
+
+def clean_up(server: subprocess.Popen | None, env: dict[str, str], home: Path) -> None:
+    """Stop the server (its process group), the Ray cluster, and remove the scratch home."""
+    if server is not None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:
@@ -215,14 +227,7 @@ def main() -> None:
         finally:
             load.stop()
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        clean_up(server, env, home)
 
 
 if __name__ == "__main__":

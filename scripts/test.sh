@@ -28,4 +28,4 @@ venv=${FERRY_VENV:-.venv}
 
 "$venv/bin/ruff" check src tests examples bench
 "$venv/bin/ruff" format --check src tests examples bench
-exec "$venv/bin/python" -m pytest -q "$@"
+exec "$venv/bin/python" -m pytest -q --durations=20 "$@"  # the slowest tests, to keep the suite quick

@@ -1,5 +1,6 @@
 """The ingress side: an endpoint's model stage as calls to its model deployment, and the reconciler that
-builds such runtimes (no model is loaded in an ingress replica)."""
+builds such runtimes (an ingress replica loads a model itself only for a colocated version, or as a bridge
+while a new version's model deployment starts)."""
 
 from __future__ import annotations
 
