@@ -44,15 +44,20 @@ class Pace:
     look_back_s: float = 10.0
 
 
+def ray_aux(spec: EndpointSpec) -> RayAux:
+    """The version's aux ``ray.*`` keys, defaults filled in."""
+    return RayAux.model_validate(spec.aux_config.get("ray") or {})
+
+
 def colocated(spec: EndpointSpec) -> bool:
     """Whether the version's model runs inside the ingress replicas (aux ``ray.colocate``): no model app."""
-    return RayAux.model_validate(spec.aux_config.get("ray") or {}).colocate
+    return ray_aux(spec).colocate
 
 
 def bridged(spec: EndpointSpec) -> bool:
     """Whether a new or changed version loads in the ingress replicas while its model deployment starts
     (aux ``ray.bridge``, on unless the version is colocated or asks for GPUs the ingress does not hold)."""
-    ray = RayAux.model_validate(spec.aux_config.get("ray") or {})
+    ray = ray_aux(spec)
     return ray.bridge and not ray.colocate and ray.num_gpus == 0
 
 
@@ -61,7 +66,7 @@ def model_options(spec: EndpointSpec, pace: Pace = Pace()) -> dict[str, Any]:
 
     Ray Serve's own policy scales it: replicas = requests in flight / ``ray.target_ongoing_requests``.
     """
-    ray = RayAux.model_validate(spec.aux_config.get("ray") or {})
+    ray = ray_aux(spec)
     up = pace.upscale_delay_s if ray.upscale_delay_s is None else ray.upscale_delay_s
     down = pace.downscale_delay_s if ray.downscale_delay_s is None else ray.downscale_delay_s
     return {
