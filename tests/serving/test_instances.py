@@ -58,7 +58,8 @@ def submit_all(batcher: DynamicBatcher, values: list[float]) -> list:
 @pytest.mark.parametrize("workers", ["1", "2", "64"])
 def test_engines_that_release_the_gil_get_one_instance_per_core_of_their_worker(monkeypatch, workers):
     monkeypatch.setenv(WORKERS_ENV, workers)
-    expected = max(1, usable_cores() // int(workers))
+    spare = 1 if workers == "1" else 0  # a lone worker runs a spare while its loop answers a finished batch
+    expected = max(1, usable_cores() // int(workers)) + spare
     assert default_instances(OnnxRuntimeEngine) == default_instances(TorchScriptEngine) == expected
     assert default_instances(SklearnEngine) == 1  # its predict holds the GIL: a second thread gains nothing
 

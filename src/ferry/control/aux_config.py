@@ -154,8 +154,9 @@ class BatchAux(QueueAux):
     pad_value: float = 0.0
     """Fills the ragged (-1) axes when requests of different lengths share a batch."""
     instances: PositiveInt | None = None
-    """Batches that may run at once (model instances as threads); default one per core of the worker for
-    engines whose model call releases the GIL (onnxruntime, torchscript), else 1 (serving/instances.py)."""
+    """Batches that may run at once (model instances as threads); default one per core of the worker (and a
+    spare in a single-worker server) for engines whose model call releases the GIL (onnxruntime,
+    torchscript), else 1 (serving/instances.py)."""
     batch_instances: PositiveInt | None = None
     """Same as ``instances``."""
     group_by_length: bool = False
