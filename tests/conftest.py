@@ -26,6 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (scripts/test.sh: ``-n 2 --dist loadgroup``) a module's tests run on one worker,
+    as they share its servers, and the Ray package's together, as they share its cluster."""
+    for item in items:
+        group = "ray" if "on_ray" in item.path.parts else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def ferry_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "ferry-home"

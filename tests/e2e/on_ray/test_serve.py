@@ -385,7 +385,9 @@ def test_an_ingress_replica_killed_under_load_is_replaced_and_only_its_requests_
     with load(on_ray, "/serve/slow") as answers:
         flowing(on_ray, answers)
         ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
-        on_ray.wait_for(lambda: len(set(replicas_of("#ingress#")) - set(before)) == 1, 60, "a new ingress replica")
+        # At least one: while no replica runs, the requests Ray holds for the ingress count as its load, so the
+        # autoscaler may start two or three at once.
+        on_ray.wait_for(lambda: set(replicas_of("#ingress#")) - set(before), 60, "a new ingress replica")
         flowing(on_ray, answers, what="requests flowing after the kill")  # Ray's proxy has answered the lost ones
         failed = sum(n for (code, _), n in answers.items() if code != 200)
         flowing(on_ray, answers, what="more requests flowing")
