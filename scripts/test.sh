@@ -32,7 +32,7 @@ pytest=("$venv/bin/python" -m pytest -q --durations=20)  # the slowest tests, to
 [ $# -eq 0 ] || exec "${pytest[@]}" "$@"
 # The whole suite: two workers for all but the Ray cluster tests, a module per worker at a time (they share
 # its servers; tests/conftest.py groups them), then the Ray tests alone: a two-node Ray cluster beside other
-# tests on two cores misses its timings. 25 min in one process on the CI machine, 18 this way.
+# tests on two cores misses its timings. 25 min in one process on the CI machine, 19 this way.
 status=0
 "${pytest[@]}" -n "${FERRY_TEST_WORKERS:-2}" --dist loadgroup -m "not ray" || status=$?
 "${pytest[@]}" -m ray || status=$?
