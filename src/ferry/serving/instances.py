@@ -26,12 +26,12 @@ def default_instances(engine: Any) -> int:
     nothing from a second thread, so it keeps one and ``ferry serve --workers`` is the way to more cores.
     The spare: in a single-process server every batch's answers and the requests that follow them pass
     through the one event loop between batches; a third instance on two cores runs a batch meanwhile
-    (MiniLM, 32 connections: +9-16 % req/s, bench/README.md). Beside other workers it gains nothing.
+    (MiniLM, 32 connections: +3 to +16 % req/s in four runs, bench/README.md). Beside other workers it gains nothing.
     """
     if not getattr(engine, "releases_gil", False):
         return 1
-    workers = os.environ.get(WORKERS_ENV, "1")
-    workers = int(workers) if workers.isdigit() and int(workers) > 0 else 1
+    given = os.environ.get(WORKERS_ENV, "1")
+    workers = int(given) if given.isdigit() and int(given) > 0 else 1
     return max(1, usable_cores() // workers) + (1 if workers == 1 else 0)
 
 
