@@ -22,7 +22,7 @@ conns=16 && [[ $scenario == minilm ]] && conns=32
 auxes=("$@") pids=() ports=() rates=()
 stop_all() { for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap 'stop_all; rm -rf "${scripts:-}"' EXIT
-load() { BODY=$BODY wrk -t1 -c"$conns" -d"$2s" -s "$peers/post.lua" "http://127.0.0.1:$1$ROUTE"; }
+load() { "$peers/load.sh" "http://127.0.0.1:$1$ROUTE" "$BODY" "$conns" "$2"; }  # the peers' client: "rps=.. p50_ms=.."
 side=0
 for aux in "$@"; do  # each side its own PEERS_HOME (FERRY_HOME, logs) beside the shared models
   side_home=$home/aux-$side && mkdir -p "$side_home" && ln -sfn "$home/models" "$side_home/models"
@@ -45,7 +45,7 @@ printf '%-5s' round; for i in "${!ports[@]}"; do printf ' %9s' "side$i"; done; e
 for r in $(seq 1 "$rounds"); do
   printf '%-5s' "$r"
   for i in "${!ports[@]}"; do
-    rps=$(load "${ports[$i]}" "$secs" | awk '/Requests\/sec/ {print $2}')
+    rps=$(load "${ports[$i]}" "$secs" | sed 's/^rps=\([^ ]*\).*/\1/')
     printf ' %9s' "$rps"; rates[i]="${rates[i]:-} $rps"
   done
   echo
