@@ -123,7 +123,7 @@ def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http="ferry.rest.protocol:FerryHttpProtocol",  # httptools, each answer in one write
         log_level="warning",
         access_log=False,
         proxy_headers=False,  # ferry does not read client addresses; the middleware costs every request
