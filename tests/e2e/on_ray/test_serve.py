@@ -324,7 +324,9 @@ class Preprocess:
         return data
 """
 SLOW_MODEL = SLOW_PROCESS.replace("0.05", "0.2")
-SCALES = ["--aux-config", "ray.num_cpus=0.25", "ray.max_replicas=3"]
+# No bridge: while a new version's own deployment starts, the ingress replicas would run its model
+# themselves, and that load would grow the ingress and not the model deployment.
+SCALES = ["--aux-config", "ray.num_cpus=0.25", "ray.max_replicas=3", "ray.bridge=false"]
 
 
 def replica_counts(ferry: Ferry, service_id: str, endpoint: str) -> tuple[int, int]:
