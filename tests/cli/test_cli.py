@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,19 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]):
             build_parser().parse_args([*cmd, "--help"])
         assert done.value.code == 0
         assert f"usage: ferry {' '.join(cmd)}".strip() in capsys.readouterr().out
+
+
+def test_help_and_usage_errors_load_neither_the_store_nor_validation_libraries():
+    """`ferry --help` and a mistyped flag answer at once: SQLAlchemy, pydantic and numpy (most of a second
+    of imports) load only when a command runs."""
+    code = (
+        "import sys; from ferry.cli.main import build_parser; build_parser()\n"
+        "print(sorted(m for m in ('sqlalchemy', 'pydantic', 'numpy', 'fsspec', 'uvicorn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    usage = subprocess.run([FERRY_BIN, "list", "--no-such-flag"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "--no-such-flag" in usage.stderr
 
 
 def test_every_flag_has_help_text():

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.cli.parsing import endpoint_settings
-from ferry.control.autoupdate import reconcile_for_model
-from ferry.control.spec import ENGINE_NAMES, ModelQuery
-from ferry.registry.models import ModelRecord
+from ferry.control.engine_names import ENGINE_NAMES
+
+if TYPE_CHECKING:
+    from ferry.registry.models import ModelRecord
 
 
 def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -39,6 +41,8 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
 
 
 def auto_update(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.control.spec import ModelQuery
+
     query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
     outcome = ctx.control.add_auto_update(
         ctx.service.id,
@@ -61,6 +65,8 @@ def untag(ctx: Context, args: argparse.Namespace) -> None:
 
 def follow(ctx: Context, model: ModelRecord) -> None:
     """Reconcile the auto-update rules that may match ``model`` after it changed; print what they deployed."""
+    from ferry.control.autoupdate import reconcile_for_model
+
     for revision in reconcile_for_model(ctx.store, ctx.registry, model):
         # stderr: scripts read the command's own line (the new model's id) from stdout
         err_console.print(

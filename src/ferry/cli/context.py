@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from ferry.control.service import ServiceControl
-from ferry.control.store import ServiceRecord, Store
-from ferry.registry.artifacts import ArtifactStore
-from ferry.registry.models import ModelRegistry
-from ferry.settings import Settings
+if TYPE_CHECKING:  # imported on first use: `ferry --help` loads neither SQLAlchemy nor pydantic
+    from ferry.control.service import ServiceControl
+    from ferry.control.store import ServiceRecord, Store
+    from ferry.registry.artifacts import ArtifactStore
+    from ferry.registry.models import ModelRegistry
+    from ferry.settings import Settings
 
 
 class Context:
@@ -19,22 +21,32 @@ class Context:
 
     @cached_property
     def settings(self) -> Settings:
+        from ferry.settings import Settings
+
         return Settings()
 
     @cached_property
     def store(self) -> Store:
+        from ferry.control.store import Store
+
         return Store.open(self.settings.store_url())
 
     @cached_property
     def artifacts(self) -> ArtifactStore:
+        from ferry.registry.artifacts import ArtifactStore
+
         return ArtifactStore(self.settings.artifact_url(), self.settings.cache_path())
 
     @cached_property
     def registry(self) -> ModelRegistry:
+        from ferry.registry.models import ModelRegistry
+
         return ModelRegistry(self.store.engine, self.artifacts)
 
     @cached_property
     def control(self) -> ServiceControl:
+        from ferry.control.service import ServiceControl
+
         return ServiceControl(self.store, self.registry, self.artifacts)
 
     @cached_property

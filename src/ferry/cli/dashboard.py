@@ -11,7 +11,6 @@ from pathlib import Path
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.errors import InvalidInput
-from ferry.metrics.dashboard import build_dashboard, endpoint_names, panel_count
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,6 +37,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def export(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.metrics.dashboard import build_dashboard, endpoint_names, panel_count
+
     output = None if args.output is None else _checked_output(args.output)
     service = ctx.service
     config = ctx.store.get_revision(service.id).config

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import console
-from ferry.control.declarative import Change, apply_document, export_document, to_yaml
 from ferry.errors import NotFound
+
+if TYPE_CHECKING:
+    from ferry.control.declarative import Change
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -26,6 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def export(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.control.declarative import export_document, to_yaml
+
     revision = ctx.store.get_revision(ctx.service.id)
     header = (
         f"ferry service {ctx.service.name!r} ({ctx.service.id}), revision {revision.number}\n"
@@ -35,6 +40,8 @@ def export(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def apply(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.control.declarative import apply_document
+
     text, source, base_dir = _read(args.file)
     applied = apply_document(ctx.control, ctx.service.id, text, source, base_dir, dry_run=args.dry_run)
     if not applied.changes:

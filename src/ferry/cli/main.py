@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
 from ferry import __version__
 from ferry.cli import dashboard, declarative, metrics, models, serve, services, triton
 from ferry.cli.context import Context
 from ferry.cli.output import fail
-from ferry.control.service import describe
 from ferry.errors import FerryError
 
 
@@ -51,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError  # after parsing: `--help` and usage errors stay quick
+
     ctx = Context(getattr(args, "service_id", None))
     try:
         args.func(ctx, args)
@@ -58,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(exc))
         return 1
     except ValidationError as exc:
+        from ferry.control.service import describe
+
         fail(describe(exc))
         return 1
     except KeyboardInterrupt:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, table, warn
-from ferry.control.metrics_config import parse_variables
-from ferry.control.service import validated
-from ferry.control.spec import MetricSpec, MetricVariable
 from ferry.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ferry.control.spec import MetricVariable
 
 ENDPOINT_HELP = "the endpoint: NAME, NAME/VERSION, or NAME/* for every version of NAME (the unversioned one too)"
 
@@ -64,6 +65,10 @@ def _add(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 
 
 def add(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.control.metrics_config import parse_variables
+    from ferry.control.service import validated
+    from ferry.control.spec import MetricSpec
+
     variables = parse_variables(args.variable_scalar, args.variable_enum, args.variable_value, args.variable_counter)
     if not variables and args.log_freq is None:
         raise InvalidInput("nothing to add: give --log-freq or at least one --variable-scalar/-enum/-value/-counter")

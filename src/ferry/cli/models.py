@@ -8,8 +8,7 @@ from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
 from ferry.cli.parsing import endpoint_settings
-from ferry.control.autoupdate import unmanaged
-from ferry.control.spec import ENGINE_NAMES, ModelQuery
+from ferry.control.engine_names import ENGINE_NAMES
 from ferry.errors import Conflict
 
 
@@ -148,6 +147,8 @@ def tag(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def delete(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.control.autoupdate import unmanaged
+
     record = ctx.registry.get(args.model_id)
     serving = unmanaged(ctx.store, ctx.store.endpoints_serving(record.id))  # auto-update withdraws its own
     if serving and not args.force:
@@ -171,6 +172,8 @@ def _in_words(ctx: Context, serving: dict[str, list[str]]) -> str:
 
 
 def add(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.control.spec import ModelQuery
+
     query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
     outcome = ctx.control.add_endpoint(
         ctx.service.id,

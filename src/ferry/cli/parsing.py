@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ferry.control.spec import TensorSpec, canonical_dtype
 from ferry.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ferry.control.spec import TensorSpec
 
 
 def parse_shapes(tokens: list[str] | None, flag: str = "--input-size") -> list[tuple[int, ...]]:
@@ -40,6 +42,8 @@ def _ints(tokens: list[str], flag: str) -> tuple[int, ...]:
 
 
 def parse_dtypes(tokens: list[str] | None, flag: str = "--input-type") -> list[str]:
+    from ferry.control.spec import canonical_dtype
+
     try:
         return [canonical_dtype(t) for t in tokens or []]
     except ValueError as exc:
@@ -50,6 +54,8 @@ def build_tensors(
     names: list[str] | None, types: list[str] | None, sizes: list[str] | None, side: str
 ) -> tuple[TensorSpec, ...]:
     """Zip ``--<side>-name/-type/-size`` into tensor specs; a single type or size applies to all."""
+    from ferry.control.spec import TensorSpec
+
     dtypes = parse_dtypes(types, f"--{side}-type")
     shapes = parse_shapes(sizes, f"--{side}-size")
     names = names or []

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, table, when
-from ferry.control.store import InstanceRecord
+
+if TYPE_CHECKING:
+    from ferry.control.store import InstanceRecord
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, table
 from ferry.errors import EngineError
-from ferry.triton.sync import RepositorySync, StatusReport, TritonControl, watch
+
+if TYPE_CHECKING:
+    from ferry.triton.sync import RepositorySync
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -35,6 +38,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def sync(ctx: Context, args: argparse.Namespace) -> None:
+    from ferry.triton.sync import RepositorySync, TritonControl
+
     sid = ctx.service.id
     control = TritonControl(args.triton_url or _default_url(ctx, sid))
     repository = args.model_repository.expanduser().resolve()
@@ -59,6 +64,8 @@ def _default_url(ctx: Context, sid: str) -> str:
 
 
 def _watch(ctx: Context, sid: str, syncer: RepositorySync, interval: float) -> None:
+    from ferry.triton.sync import StatusReport, watch
+
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends as cleanly as Ctrl-C
     details = {"repository": str(syncer.repository), "triton_url": syncer.control.url}
     status = StatusReport(ctx.store, sid, details, ctx.settings.heartbeat_interval)

@@ -8,19 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ferry.control.engine_names import ENGINE_NAMES
 from ferry.registry.artifacts import ArtifactRef
-
-ENGINE_NAMES = (
-    "sklearn",
-    "xgboost",
-    "lightgbm",
-    "onnxruntime",
-    "torchscript",
-    "triton",
-    "custom",
-    "custom_async",
-)
-"""Every engine an endpoint may name; ``ferry.engines`` registers one implementation per name."""
 
 MODEL_FREE_ENGINES = ("custom", "custom_async")
 """Engines whose endpoints may have no model at all (the user's ``process`` does the work)."""

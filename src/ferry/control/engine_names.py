@@ -1,0 +1,13 @@
+"""The engine names ``--engine`` takes: a module of its own, so the command line's parser needs no pydantic."""
+
+ENGINE_NAMES = (
+    "sklearn",
+    "xgboost",
+    "lightgbm",
+    "onnxruntime",
+    "torchscript",
+    "triton",
+    "custom",
+    "custom_async",
+)
+"""Every engine an endpoint may name; ``ferry.engines`` registers one implementation per name."""
