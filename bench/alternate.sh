@@ -35,12 +35,7 @@ done
 conns=16 && [[ $scenario == minilm ]] && conns=32
 load() { "$peers/load.sh" "http://127.0.0.1:${ports[$1]}${routes[$1]}" "${bodies[$1]}" "$conns" "$2"; }
 for i in "${!names[@]}"; do
-  for _ in $(seq 1 240); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "${bodies[i]}" \
-      "http://127.0.0.1:${ports[i]}${routes[i]}" || true) == 200 ]] && break
-    kill -0 "${pids[i]}" 2>/dev/null || { echo "${names[i]} did not start: $home/alternate-${names[i]}.log" >&2; exit 1; }
-    sleep 0.5
-  done
+  wait_answering "http://127.0.0.1:${ports[i]}${routes[i]}" "${bodies[i]}" "${pids[i]}" "$home/alternate-${names[i]}.log"
   load "$i" 3 >/dev/null  # warm-up
 done
 

@@ -29,12 +29,7 @@ for aux in "$@"; do  # each side its own PEERS_HOME (FERRY_HOME, logs) beside th
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   FERRY_BATCH=$aux PEERS_HOME=$side_home setsid "$adapter/serve.sh" "$scenario" "$port" >"$side_home/serve.log" 2>&1 &
   pids+=($!) ports+=("$port")
-  for _ in $(seq 1 240); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" \
-      "http://127.0.0.1:$port$ROUTE" || true) == 200 ]] && break
-    kill -0 "${pids[-1]}" 2>/dev/null || { echo "side $side ($aux) did not start: $side_home/serve.log" >&2; exit 1; }
-    sleep 0.5
-  done
+  wait_answering "http://127.0.0.1:$port$ROUTE" "$BODY" "${pids[-1]}" "side $side ($aux): $side_home/serve.log"
   load "$port" 3 >/dev/null  # warm-up
   side=$((side + 1))
 done

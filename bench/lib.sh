@@ -31,3 +31,15 @@ peers_scripts() {
   for file in models.py "$@"; do cp "$peers/$file" "$scripts/"; done
   [[ -f $home/models/minilm/model.onnx ]] || HF_HUB_OFFLINE=1 PEERS_HOME=$home "$venv/bin/python" "$scripts/models.py"
 }
+
+# wait_answering URL BODY PID LOG: until a POST of BODY to URL answers 200 (up to 2 minutes); exits with the
+# LOG's name when the process PID (the server's) has ended first.
+wait_answering() {
+  local _
+  for _ in $(seq 1 240); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$2" "$1" || true) == 200 ]] && return
+    kill -0 "$3" 2>/dev/null || { echo "the server did not start: $4" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "no 200 from $1 within 2 minutes: $4" >&2; exit 1
+}

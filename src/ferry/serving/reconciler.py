@@ -20,6 +20,7 @@ from ferry.errors import FerryError
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
 from ferry.serving.dataplane import DataPlane
+from ferry.serving.heap import settle
 from ferry.serving.instances import resident_bytes
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.routing import RouteTable
@@ -282,6 +283,7 @@ class Reconciler:
         retired = [rt for key, rt in current.runtimes.items() if self.plane.table.runtimes.get(key) is not rt]
         for runtime in retired:
             self._retire(runtime)
+        settle()  # no full garbage collection walks the loaded models' objects on the loop later
         log.info("revision %s live: %s endpoint(s), %s failed", number, len(keep) + len(built), len(failed))
 
     def keeps(self, runtime: EndpointRuntime, spec: EndpointSpec | None) -> bool:
