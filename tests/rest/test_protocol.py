@@ -49,7 +49,7 @@ class CountingProtocol(FerryHttpProtocol):
 
 
 async def app(scope: dict, receive, send_) -> None:
-    """/json: ferry's own send; /stream: a streamed body; /nolength: no content-length; /echo: the body back."""
+    """ferry's own send; /stream: a streamed body; /nolength: no content-length; /echo: the body back; /crash."""
     if scope["type"] != "http":
         return
     body = b""
@@ -67,6 +67,9 @@ async def app(scope: dict, receive, send_) -> None:
     elif path == "/nolength":
         await send_({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send_({"type": "http.response.body", "body": b"no length"})
+    elif path == "/crash":  # a head, then an error before the body
+        await send_({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        raise RuntimeError("the app broke between head and body")
     elif path == "/echo":
         await send(send_, 200, body or b"{}")
     else:
@@ -188,3 +191,9 @@ def test_a_request_body_sent_in_pieces_and_with_expect_continue_is_read_whole(se
         while _complete(data) < 1:
             data += sock.recv(65536)
     assert data.split(b"\r\n\r\n", 1)[1] == body
+
+
+def test_an_app_that_fails_between_head_and_body_gets_uvicorns_500_not_a_cut_answer(server: int) -> None:
+    data = exchange(server, post("/crash"))
+    assert data.startswith(b"HTTP/1.1 500 Internal Server Error")
+    assert data.endswith(b"Internal Server Error") and data.count(b"HTTP/1.1") == 1
