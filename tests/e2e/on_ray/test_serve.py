@@ -147,9 +147,14 @@ def test_a_model_replica_killed_under_load_is_replaced_and_no_request_is_lost(
         flowing(on_ray, answers, what="requests flowing on the new replica")
     assert {code for code, _ in answers} == {200}, answers
     assert len({pid for _, pid in answers}) == 2, answers  # answered by the killed replica, then by its successor
-    status = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
-    lines = [line for i in status["instances"] for line in i["state"].get("log", [])]
-    assert any("endpoint slow: a model replica was lost" in line for line in lines), lines
+    lines: list[str] = []
+
+    def reported() -> bool:  # the ingress replica's warning reaches `ferry status` with its next heartbeat
+        status = json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)
+        lines[:] = [line for i in status["instances"] for line in i["state"].get("log", [])]
+        return any("endpoint slow: a model replica was lost" in line for line in lines)
+
+    on_ray.wait_for(reported, 20, "the lost replica's warning in `ferry status`")
 
 
 def test_a_new_version_reaches_the_cluster_and_a_removed_one_is_deleted(
