@@ -5,10 +5,11 @@ numpy, SciPy, torch: hundreds of thousands of objects) one takes 100-150 ms on a
 on whichever thread allocates when the threshold trips, often the event loop: one request in a few
 thousand waited that long (tests/e2e/test_request_path.py saw /health/live answer in 140 ms under load).
 ``gc.freeze()`` moves every object alive now into a generation the collector never walks, so later
-collections walk only what requests create. Each revision change first unfreezes and collects once, so
-what retired versions and failed builds left in reference cycles (their modules, classes, the user's
-objects) is freed rather than kept frozen: one full collection per change instead of one every few
-thousand requests.
+collections walk only what requests create. Each revision change that loads or retires a version first
+unfreezes and collects once, so what retired versions and earlier failed builds left in reference cycles
+(their modules, classes, the user's objects) is freed rather than kept frozen: one full collection per
+change instead of one every few thousand requests. A revision whose builds all failed settles nothing:
+what they left was made after the last freeze, and the usual young-generation collections free it.
 """
 
 from __future__ import annotations

@@ -283,7 +283,8 @@ class Reconciler:
         retired = [rt for key, rt in current.runtimes.items() if self.plane.table.runtimes.get(key) is not rt]
         for runtime in retired:
             self._retire(runtime)
-        settle()  # no full garbage collection walks the loaded models' objects on the loop later
+        if built or retired:  # a change in what is loaded; a failed build's garbage is young: the usual GC frees it
+            settle()  # no full garbage collection walks the loaded models' objects on the loop later
         log.info("revision %s live: %s endpoint(s), %s failed", number, len(keep) + len(built), len(failed))
 
     def keeps(self, runtime: EndpointRuntime, spec: EndpointSpec | None) -> bool:
