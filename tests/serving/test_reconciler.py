@@ -124,6 +124,7 @@ def test_heartbeats_keep_their_schedule_during_a_long_load(service: Service, run
     ))  # fmt: skip
     run = running(service, heartbeat_interval=0.2)
     beats: list[tuple[float, str]] = []
+    seen_live: list[bool] = []  # what `ferry status` would have said at each look during the load
 
     def sample() -> bool:
         (inst,) = service.store.list_instances(service.id, alive_within=3600) or [None]
@@ -131,6 +132,8 @@ def test_heartbeats_keep_their_schedule_during_a_long_load(service: Service, run
             state = inst.state.get("endpoints", {}).get("slow", {}).get("state", "-")
             if not beats or beats[-1][0] != inst.heartbeat_at:
                 beats.append((inst.heartbeat_at, state))
+            if state == "loading":
+                seen_live.append(bool(service.store.list_instances(service.id)))
         return service.plane.ready()
 
     run.wait_for(sample, timeout=30, what="the slow endpoint loaded")
@@ -138,7 +141,7 @@ def test_heartbeats_keep_their_schedule_during_a_long_load(service: Service, run
     gaps = [b - a for a, b in zip(loading, loading[1:], strict=False)]
     assert len(loading) >= 8, beats  # about 3 s / 0.2 s
     assert max(gaps) < 1.0, gaps  # five intervals would count the instance gone
-    assert service.store.list_instances(service.id), "the instance must stay live while it loads"
+    assert seen_live and all(seen_live), f"the instance must stay live while it loads: {seen_live}"
 
 
 def tiny_onnx(path: Path) -> Path:
