@@ -26,7 +26,7 @@ from ferry.rayserve.apps import QUIET, Pace, colocated, ingress_app, model_app, 
 from ferry.rayserve.engine import ROLE
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
-from ferry.serving.reconciler import with_triton_addresses
+from ferry.serving.swap import with_triton_addresses
 from ferry.settings import Settings
 
 log = logging.getLogger(__name__)

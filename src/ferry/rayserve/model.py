@@ -24,6 +24,7 @@ from ray import serve
 from ferry.control.spec import EndpointSpec
 from ferry.metrics.collectors import Metrics
 from ferry.rayserve.metrics import serve_metrics
+from ferry.serving.heap import settle
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.v2 import Signature, signature
 
@@ -61,6 +62,7 @@ class ModelStage:
             self.runtime.attach(self.metrics.endpoint(spec.name, spec.version, batching=batching, stages=("model",)))
             self.metrics.loaded(spec.name, spec.version, time.monotonic() - started)
             self.state["metrics"] = serve_metrics(self.metrics.registry, settings.host)
+        settle()  # this replica's one version is loaded: later collections never walk its objects
         self.calls = 0
         self._flushing: asyncio.Task | None = None
         self._stop = threading.Event()

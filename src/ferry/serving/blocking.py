@@ -15,11 +15,8 @@ from typing import Any
 from ferry.engines import StatsFn
 from ferry.errors import FerryError, NotReady
 from ferry.serving.crossing import on_loop
+from ferry.serving.drain import Retired
 from ferry.serving.userclass import Hook
-
-
-class Retired(Exception):
-    """The runtime a request resolved is being retired: the data plane resolves the endpoint again."""
 
 
 class BlockingPath:

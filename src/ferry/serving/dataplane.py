@@ -19,7 +19,8 @@ from ferry.errors import FerryError, NotReady
 from ferry.metrics.collectors import NULL_METER, Metrics
 from ferry.metrics.custom import CustomStats
 from ferry.serving import v2
-from ferry.serving.pipeline import EndpointRuntime, Retired
+from ferry.serving.drain import Retired
+from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.routing import RouteTable, version_order
 from ferry.serving.shadow import ShadowSender
 

@@ -10,6 +10,7 @@ unfreezes and collects once, so what retired versions and earlier failed builds 
 (their modules, classes, the user's objects) is freed rather than kept frozen: one full collection per
 change instead of one every few thousand requests. A revision whose builds all failed settles nothing:
 what they left was made after the last freeze, and the usual young-generation collections free it.
+A Ray model replica (``rayserve/model.py``) loads its one version once and settles after it.
 """
 
 from __future__ import annotations

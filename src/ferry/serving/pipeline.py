@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -15,23 +14,24 @@ import numpy as np
 
 from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
-from ferry.engines import Engine, StatsFn, load_engine
-from ferry.engines.tensor import Feeds, RowBatching, TensorEngine
-from ferry.errors import EngineError, FerryError, NotReady, Overloaded, Timeout, UserCodeError
+from ferry.engines import Engine, StatsFn
+from ferry.engines.tensor import Feeds
+from ferry.errors import EngineError, FerryError, NotReady, Timeout, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.metrics.custom import CustomStats
-from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
-from ferry.serving.blocking import BlockingPath, Retired
+from ferry.serving.assembly import inline_budget, load_parts, release
+from ferry.serving.batching import DynamicBatcher
+from ferry.serving.blocking import BlockingPath
 from ferry.serving.crossing import calls_other_endpoints, marking
 from ferry.serving.deadline import Deadline
-from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
-from ferry.serving.instances import default_instances
-from ferry.serving.userclass import Hook, UserCode, load_user_code
+from ferry.serving.drain import Drain, Retired
+from ferry.serving.inline import CostMeter
+from ferry.serving.userclass import Hook, UserCode
 
-log = logging.getLogger(__name__)
+__all__ = ["EndpointRuntime", "Retired"]
 
 
-class EndpointRuntime(BlockingPath):
+class EndpointRuntime(BlockingPath, Drain):
     """A loaded endpoint version. Built off the request path; shared by every request it serves."""
 
     def __init__(self, spec: EndpointSpec, user: UserCode, engine: Engine, batcher: DynamicBatcher | None = None):
@@ -72,25 +72,15 @@ class EndpointRuntime(BlockingPath):
         code_path: Path | None,
         send_request: Callable[..., Any] | None,
     ) -> EndpointRuntime:
-        """Import the user's code, call its ``load``, load the engine. Blocking: run it off the loop."""
-        built: list[EndpointRuntime] = []
-        user = load_user_code(code_path, spec, marking(send_request, built))
+        """Import the user's code, call its ``load``, load the engine (``assembly``). Blocking: run it off the loop."""
+        built: list[EndpointRuntime] = []  # for send_request: which version calls it (``crossing.marking``)
+        parts = load_parts(spec, model_path, code_path, marking(send_request, built))
         try:
-            loaded = _call_load(spec, user.load, model_path)
+            built.append(cls(spec, parts.user, parts.engine, parts.batcher))
         except BaseException:
-            user.close()
+            parts.release()
             raise
-        engine: Engine | None = None
-        batcher: DynamicBatcher | None = None
-        try:
-            engine = load_engine(spec, model_path, loaded, user.process.fn)
-            batcher = _batcher(spec, engine)
-            built.append(cls(spec, user, engine, batcher))
-            return built[0]
-        except BaseException:
-            # What load() started (sessions, threads, GPU memory) would outlive every failed retry otherwise.
-            _release(spec, user, engine, batcher)
-            raise
+        return built[0]
 
     @property
     def key(self) -> str:
@@ -286,19 +276,6 @@ class EndpointRuntime(BlockingPath):
             return meter.call(fn, *args)
         return await asyncio.wrap_future(self._in_thread(pool.submit(meter.call, fn, *args)))
 
-    def _in_thread(self, work: Future) -> Future:
-        """Count ``work`` until it ends: a request that timed out leaves its thread running, and the drain waits."""
-        with self._idle:
-            self._threads += 1
-        work.add_done_callback(self._thread_done)
-        return work
-
-    def _thread_done(self, _: Future) -> None:
-        with self._idle:
-            self._threads -= 1
-            if self._threads == 0:
-                self._idle.notify_all()
-
     async def _hook(self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict, collect: StatsFn) -> Any:
         if hook.fn is None:
             return data
@@ -366,97 +343,7 @@ class EndpointRuntime(BlockingPath):
         for meter in self._cost.values():
             meter.forbid_inline()
 
-    def _enter(self) -> None:
-        with self._idle:
-            if self.retiring:
-                raise Retired(self.key)
-            if self.inflight >= self.max_queue_size:
-                self.meter.overloaded.inc()
-                raise Overloaded(
-                    f"endpoint {self.key}: {self.inflight} requests are already waiting (aux config max_queue_size "
-                    f"{self.max_queue_size}); retry shortly",
-                    retry_after=1.0,
-                )
-            self.inflight += 1
-            self.requests += 1
-
-    def _leave(self) -> None:
-        with self._idle:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.notify_all()
-
-    def retire(self, timeout: float = 30.0) -> bool:
-        """Take no new requests, wait for those in flight, then close; False when some were still running.
-
-        Requests that still run at the timeout are answered 503 with Retry-After once the runtime closes.
-        """
-        with self._idle:
-            self.retiring = True
-            drained = self._idle.wait_for(lambda: self.inflight == 0 and self._threads == 0, timeout)
-            stragglers = max(self.inflight, self._threads)
-        if not drained:
-            log.warning(
-                "endpoint %s: %s request(s) still running after the %g s drain; unloading it, they get 503",
-                self.key,
-                stragglers,
-                timeout,
-            )
-        self.close()
-        return drained
-
     def close(self) -> None:
         """Call the user's ``unload`` and release the engine and batcher; errors are reported, not raised."""
         self.retiring = self.closed = True
-        _release(self.spec, self.user, self.engine, self.batcher)
-
-
-def _batcher(spec: EndpointSpec, engine: Engine) -> DynamicBatcher | None:
-    policy = BatchPolicy.from_spec(spec, default_instances(engine))
-    if not policy.enabled or spec.engine == "triton":  # its max_batch_size is Triton's: the server batches
-        return None
-    if not isinstance(engine, TensorEngine):
-        raise EngineError(
-            f"endpoint {spec.key}: the {spec.engine} engine cannot batch requests: "
-            "remove max_batch_size from --aux-config"
-        )
-    axes = batch_axes(spec, engine.input_names, rows_only=isinstance(engine, RowBatching))
-    return DynamicBatcher(engine, policy, axes, spec.key, inline_budget(spec))
-
-
-def inline_budget(spec: EndpointSpec) -> float:
-    """Seconds of sync work that may run on the event loop (aux config ``inline_budget_ms``; 0 turns it off)."""
-    return float(spec.aux_config.get("inline_budget_ms", INLINE_BUDGET_S * 1000)) / 1000
-
-
-def _call_load(spec: EndpointSpec, hook: Hook, model_path: Path | None) -> Any:
-    if hook.fn is None or model_path is None:
-        return None
-    try:
-        result = hook.fn(str(model_path))
-        return asyncio.run(result) if hook.is_async else result
-    except FerryError:
-        raise
-    except Exception as exc:
-        raise UserCodeError(
-            f"endpoint {spec.key}: load raised {type(exc).__name__}: {exc}", endpoint=spec.key, stage="load"
-        ) from exc
-
-
-def _release(spec: EndpointSpec, user: UserCode, engine: Engine | None, batcher: DynamicBatcher | None) -> None:
-    """Close the batcher, call ``unload``, close the engine, forget the user's modules (retired or failed builds)."""
-    try:
-        if batcher is not None:
-            batcher.close()
-        if user.unload.fn is not None:
-            result = user.unload.fn()
-            if user.unload.is_async:
-                asyncio.run(result)
-    except Exception as exc:  # a failed build's own error is the one the user needs; this one is logged
-        log.warning("endpoint %s: unload raised %s: %s", spec.key, type(exc).__name__, exc)
-    finally:
-        try:
-            if engine is not None:
-                engine.close()
-        finally:
-            user.close()
+        release(self.spec, self.user, self.engine, self.batcher)

@@ -17,7 +17,7 @@ import orjson
 
 from ferry.control.spec import ShadowSpec
 from ferry.errors import NotReady
-from ferry.serving.pipeline import Retired
+from ferry.serving.drain import Retired
 from ferry.serving.routing import RouteTable
 
 log = logging.getLogger(__name__)
