@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import textwrap
 import threading
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.conftest import Ferry
+from tests.conftest import Ferry, free_port
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -59,6 +60,20 @@ def add(ferry: Ferry, *args: str) -> float:
     """Run `ferry model add ...`; returns the moment it returned."""
     ferry("model", "add", *args)
     return time.monotonic()
+
+
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port"])
+def test_a_port_in_use_is_refused_before_anything_loads(ferry_sqlite: Ferry, flag: str):
+    ferry_sqlite.service()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        ports = ["--port", port] if flag == "--port" else ["--port", str(free_port()), "--grpc-port", port]
+        result = ferry_sqlite("serve", *ports, ok=False)
+    assert result.code == 1, result.err
+    assert f"127.0.0.1:{port}" in result.err and "in use" in result.err and flag in result.err, result.err
+    assert "serving service" not in result.err  # refused before the server (and the models) started
 
 
 def test_sklearn_served_within_two_seconds_of_add(ferry_sqlite: Ferry, model_id: str, tmp_path: Path):

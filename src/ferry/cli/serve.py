@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import ipaddress
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,8 +90,13 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     if args.metrics is False:
         os.environ["FERRY_METRICS"] = "0"
     host, port = args.host or settings.host, args.port or settings.port
+    grpc_port = args.grpc_port or settings.grpc_port
+    if not args.ray:  # Ray Serve's proxy takes the port; it may be its own, already up
+        _free(host, port, "--port")
+        if grpc_port:
+            _free(host, grpc_port, "--grpc-port")
     locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
-    where = f"http://{host}:{port}" + _grpc(host, port, args.grpc_port or settings.grpc_port)
+    where = f"http://{host}:{port}" + _grpc(host, port, grpc_port)
     how = "on Ray Serve" if args.ray else f"with {workers} worker(s)"
     err_console.print(f"serving service {service_id} ({service_name}) on {where} {how}{locked}", highlight=False)
     if args.ray:
@@ -160,6 +167,31 @@ def _lock(inline: str, token_file: str, host: str) -> str:
             f"serving on {host} without tokens: anyone who can reach this address can call every endpoint; "
             "lock it with --token-file FILE (or FERRY_SERVE_TOKENS)"
         )
+    return ""
+
+
+def _free(host: str, port: int, flag: str) -> None:
+    """Fail now, before any model loads, when ``host:port`` cannot be listened on (uvicorn finds out only after)."""
+    from ferry.errors import InvalidInput
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidInput(f"--host {host}: not a name of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}{_advice(exc.errno, flag)}") from None
+
+
+def _advice(code: int | None, flag: str) -> str:
+    if code == errno.EADDRINUSE:
+        return f" (another `ferry serve`?): stop it, or choose another port with {flag}"
+    if code == errno.EADDRNOTAVAIL:
+        return ": give --host an address of this machine (127.0.0.1, 0.0.0.0 or one of its interfaces)"
     return ""
 
 
