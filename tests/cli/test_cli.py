@@ -177,11 +177,15 @@ BAD_INPUT = [
     (["config", "--metric-log-freq", "3"], "metric_log_freq"),
     (["model", "add", "--engine", "triton", "--endpoint", "e", "--model-id", "zzz"], "no model with id"),
     (["model", "add", "--engine", "custom", "--endpoint", "e", "--aux-config", "a=1", "a.b=2"], "already set"),
+    (["model", "add", "--engine", "custom", "--endpoint", "e", "--preprocess", "broken.py"], "'broken.py' line 2: Syn"),
 ]
+BROKEN = "class Preprocess:\n    def process(self, data, state, collect=None)\n        return data\n"
+"""A preprocess file that does not parse (the colon after the signature is missing)."""
 
 
 def test_bad_input_is_one_line_and_changes_nothing(ferry_sqlite: Ferry):
     sid = ferry_sqlite.service()
+    (ferry_sqlite.cwd / "broken.py").write_text(BROKEN)
     for args, message in BAD_INPUT:
         result = ferry_sqlite(*args, ok=False)
         assert message in result.err, args

@@ -276,7 +276,19 @@ class ServiceControl:
             raise InvalidInput(f"preprocess folder {str(path)!r} has no preprocess.py")
         if path.is_file() and path.suffix != ".py":
             raise InvalidInput(f"preprocess file {str(path)!r} is not a .py file")
+        _compiles(path / "preprocess.py" if path.is_dir() else path)
         return self.artifacts.put(path)
+
+
+def _compiles(path: Path) -> None:
+    """Refuse code that cannot even be parsed now, not when a server fails to load it (nothing is run here)."""
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f"{str(path)!r} line {exc.lineno}" if exc.lineno else repr(str(path))
+        raise InvalidInput(f"preprocess file {where}: {type(exc).__name__}: {exc.msg}; fix it and run again") from None
+    except ValueError as exc:  # null bytes: not Python source
+        raise InvalidInput(f"preprocess file {str(path)!r}: {exc}") from None
 
 
 def validated(model: type, **fields: Any) -> Any:
