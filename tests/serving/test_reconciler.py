@@ -122,7 +122,7 @@ def test_heartbeats_keep_their_schedule_during_a_long_load(service: Service, run
                 return "done"
         """
     ))  # fmt: skip
-    run = running(service, heartbeat_interval=0.2)
+    run = running(service, heartbeat_interval=0.5)  # live for 2.5 s: a busy xdist worker's pauses fit
     beats: list[tuple[float, str]] = []
     seen_live: list[bool] = []  # what `ferry status` would have said at each look during the load
 
@@ -139,8 +139,8 @@ def test_heartbeats_keep_their_schedule_during_a_long_load(service: Service, run
     run.wait_for(sample, timeout=30, what="the slow endpoint loaded")
     loading = [at for at, state in beats if state == "loading"]
     gaps = [b - a for a, b in zip(loading, loading[1:], strict=False)]
-    assert len(loading) >= 8, beats  # about 3 s / 0.2 s
-    assert max(gaps) < 1.0, gaps  # five intervals would count the instance gone
+    assert len(loading) >= 4, beats  # about 3 s / 0.5 s
+    assert max(gaps) < 1.0, gaps  # on schedule: a load that held the beats back would leave a 3 s gap
     assert seen_live and all(seen_live), f"the instance must stay live while it loads: {seen_live}"
 
 

@@ -62,7 +62,7 @@ class ModelStage:
             self.runtime.attach(self.metrics.endpoint(spec.name, spec.version, batching=batching, stages=("model",)))
             self.metrics.loaded(spec.name, spec.version, time.monotonic() - started)
             self.state["metrics"] = serve_metrics(self.metrics.registry, settings.host)
-        settle()  # this replica's one version is loaded: later collections never walk its objects
+        settle(retired=False)  # this replica's one version is loaded: collections never walk its objects
         self.calls = 0
         self._flushing: asyncio.Task | None = None
         self._stop = threading.Event()

@@ -69,7 +69,7 @@ class RevisionSwap:
         for runtime in retired:
             self._retire(runtime)
         if built or retired:  # a change in what is loaded; a failed build's garbage is young: the usual GC frees it
-            settle()  # no full garbage collection walks the loaded models' objects on the loop later
+            settle(retired=bool(retired))  # no full collection walks the loaded models' objects on the loop later
         log.info("revision %s live: %s endpoint(s), %s failed", number, len(keep) + len(built), len(failed))
 
     def keeps(self, runtime: EndpointRuntime, spec: EndpointSpec | None) -> bool:
