@@ -15,14 +15,15 @@ bash "$here/ferry/setup.sh"
 peers_scripts inproc.py
 cores=$(nproc)
 echo "# $(date -u '+%F %H:%M UTC')  $cores cores  ${secs}s a point  $conns in flight  load $(cut -d' ' -f1-3 /proc/loadavg)"
-cd "$scripts" && PEERS_HOME=$home "$venv/bin/python" - "$secs" "$cores" "$conns" "$rounds" <<'PY'
+# A file, not stdin: the processes that inproc.procs spawns import their parent's main module.
+cat >"$scripts/inflight.py" <<'PY'
 import os
 import statistics
 import sys
 
 import inproc
 
-sys.path.insert(0, os.getcwd())  # inproc drops its own folder from sys.path; its spawned processes import it
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # inproc drops its folder; its children need it
 
 secs, cores, conns, rounds = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if __name__ == "__main__":
@@ -39,3 +40,4 @@ if __name__ == "__main__":
     print(f"median: batch {own} (the job's {conns} in flight) {at_own:.0f} seq/s, batch 32 (inproc.py's limit) "
           f"{at_32:.0f} seq/s: the job's ceiling is {100 * at_own / at_32:.0f} % of the limit before any serving cost")
 PY
+cd "$scripts" && PEERS_HOME=$home "$venv/bin/python" inflight.py "$secs" "$cores" "$conns" "$rounds"
