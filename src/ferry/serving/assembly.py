@@ -1,7 +1,7 @@
 """Assembling an endpoint version's parts (user code, its ``load``, the engine, the batcher), and releasing them.
 
 Blocking work for the reconciler's thread (or a Ray model replica's start), never for the request path.
-``EndpointRuntime.build`` turns the parts into a runtime; ``Parts.release`` undoes a build, whether it failed
+``EndpointRuntime.build`` turns the parts into a runtime; ``release`` undoes a build, whether it failed
 half-way or its runtime was retired.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, load_engine
@@ -26,18 +25,12 @@ from ferry.serving.userclass import Hook, UserCode, load_user_code
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Parts:
-    """What one endpoint version is made of once loaded."""
+class Parts(NamedTuple):
+    """What one endpoint version is made of once loaded (``EndpointRuntime`` takes them in this order)."""
 
-    spec: EndpointSpec
     user: UserCode
     engine: Engine
     batcher: DynamicBatcher | None
-
-    def release(self) -> None:
-        """Close the batcher, call ``unload``, close the engine, forget the user's modules; errors are logged."""
-        release(self.spec, self.user, self.engine, self.batcher)
 
 
 def load_parts(
@@ -55,7 +48,7 @@ def load_parts(
     try:
         engine = load_engine(spec, model_path, loaded, user.process.fn)
         batcher = _batcher(spec, engine)
-        return Parts(spec, user, engine, batcher)
+        return Parts(user, engine, batcher)
     except BaseException:
         # What load() started (sessions, threads, GPU memory) would outlive every failed retry otherwise.
         release(spec, user, engine, batcher)
@@ -68,7 +61,10 @@ def inline_budget(spec: EndpointSpec) -> float:
 
 
 def release(spec: EndpointSpec, user: UserCode, engine: Engine | None, batcher: DynamicBatcher | None) -> None:
-    """``Parts.release`` for parts that may be missing (a build that failed half-way)."""
+    """Close the batcher, call ``unload``, close the engine, forget the user's modules; errors are logged.
+
+    For a retired version, or for as far as a failed build got (``engine`` and ``batcher`` may be None).
+    """
     try:
         if batcher is not None:
             batcher.close()

@@ -28,8 +28,6 @@ from ferry.serving.drain import Drain, Retired
 from ferry.serving.inline import CostMeter
 from ferry.serving.userclass import Hook, UserCode
 
-__all__ = ["EndpointRuntime", "Retired"]
-
 
 class EndpointRuntime(BlockingPath, Drain):
     """A loaded endpoint version. Built off the request path; shared by every request it serves."""
@@ -76,9 +74,9 @@ class EndpointRuntime(BlockingPath, Drain):
         built: list[EndpointRuntime] = []  # for send_request: which version calls it (``crossing.marking``)
         parts = load_parts(spec, model_path, code_path, marking(send_request, built))
         try:
-            built.append(cls(spec, parts.user, parts.engine, parts.batcher))
+            built.append(cls(spec, *parts))
         except BaseException:
-            parts.release()
+            release(spec, *parts)
             raise
         return built[0]
 
