@@ -7,7 +7,9 @@ import numpy as np
 
 class Preprocess:
     def preprocess(self, body: dict, state: dict, collect_custom_statistics_fn=None) -> Any:
-        x0, x1 = body.get("x0"), body.get("x1")
+        if not isinstance(body, dict) or body.get("x0") is None or body.get("x1") is None:
+            raise ValueError(f'expected a JSON object with "x0" and "x1", e.g. {{"x0": 1, "x1": 2}}; got {body!r:.80}')
+        x0, x1 = body["x0"], body["x1"]
         if collect_custom_statistics_fn:  # None unless this request is sampled (`ferry metrics add --log-freq`)
             collect_custom_statistics_fn({"x0": x0, "x1": x1})
         return [[x0, x1]]

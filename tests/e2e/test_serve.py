@@ -87,6 +87,12 @@ def test_sklearn_served_within_two_seconds_of_add(ferry_sqlite: Ferry, model_id:
         server.wait_for(lambda: server.post("/serve/test_model_sklearn", {"x0": 1, "x1": 2}).status_code == 200)
         assert server.post("/serve/test_model_sklearn", {"x0": 1, "x1": 2}).json() == {"y": [1]}
         assert server.post("/serve/test_model_sklearn/", {"x0": -1, "x1": -2}).json() == {"y": [0]}
+        missing = server.post("/serve/test_model_sklearn", {"x0": 1})
+        assert missing.status_code == 422, missing.text
+        assert missing.json()["error"] == (
+            "endpoint test_model_sklearn: preprocess raised ValueError: expected a JSON object with "
+            """"x0" and "x1", e.g. {"x0": 1, "x1": 2}; got {'x0': 1}"""
+        )
         done = add(ferry_sqlite, "--engine", "sklearn", "--endpoint", "second", "--model-id", model_id,
                    "--preprocess", str(SKLEARN))  # fmt: skip
         server.wait_for(lambda: server.post("/serve/second", {"x0": 1, "x1": 2}).status_code == 200)

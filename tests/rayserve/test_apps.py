@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ from ferry.errors import InvalidInput
 from ferry.rayserve import require
 from ferry.rayserve.apps import Pace, bridged, colocated, ingress_app, model_app, model_options
 from ferry.rayserve.metrics import targets
-from ferry.rayserve.scaling import WAITING, ingress_policy, model_waiting
+from ferry.rayserve.scaling import BUSY, Held, busy, ingress_policy
 
 SERVICE = "0123456789abcdef0123456789abcdef"
 
@@ -77,26 +78,46 @@ def test_aux_delays_win_over_the_service_pace():
     assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (0, 5, 2)
 
 
-def ctx(ongoing: float, waiting: dict | None, current: int = 2, target: float = 4) -> SimpleNamespace:
-    metrics = None if waiting is None else {WAITING: waiting}
-    return SimpleNamespace(aggregated_metrics=metrics, total_num_requests=ongoing, current_num_replicas=current,
+def ctx(busy: dict | None, queued: float = 0.0, current: int = 2, target: float = 4) -> SimpleNamespace:
+    metrics = None if busy is None else {BUSY: busy}
+    return SimpleNamespace(aggregated_metrics=metrics, total_queued_requests=queued, current_num_replicas=current,
                            config=SimpleNamespace(target_ongoing_requests=target))  # fmt: skip
 
 
-def test_the_ingress_sizes_on_requests_not_waiting_for_a_model():
-    assert ingress_policy(ctx(20.0, {"a": 4.0, "b": 3.0}))[0] == 4  # 13 of 20 in the ingress's hands, 4 a replica
-    assert ingress_policy(ctx(12.0, {"a": 6.0, "b": 6.0}))[0] == 1  # all waiting on models: one replica will do
-    assert ingress_policy(ctx(3.0, {"a": 4.0}))[0] == 1  # windows disagree a little: never below one
-    assert ingress_policy(ctx(9.0, None, current=3))[0] == 3  # no reports yet: stay
+def test_the_ingress_sizes_on_the_requests_in_its_replicas_hands():
+    assert ingress_policy(ctx({"a": 7.0, "b": 6.0}))[0] == 4  # 13 in pre/post, 4 a replica
+    assert ingress_policy(ctx({"a": 0.0, "b": 0.0}))[0] == 1  # all waiting on models: one replica will do
+    assert ingress_policy(ctx({"a": 2.0}, queued=7.0))[0] == 3  # Serve holds 7 more for a replica
+    assert ingress_policy(ctx(None, current=3))[0] == 3  # no reports yet: stay
 
 
-def test_a_replica_reports_the_requests_waiting_on_model_deployments():
+def test_a_replica_reports_its_held_requests_not_waiting_on_model_deployments():
     plane = SimpleNamespace(table=SimpleNamespace(runtimes={
-        "a": SimpleNamespace(inflight=8, engine=SimpleNamespace(waiting=5)),
-        "b": SimpleNamespace(inflight=3, engine=SimpleNamespace(waiting=2)),
-        "c": SimpleNamespace(inflight=3, engine=SimpleNamespace()),  # a model in this process
+        "a": SimpleNamespace(engine=SimpleNamespace(waiting=5)),
+        "b": SimpleNamespace(engine=SimpleNamespace(waiting=2)),
+        "c": SimpleNamespace(engine=SimpleNamespace()),  # a model in this process
     }))  # fmt: skip
-    assert model_waiting(plane) == 7
+    assert busy(10, plane) == 3.0
+    assert busy(4, plane) == 0.0  # shadow copies wait outside any held request
+
+
+def test_held_counts_http_requests_until_their_answer_is_sent():
+    seen: list[int] = []
+
+    async def app(scope, receive, send):
+        seen.append(held.now)
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200})
+            raise RuntimeError("after the answer started")
+
+    async def sent(message):
+        seen.append(held.now)
+
+    held = Held(app)
+    asyncio.run(held({"type": "lifespan"}, None, sent))
+    with pytest.raises(RuntimeError):
+        asyncio.run(held({"type": "http"}, None, sent))
+    assert (seen, held.now) == ([0, 1, 1], 0)
 
 
 def test_metrics_targets_list_every_process_that_reports_an_address_with_its_role():

@@ -16,7 +16,7 @@ from ray import serve
 
 from ferry.rayserve.engine import RayReconciler
 from ferry.rayserve.metrics import serve_metrics
-from ferry.rayserve.scaling import WAITING, model_waiting
+from ferry.rayserve.scaling import BUSY, Held, busy
 from ferry.settings import Settings
 
 
@@ -33,9 +33,10 @@ class Ingress:
         app.startup_timeout = threading.TIMEOUT_MAX  # Serve routes to the replica once its lifespan started
         if app.plane.metrics is not None:
             app.reconciler.report["metrics"] = serve_metrics(app.plane.metrics.registry, Settings().host)
-        return app
+        self.held = Held(app)
+        return self.held
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """What ``scaling.ingress_policy`` leaves out of the ingress's load: requests waiting for a model."""
-        app = getattr(self, "ferry_app", None)
-        return {WAITING: model_waiting(app.plane) if app is not None else 0.0}
+        """The load ``scaling.ingress_policy`` sizes the ingress on: this replica's requests not waiting for a model."""
+        held = getattr(self, "held", None)
+        return {BUSY: busy(held.now, self.ferry_app.plane) if held is not None else 0.0}
