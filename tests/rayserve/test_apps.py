@@ -13,7 +13,7 @@ from ferry.errors import InvalidInput
 from ferry.rayserve import require
 from ferry.rayserve.apps import Pace, bridged, colocated, ingress_app, model_app, model_options
 from ferry.rayserve.metrics import targets
-from ferry.rayserve.scaling import BUSY, Held, busy, ingress_policy
+from ferry.rayserve.scaling import BUSY, HELD, Held, ingress_policy, stats
 
 SERVICE = "0123456789abcdef0123456789abcdef"
 
@@ -78,27 +78,31 @@ def test_aux_delays_win_over_the_service_pace():
     assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"], scaling["look_back_period_s"]) == (0, 5, 2)
 
 
-def ctx(busy: dict | None, queued: float = 0.0, current: int = 2, target: float = 4) -> SimpleNamespace:
-    metrics = None if busy is None else {BUSY: busy}
-    return SimpleNamespace(aggregated_metrics=metrics, total_queued_requests=queued, current_num_replicas=current,
-                           config=SimpleNamespace(target_ongoing_requests=target))  # fmt: skip
+def ctx(held: dict | None, busy: dict | None, ongoing: float, queued: float = 0.0, current: int = 2) -> SimpleNamespace:
+    metrics = {name: v for name, v in ((HELD, held), (BUSY, busy)) if v is not None}
+    return SimpleNamespace(aggregated_metrics=metrics, total_num_requests=ongoing, total_queued_requests=queued,
+                           current_num_replicas=current, config=SimpleNamespace(target_ongoing_requests=4))  # fmt: skip
 
 
-def test_the_ingress_sizes_on_the_requests_in_its_replicas_hands():
-    assert ingress_policy(ctx({"a": 7.0, "b": 6.0}))[0] == 4  # 13 in pre/post, 4 a replica
-    assert ingress_policy(ctx({"a": 0.0, "b": 0.0}))[0] == 1  # all waiting on models: one replica will do
-    assert ingress_policy(ctx({"a": 2.0}, queued=7.0))[0] == 3  # Serve holds 7 more for a replica
-    assert ingress_policy(ctx(None, current=3))[0] == 3  # no reports yet: stay
+def test_the_ingress_sizes_on_the_share_of_its_requests_in_its_own_hands():
+    assert ingress_policy(ctx({"a": 8.0, "b": 8.0}, {"a": 6.0, "b": 7.0}, 16.0))[0] == 4  # 13 of 16 busy, 4 a replica
+    assert ingress_policy(ctx({"a": 8.0}, {"a": 0.0}, 8.0))[0] == 1  # all waiting on models: one replica will do
+    # A model-bound load starting: Serve's count is at 8 already, the replica's window averages are not; their
+    # ratio is right from the first report (8 - its average of those waiting would be 6, 2 replicas).
+    assert ingress_policy(ctx({"a": 2.0}, {"a": 0.1}, 8.0))[0] == 1
+    assert ingress_policy(ctx({"a": 4.0}, {"a": 4.0}, 10.0, queued=6.0))[0] == 3  # 4 held (all busy) + 6 queued
+    assert ingress_policy(ctx({"a": 0.0}, {"a": 0.0}, 0.0))[0] == 1  # idle
+    assert ingress_policy(ctx(None, None, 9.0, current=3))[0] == 3  # no reports yet: stay
 
 
-def test_a_replica_reports_its_held_requests_not_waiting_on_model_deployments():
+def test_a_replica_reports_its_held_requests_and_those_not_waiting_on_model_deployments():
     plane = SimpleNamespace(table=SimpleNamespace(runtimes={
         "a": SimpleNamespace(engine=SimpleNamespace(waiting=5)),
         "b": SimpleNamespace(engine=SimpleNamespace(waiting=2)),
         "c": SimpleNamespace(engine=SimpleNamespace()),  # a model in this process
     }))  # fmt: skip
-    assert busy(10, plane) == 3.0
-    assert busy(4, plane) == 0.0  # shadow copies wait outside any held request
+    assert stats(10, plane) == {HELD: 10.0, BUSY: 3.0}
+    assert stats(4, plane) == {HELD: 4.0, BUSY: 0.0}  # shadow copies wait outside any held request
 
 
 def test_held_counts_http_requests_until_their_answer_is_sent():

@@ -16,7 +16,7 @@ from ray import serve
 
 from ferry.rayserve.engine import RayReconciler
 from ferry.rayserve.metrics import serve_metrics
-from ferry.rayserve.scaling import BUSY, Held, busy
+from ferry.rayserve.scaling import BUSY, HELD, Held, stats
 from ferry.settings import Settings
 
 
@@ -37,6 +37,6 @@ class Ingress:
         return self.held
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """The load ``scaling.ingress_policy`` sizes the ingress on: this replica's requests not waiting for a model."""
+        """What ``scaling.ingress_policy`` reads: the requests this replica holds, and those not waiting for a model."""
         held = getattr(self, "held", None)
-        return {BUSY: busy(held.now, self.ferry_app.plane) if held is not None else 0.0}
+        return stats(held.now, self.ferry_app.plane) if held is not None else {HELD: 0.0, BUSY: 0.0}

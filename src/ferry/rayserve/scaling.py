@@ -2,16 +2,19 @@
 
 Ray Serve's default policy counts every request a replica holds. An ingress replica holds each request
 for its whole life, also while the model deployment works on it, so a slow model would grow the ingress
-too. Each ingress replica reports the requests its HTTP app holds less those waiting for a model
-deployment's answer, both counted at the same instant (``record_autoscaling_stats``, ``busy``);
-``ingress_policy`` sums the replicas' reports, as Serve averages them over its look-back window, adds the
-requests Serve queues for a replica, and sizes the deployment on that. Pre/post load, and the replica's
-own per-request work, grow the ingress; model load grows the model deployment; each on its own.
+too. Each ingress replica reports two counts taken at the same instant (``record_autoscaling_stats``): the
+requests its HTTP app holds (``HELD``) and those of them not waiting for a model deployment's answer
+(``BUSY``). Serve averages both over the same look-back window, so their ratio is the share of the
+ingress's requests that are its own work; ``ingress_policy`` applies that share to Serve's count of the
+requests the replicas hold (which also sees those Ray holds before they reach the app, e.g. while pre/post
+code starves the replica's event loop), adds the requests Serve queues for a replica, and sizes the
+deployment on that. Pre/post load, and the replica's own per-request work, grow the ingress; model load
+grows the model deployment; each on its own.
 
-Why one report and not Serve's count less a report of those waiting: the two are averaged over different
-spans (Serve's count comes from the handles' latest pushes, a report from the replica's whole window), so
-at the start of a model-bound load the difference runs ahead of the truth for a whole window and grew the
-ingress for nothing (seen on the test cluster: 8 clients on a 200 ms model, the ingress to its maximum).
+Why a share and not Serve's count less the requests waiting: the two are averaged over different spans
+(Serve's count follows the handles' latest pushes, a report the replica's whole window), so at the start of
+a model-bound load their difference ran ahead of the truth for a whole window and grew the ingress for
+nothing (seen on the test cluster: 8 clients on a 200 ms model took the ingress to its maximum).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+HELD = "ferry_ingress_held_requests"
+"""A custom autoscaling metric: the requests a replica's HTTP app holds."""
 BUSY = "ferry_ingress_busy_requests"
-"""The custom autoscaling metric: a replica's requests in pre/post or HTTP, not waiting for a model."""
+"""A custom autoscaling metric: of those, the requests not waiting for a model deployment."""
 
 
 class Held:
@@ -44,18 +49,22 @@ def model_waiting(plane: Any) -> int:
     return sum(getattr(runtime.engine, "waiting", 0) for runtime in plane.table.runtimes.values())
 
 
-def busy(held: int, plane: Any) -> float:
-    """Of the ``held`` requests an ingress replica's HTTP app holds, those not waiting for a model (a
+def stats(held: int, plane: Any) -> dict[str, float]:
+    """An ingress replica's report: the ``held`` requests, and those of them not waiting for a model (a
     shadow copy waits outside any held request, hence never below 0)."""
-    return float(max(held - model_waiting(plane), 0))
+    return {HELD: float(held), BUSY: float(max(held - model_waiting(plane), 0))}
 
 
 def ingress_policy(ctx: Any) -> tuple[float, dict[str, Any]]:
-    """Replicas = (the replicas' busy requests + those Serve queues for one) / the target per replica (Ray
-    applies the bounds and the up/down delays); with no reports from the replicas yet, stay as many as there are."""
-    reports = (ctx.aggregated_metrics or {}).get(BUSY)
-    if not reports:
+    """Replicas = (the requests the replicas hold x the busy share + those Serve queues for one) / the target
+    per replica (Ray applies the bounds and the up/down delays); with no reports yet, stay as many as there are."""
+    metrics = ctx.aggregated_metrics or {}
+    held, busy = metrics.get(HELD), metrics.get(BUSY)
+    if not held or not busy:
         return ctx.current_num_replicas, {}
-    load = sum(reports.values()) + float(ctx.total_queued_requests or 0.0)
+    inside = sum(held.values())
+    share = sum(busy.values()) / inside if inside > 0 else 0.0
+    queued = float(ctx.total_queued_requests or 0.0)
+    load = max(float(ctx.total_num_requests) - queued, 0.0) * share + queued
     target = ctx.config.target_ongoing_requests or 1.0
     return max(math.ceil(load / target), 1), {}
