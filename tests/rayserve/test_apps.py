@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
@@ -93,6 +96,20 @@ def test_the_ingress_sizes_on_the_share_of_its_requests_in_its_own_hands():
     assert ingress_policy(ctx({"a": 4.0}, {"a": 4.0}, 10.0, queued=6.0))[0] == 3  # 4 held (all busy) + 6 queued
     assert ingress_policy(ctx({"a": 0.0}, {"a": 0.0}, 0.0))[0] == 1  # idle
     assert ingress_policy(ctx(None, None, 9.0, current=3))[0] == 3  # no reports yet: stay
+
+
+counts = st.floats(0, 1000, allow_nan=False)
+
+
+@given(st.lists(st.tuples(counts, st.floats(0, 1)), min_size=1, max_size=4), counts, st.floats(0, 1))
+def test_the_ingress_never_asks_for_more_than_its_requests_call_for(replicas, total, queued_part):
+    """At least one replica; never more than Serve's own policy would ask for all the requests (the busy
+    share is at most 1); none beyond one when no request is in the ingress's own hands."""
+    held = {str(i): h for i, (h, _) in enumerate(replicas)}
+    busy = {str(i): h * part for i, (h, part) in enumerate(replicas)}
+    wanted = ingress_policy(ctx(held, busy, total, queued=total * queued_part))[0]
+    assert 1 <= wanted <= max(1, math.ceil(total / 4 * (1 + 1e-9)))
+    assert ingress_policy(ctx(held, {k: 0.0 for k in held}, total))[0] == 1
 
 
 def test_a_replica_reports_its_held_requests_and_those_not_waiting_on_model_deployments():
