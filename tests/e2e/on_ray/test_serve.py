@@ -154,7 +154,10 @@ def test_a_model_replica_killed_under_load_is_replaced_and_no_request_is_lost(
         lines[:] = [line for i in status["instances"] for line in i["state"].get("log", [])]
         return any("endpoint slow: a model replica was lost" in line for line in lines)
 
-    on_ray.wait_for(reported, 20, "the lost replica's warning in `ferry status`")
+    try:  # heartbeats come every few seconds, later on two cores busy with a replica starting
+        on_ray.wait_for(reported, 60, "the lost replica's warning in `ferry status`")
+    except AssertionError as exc:
+        raise AssertionError(f"the instances' recent log lines: {lines}") from exc
 
 
 def test_a_new_version_reaches_the_cluster_and_a_removed_one_is_deleted(
@@ -354,7 +357,7 @@ def live(replicas: dict[str, int]) -> int:
 @pytest.mark.parametrize(
     ("endpoint", "code", "target", "grows"),
     # The burn model answers at once, but 8 threads burning CPU in the ingress starve its event loop of the
-    # GIL: its handle sees each model call last ~100 ms, 2-3 in flight. Its target (4) allows for that.
+    # GIL: its handle sees each model call last ~100 ms, 2-3 in flight, at times more. Its target is 4.
     [("burn", BURN_PREPROCESS, 4, "ingress"), ("slowmodel", SLOW_MODEL, 2, "model")],
 )
 def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployment(
@@ -368,7 +371,9 @@ def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployme
     grows: str,
 ):
     """Eight clients on an endpoint whose preprocess burns 200 ms of CPU, then on one whose model sleeps
-    200 ms: the stage doing the work grows (to 2 or its 3 replicas), the other does not grow. On 2 busy
+    200 ms: the stage doing the work grows (to 2 or its 3 replicas), and the model's load does not grow the
+    ingress (ferry's policy). Under burn the model deployment may grow too: Ray's own policy sizes it on
+    the call times its handle sees, which the GIL-starved ingress stretches (docs/scaling.md). On 2 busy
     cores a replica can take over a minute to start: Serve starting it is the growth; the ceiling is not
     the point."""
     source = e2e_home.parent / f"{endpoint}.py"
@@ -389,8 +394,9 @@ def test_pre_post_load_grows_the_ingress_and_model_load_grows_the_model_deployme
         except AssertionError as exc:
             raise AssertionError(f"(ingress, model) replicas over time: {seen}") from exc
     assert {code for code, _ in answers} == {200}, answers
-    other = [counts[1 if grows == "ingress" else 0] for counts in seen]
-    assert max(other) <= other[0], f"(ingress, model) replicas over time: {seen}"  # the other did not grow
+    if grows == "model":  # ferry's policy kept the ingress as it was; under burn, the model's count is Ray's
+        ingress = [counts[0] for counts in seen]  # default policy on call times the starved ingress stretches
+        assert max(ingress) <= ingress[0], f"(ingress, model) replicas over time: {seen}"
     print(f"{endpoint}: (ingress, model) replicas over time: {seen}")
 
 
