@@ -47,6 +47,12 @@ class PayloadTooLarge(FerryError):
     status_code = 413
 
 
+class UnsupportedMediaType(FerryError):
+    """A request body in an encoding (or content type) ferry does not decode."""
+
+    status_code = 415
+
+
 class UserCodeError(FerryError):
     """The user's Preprocess code raised; the message names the endpoint and the stage."""
 
@@ -93,6 +99,7 @@ GRPC_CODES: dict[int, str] = {
     405: "UNIMPLEMENTED",
     409: "ALREADY_EXISTS",
     413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
     422: "INVALID_ARGUMENT",
     500: "INTERNAL",
     501: "UNIMPLEMENTED",

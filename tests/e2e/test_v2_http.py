@@ -130,6 +130,22 @@ def test_errors_reach_tritonclient(client, endpoint, name, array, datatype, stat
     assert text in caught.value.message()
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_compressed_requests_are_inflated(client, compression, binary):
+    """tritonclient's request_compression_algorithm: /v2 takes the encodings /serve takes."""
+    x = np.array([[1, 2, 3], [4.5, 5, 6]], dtype=np.float32)
+    wanted = httpclient.InferRequestedOutput("y", binary_data=binary)
+    result = client.infer(
+        "ox",
+        [infer_input("x", x, "FP32", binary)],
+        outputs=[wanted],
+        headers=auth(),
+        request_compression_algorithm=compression,
+    )
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+
+
 def test_v2_requests_are_counted_per_endpoint(client, v2_server):
     client.infer("oxb", [infer_input("x", np.zeros((1, 3), np.float32), "FP32", True)], headers=auth())
     metrics = v2_server.client.get("/metrics").text

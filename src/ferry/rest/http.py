@@ -7,18 +7,18 @@ import logging
 import os
 import re
 import uuid
-import zlib
 from typing import Any
 
 import orjson
 
 from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Timeout
+from ferry.rest.encoding import inflate
 
 log = logging.getLogger(__name__)
 
 JSON_TYPES = ("application/json",)
-MAYBE_JSON_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
-"""curl -d sends form-urlencoded by default: such bodies are JSON when they parse as JSON."""
+MAYBE_JSON_TYPES = ("", "application/x-www-form-urlencoded")
+"""No type, or curl -d's default form type: such bodies are JSON when they parse as JSON, else bytes."""
 
 
 def header(scope: dict, name: bytes) -> str:
@@ -29,7 +29,12 @@ def header(scope: dict, name: bytes) -> str:
 
 
 async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
-    """The whole request body; PayloadTooLarge past ``limit`` bytes (declared or actual)."""
+    """The whole request body, inflated per its Content-Encoding; PayloadTooLarge past ``limit`` bytes (declared,
+    received or inflated)."""
+    return await inflate(await _read_raw(scope, receive, limit), header(scope, b"content-encoding"), limit)
+
+
+async def _read_raw(scope: dict, receive: Any, limit: int) -> bytes:
     declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -49,10 +54,8 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def decode_body(scope: dict, raw: bytes, limit: int) -> Any:
-    """JSON content becomes a dict/list; other content types stay bytes; gzip is inflated first."""
-    if header(scope, b"content-encoding").lower() in ("gzip", "x-gzip"):
-        raw = _gunzip(raw, limit)
+def decode_body(scope: dict, raw: bytes) -> Any:
+    """JSON content becomes a dict/list (also for no type or curl's form type, when it parses); the rest, bytes."""
     ctype = header(scope, b"content-type").split(";", 1)[0].strip().lower()
     if ctype in JSON_TYPES or ctype.endswith("+json"):
         return _json(raw) if raw else None
@@ -71,26 +74,8 @@ def _json(raw: bytes) -> Any:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
 
 
-def _gunzip(raw: bytes, limit: int) -> bytes:
-    """Every gzip member of ``raw`` inflated; InvalidInput for a corrupt or cut-off stream (zlib cannot tell)."""
-    out = bytearray()
-    while True:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out += inflater.decompress(raw, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise InvalidInput(f"Content-Encoding is gzip but the body is not valid gzip: {exc}") from None
-        if len(out) > limit:
-            raise _too_large(limit, "inflated ")
-        if not inflater.eof:
-            raise InvalidInput("Content-Encoding is gzip but the body is not valid gzip: the stream is truncated")
-        raw = inflater.unused_data
-        if not raw:
-            return bytes(out)
-
-
-def _too_large(limit: int, what: str = "") -> PayloadTooLarge:
-    return PayloadTooLarge(f"the {what}request body is over the limit of {limit} bytes (FERRY_MAX_BODY_MB raises it)")
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is over the limit of {limit} bytes (FERRY_MAX_BODY_MB raises it)")
 
 
 async def send(send_: Any, status: int, body: bytes, ctype: bytes = b"application/json", extra=()) -> None:

@@ -20,6 +20,7 @@ from ferry.serving.dataplane import DataPlane
 PREFIX = "/v2"
 MODELS = "/v2/models/"
 HEADER_LENGTH = b"inference-header-content-length"
+SERVER_PATHS = frozenset({PREFIX, "/v2/health/live", "/v2/health/ready"})
 EXTENSIONS = ["binary_tensor_data"]
 """The V2 extensions ferry implements (what GET /v2 reports)."""
 ROUTES = "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/<name>[/versions/<v>][/ready]; POST .../infer"
@@ -48,6 +49,8 @@ class V2Routes:
                     return await _not_allowed(send_, "POST")
                 return await self._infer(scope, receive, send_, name, version)
         if method not in ("GET", "HEAD"):
+            if not (path.startswith(MODELS) or path in SERVER_PATHS):
+                raise NotFound(f"no route {path}: {ROUTES}")
             return await _not_allowed(send_, "GET")
         if path.startswith(MODELS):
             return await self._model_get(send_, name, version, action)
