@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 debs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debs+=(postgresql)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || debs+=(prometheus)
+command -v chromium >/dev/null 2>&1 || debs+=(chromium)  # /docs rendered in a real browser (tests/security)
 if [ ${#debs[@]} -gt 0 ]; then
-  echo "installing ${debs[*]} (Debian packages) for the store and monitoring tests..."
+  echo "installing ${debs[*]} (Debian packages) for the store, monitoring and browser tests..."
   sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
   $sudo_ apt-get update -qq
   # No recommends: prometheus' would add node-exporter, another service.

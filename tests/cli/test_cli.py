@@ -166,7 +166,7 @@ BAD_INPUT = [
     (["model", "add", "--engine", "custom", "--endpoint", "e", "--input-size", "[1, x]"], "bad --input-size"),
     (["model", "add", "--engine", "custom", "--endpoint", "e", "--input-type", "float33"], "unknown dtype"),
     (["model", "add", "--engine", "onnx", "--endpoint", "e"], "invalid choice: 'onnx'"),
-    (["model", "add", "--engine", "custom", "--endpoint", "a/b"], "no '/', no spaces"),
+    (["model", "add", "--engine", "custom", "--endpoint", "a/b"], "for a version give --endpoint a --version b"),
     (["model", "add", "--engine", "custom", "--endpoint", "a b"], "no '/', no spaces"),
     (["model", "add", "--engine", "sklearn", "--endpoint", "e", "--name", "nothing"], "no model matches"),
     (["model", "add", "--engine", "sklearn", "--endpoint", "e"], "needs a model"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ferry.control.engine_names import ENGINE_NAMES
 from ferry.registry.artifacts import ArtifactRef
@@ -14,7 +15,17 @@ from ferry.registry.artifacts import ArtifactRef
 MODEL_FREE_ENGINES = ("custom", "custom_async")
 """Engines whose endpoints may have no model at all (the user's ``process`` does the work)."""
 
+log = logging.getLogger(__name__)
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+NAME_MAX = 128
+"""Longest endpoint name or version: each is a URL path part and a label of every endpoint metric."""
+TENSOR_NAME_MAX = 256
+"""Longest input or output name (models' own names such as ``onnx::Gemm_0`` or ``x:0`` are far shorter)."""
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+STORED = {"stored": True}
+"""Validation context for documents read back from the store: limits added later warn there, not refuse."""
+_warned: set[str] = set()
 VARIABLE_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 """A custom statistic's name: it becomes part of a Prometheus metric name (ferry_custom_<name>)."""
 BYTES_DTYPES = {"bytes", "str", "string", "object", "bytes_", "object_"}
@@ -44,12 +55,42 @@ DTYPE_ALIASES = {
 }
 
 
-def check_name(value: str, what: str = "endpoint name") -> str:
+def check_name(value: str, what: str = "endpoint name", stored: bool = False) -> str:
     """Return ``value`` stripped of surrounding slashes, or raise ValueError naming the rule."""
     name = value.strip().strip("/")
     if not NAME_PATTERN.match(name):
+        parts = name.split("/")
+        if what == "endpoint name" and len(parts) == 2 and all(NAME_PATTERN.match(p) for p in parts):
+            raise ValueError(
+                f"invalid endpoint name {value!r}: no '/' in a name; for a version give "
+                f"--endpoint {parts[0]} --version {parts[1]}"
+            )
         raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '.' or '-' (no '/', no spaces)")
+    if len(name) > NAME_MAX:
+        _over_limit(f"{what} {name[:40]!r}... is {len(name)} characters long: at most {NAME_MAX}", stored)
     return name
+
+
+def check_tensor_name(value: str, stored: bool = False) -> str:
+    """An input or output name: any printable text (``input.1``, ``onnx::Gemm_0``, ``x:0``) up to a length."""
+    if CONTROL_CHARACTERS.search(value):
+        _over_limit(f"tensor name {value[:40]!r} holds a control character: use printable text", stored)
+    if len(value) > TENSOR_NAME_MAX:
+        _over_limit(f"tensor name {value[:40]!r}... is {len(value)} characters long: at most {TENSOR_NAME_MAX}", stored)
+    return value
+
+
+def _over_limit(message: str, stored: bool) -> None:
+    """Refuse a new name past a limit; one already stored (made before the limit) loads, with one warning."""
+    if not stored:
+        raise ValueError(message)
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("a stored config breaks a limit `model add` now enforces: %s; it loads as written", message)
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
 
 
 def canonical_dtype(name: str) -> str:
@@ -74,6 +115,11 @@ class TensorSpec(Frozen):
     name: str | None = None
     dtype: str | None = None
     shape: tuple[int, ...] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_tensor_name(value, _stored(info))
 
     @field_validator("dtype")
     @classmethod
@@ -107,14 +153,14 @@ class EndpointSpec(Frozen):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        return check_name(value, stored=_stored(info))
 
     @field_validator("version")
     @classmethod
-    def _version(cls, value: str) -> str:
+    def _version(cls, value: str, info: ValidationInfo) -> str:
         value = str(value).strip().strip("/")
-        return check_name(value, "version") if value else value
+        return check_name(value, "version", _stored(info)) if value else value
 
     @field_validator("engine")
     @classmethod
@@ -161,8 +207,8 @@ class CanarySpec(Frozen):
 
     @field_validator("endpoint")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        return check_name(value, "canary endpoint")
+    def _endpoint(cls, value: str, info: ValidationInfo) -> str:
+        return check_name(value, "canary endpoint", _stored(info))
 
     @field_validator("weights")
     @classmethod
@@ -193,11 +239,11 @@ class ShadowSpec(Frozen):
 
     @field_validator("endpoint", "target")
     @classmethod
-    def _key(cls, value: str) -> str:
+    def _key(cls, value: str, info: ValidationInfo) -> str:
         parts = value.strip().strip("/").split("/")
         if len(parts) > 2:
             raise ValueError(f"{value!r} is not NAME or NAME/VERSION")
-        return "/".join(check_name(part) for part in parts)
+        return "/".join(check_name(part, stored=_stored(info)) for part in parts)
 
     @model_validator(mode="after")
     def _apart(self) -> ShadowSpec:

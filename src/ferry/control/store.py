@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from ferry.control.spec import ServiceConfig
+from ferry.control.spec import STORED, ServiceConfig
 from ferry.db import events, instances, make_engine, retry_on_conflict, revisions, services
 from ferry.errors import Conflict, InvalidInput, NotFound
 
@@ -183,7 +183,7 @@ class Store:
             rows = conn.execute(query).all()
         serving = {}
         for service_id, text in rows:
-            endpoints = ServiceConfig.model_validate_json(text).endpoints
+            endpoints = ServiceConfig.model_validate_json(text, context=STORED).endpoints
             keys = sorted(key for key, spec in endpoints.items() if spec.model_id == model_id)
             if keys:
                 serving[service_id] = keys
@@ -211,7 +211,7 @@ class Store:
                 .mappings()
                 .first()
             )
-            head = ServiceConfig.model_validate_json(row["config"])
+            head = ServiceConfig.model_validate_json(row["config"], context=STORED)
             config, summary = change(head)
             if config is head:  # the change returned the head itself: nothing to write
                 return _revision(row)
@@ -306,7 +306,7 @@ class Store:
 
 
 def _revision(row: Any) -> Revision:
-    config = ServiceConfig.model_validate_json(row["config"])
+    config = ServiceConfig.model_validate_json(row["config"], context=STORED)
     return Revision(row["service_id"], row["number"], row["created_at"], row["summary"], config)
 
 

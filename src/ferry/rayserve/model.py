@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from ferry.control.spec import EndpointSpec
+from ferry.control.spec import STORED, EndpointSpec
 from ferry.metrics.collectors import Metrics
 from ferry.rayserve.metrics import serve_metrics
 from ferry.serving.heap import settle
@@ -46,7 +46,8 @@ class ModelStage:
 
         os.environ.update(env)  # the launcher's FERRY_* settings (launcher.replica_env)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        spec, settings, started = EndpointSpec.model_validate_json(spec_json), Settings(), time.monotonic()
+        spec = EndpointSpec.model_validate_json(spec_json, context=STORED)
+        settings, started = Settings(), time.monotonic()
         self.store = Store(make_engine(settings.store_url(), create_tables=False))
         artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=False)
         model_path = None

@@ -13,7 +13,7 @@ import orjson
 from ferry.errors import EngineError, FerryError, NotFound, UserCodeError
 from ferry.rest.auth import BearerAuth, load_tokens
 from ferry.rest.http import decode_body, header, read_body, send, send_error
-from ferry.rest.openapi import DOCS_HTML, openapi
+from ferry.rest.openapi import DOCS_CSP, DOCS_HTML, openapi
 from ferry.rest.v2 import V2Routes, is_v2
 from ferry.serving.dataplane import DataPlane, dumps
 from ferry.serving.reconciler import Reconciler
@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 SERVE = "/serve/"
 GRPC_GRACE_S = 10.0
 """Seconds in-flight gRPC calls get to finish when the server stops."""
+GET_ROUTES = frozenset(
+    {"/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/", "/metrics", "/metrics/targets"}
+)
+"""The paths this app answers to GET (other methods get 405 there, 404 elsewhere)."""
+DOCS_HEADERS = ((b"content-security-policy", DOCS_CSP), (b"x-content-type-options", b"nosniff"))
 ROUTING_KEY = b"x-ferry-routing-key"
 """A request carrying this header lands on the same canary target while the canary stays the same."""
 
@@ -66,6 +71,8 @@ class FerryApp:
             if is_v2(path):
                 return await self.v2.handle(scope, receive, send_)
             if method not in ("GET", "HEAD"):
+                if path not in GET_ROUTES:
+                    raise _no_route(path)
                 return await _method_not_allowed(send_, "GET")
             await self._get(path, send_)
         except FerryError as exc:
@@ -78,7 +85,7 @@ class FerryApp:
     async def _serve(self, scope: dict, receive: Any, send_: Any, rest: str) -> None:
         endpoint, version = _split(rest)
         try:
-            body = decode_body(scope, await read_body(scope, receive, self.max_body), self.max_body)
+            body = decode_body(scope, await read_body(scope, receive, self.max_body))
         except FerryError as exc:
             self.plane.unrouted(endpoint, exc.status_code)
             raise
@@ -103,12 +110,12 @@ class FerryApp:
         if path == "/openapi.json":
             return await send(send_, 200, orjson.dumps(openapi(self.plane.table)))
         if path in ("/docs", "/docs/"):
-            return await send(send_, 200, DOCS_HTML, b"text/html; charset=utf-8")
+            return await send(send_, 200, DOCS_HTML, b"text/html; charset=utf-8", DOCS_HEADERS)
         if path == "/metrics":
             return await self._metrics(send_)
         if path == "/metrics/targets" and self.reconciler is not None:
             return await send(send_, 200, orjson.dumps(await asyncio.to_thread(self.reconciler.metrics_targets)))
-        raise NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /metrics, /docs, /v2")
+        raise _no_route(path)
 
     async def _metrics(self, send_: Any) -> None:
         metrics = self.plane.metrics
@@ -176,6 +183,10 @@ class FerryApp:
 def _log_crash(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the reconciler stopped: %r; /health/ready answers 503 until ferry serve restarts", task.exception())
+
+
+def _no_route(path: str) -> NotFound:
+    return NotFound(f"no route {path}: POST /serve/<endpoint>[/<version>], GET /health/ready, /metrics, /docs, /v2")
 
 
 def _split(rest: str) -> tuple[str, str | None]:

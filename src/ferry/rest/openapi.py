@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,12 +12,13 @@ from ferry.serving.routing import RouteTable
 
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 ERROR_STATUSES = {
-    "400": "the body is not valid JSON, or not valid gzip under Content-Encoding: gzip",
+    "400": "the body is not valid JSON, or not valid gzip/deflate under its Content-Encoding (or over 64 members)",
     "401": "a bearer token is required (the server runs with --token-file)",
     "403": "the bearer token is not accepted",
     "404": "no such endpoint or version on this service",
     "405": "the method is not allowed on this path (see the Allow header)",
     "413": "the body, or the body once inflated, is over the server's limit (FERRY_MAX_BODY_MB)",
+    "415": "the Content-Encoding is not gzip, deflate or identity",
     "422": "the body parsed, but the endpoint cannot take it: the input spec (names, rank, shape, dtype), "
     "the model, or the endpoint's Preprocess code refused it; the message names the input and the stage",
     "500": "ferry failed; the answer carries an id to find the details in the server log",
@@ -231,30 +234,44 @@ def _operation(key: str, spec: Any, parameters: Sequence[dict[str, Any]] = ()) -
     return operation
 
 
-DOCS_HTML = b"""<!doctype html>
-<html><head><meta charset="utf-8"><title>ferry API</title>
-<style>body{font-family:sans-serif;margin:2em;max-width:60em}section{border:1px solid #ccc;padding:.5em 1em;
-margin:.5em 0}textarea{width:100%;height:4em}pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}</style>
-</head><body><h1>ferry API</h1><p>The OpenAPI 3.1 document: <a href="/openapi.json">/openapi.json</a>.</p>
-<div id="paths"></div>
-<script>
+DOCS_SCRIPT = """
+const el = (tag, props) => Object.assign(document.createElement(tag), props);
 fetch("/openapi.json").then(r => r.json()).then(doc => {
   document.querySelector("h1").textContent = `ferry ${doc.info.version} (${doc.info.description})`;
   for (const [path, ops] of Object.entries(doc.paths)) {
     for (const [method, op] of Object.entries(ops)) {
-      const s = document.createElement("section");
-      s.innerHTML = `<h3>${method.toUpperCase()} ${path}</h3><p>${op.summary}. ${op.description || ""}</p>`;
+      const s = el("section", {});
+      s.append(el("h3", {textContent: `${method.toUpperCase()} ${path}`}),
+               el("p", {textContent: `${op.summary}. ${op.description || ""}`}));
       if (method === "post" && !path.includes("{")) {
-        const body = Object.assign(document.createElement("textarea"), {value: "{}"});
-        const out = document.createElement("pre");
-        const go = Object.assign(document.createElement("button"), {textContent: "send"});
+        const body = el("textarea", {value: "{}"});
+        const out = el("pre", {});
+        const go = el("button", {textContent: "send"});
         go.onclick = () => fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-          body: body.value}).then(async r => out.textContent = `${r.status}\n${await r.text()}`);
+          body: body.value}).then(async r => out.textContent = `${r.status}\\n${await r.text()}`);
         s.append(body, go, out);
       }
       document.getElementById("paths").append(s);
     }
   }
 });
-</script></body></html>
 """
+"""Every name from the document goes into the page as text (textContent), never as markup."""
+DOCS_CSP = (
+    "default-src 'self'; script-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(DOCS_SCRIPT.encode()).digest()).decode()
+    + "'; style-src 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+).encode()
+"""/docs runs its own script only: markup that slipped into the page could not run script either."""
+DOCS_HTML = (
+    """<!doctype html>
+<html><head><meta charset="utf-8"><title>ferry API</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:60em}section{border:1px solid #ccc;padding:.5em 1em;
+margin:.5em 0}textarea{width:100%;height:4em}pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}</style>
+</head><body><h1>ferry API</h1><p>The OpenAPI 3.1 document: <a href="/openapi.json">/openapi.json</a>.</p>
+<div id="paths"></div>
+<script>"""
+    + DOCS_SCRIPT
+    + """</script></body></html>
+"""
+).encode()
