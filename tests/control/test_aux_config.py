@@ -61,7 +61,11 @@ def test_keys_belong_to_their_engines():
     ("engine", "aux", "expected"),
     [
         ("onnxruntime", {"max_batch_size": "abc"}, "max_batch_size='abc' for the onnxruntime engine: Input should be"),
-        ("sklearn", {"max_batch_size": 0}, "max_batch_size=0 for the sklearn engine: Input should be greater than"),
+        (
+            "sklearn",
+            {"max_batch_size": 0},
+            "max_batch_size=0 for the sklearn engine: out of range; valid: 1 <= value <= 4096",
+        ),
         ("onnxruntime", {"graph_optimization_level": "max"}, "Input should be 'disable', 'basic', 'extended' or 'all'"),
         ("custom", {"request_timeout_ms": -5}, "request_timeout_ms=-5"),
         ("xgboost", {"max_batch_size": 4, "preferred_batch_size": [2, 8]}, "preferred batch sizes [8] exceed"),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import console
+from ferry.cli.parsing import read_text
 from ferry.errors import NotFound
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def _read(name: str) -> tuple[str, str, Path]:
     path = Path(name).expanduser()
     if not path.is_file():
         raise NotFound(f"no file {name!r}: write one with `ferry export > {name}`")
-    return path.read_text(), name, path.resolve().parent
+    return read_text(path, "file"), name, path.resolve().parent
 
 
 def _print_change(change: Change) -> None:

@@ -80,6 +80,18 @@ def _pick(values: list[Any], i: int) -> Any:
     return values[i] if len(values) > 1 else values[0]
 
 
+def read_text(path: Path, what: str) -> str:
+    """A user's text file, or InvalidInput naming it and what is wrong (never a traceback)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason}): give a text file"
+        ) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+
+
 def parse_aux_config(tokens: list[str] | None) -> tuple[dict[str, Any], str | None]:
     """``key=value`` pairs (dotted keys nest, values JSON where they parse) or one config file path."""
     if not tokens:
@@ -88,7 +100,7 @@ def parse_aux_config(tokens: list[str] | None) -> tuple[dict[str, Any], str | No
         path = Path(tokens[0])
         if not path.is_file():
             raise InvalidInput(f"--aux-config {tokens[0]!r} is neither key=value nor an existing file")
-        return {}, path.read_text()
+        return {}, read_text(path, "--aux-config file")
     config: dict[str, Any] = {}
     for token in tokens:
         key, sep, raw = token.partition("=")

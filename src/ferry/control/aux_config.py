@@ -7,17 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    model_validator,
-)
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ferry.control.pbtxt import parse_pbtxt
 from ferry.control.triton_config import MAPS, REPEATED, TRITON_FIELDS, TritonModelConfig, to_ferry_keys
@@ -37,7 +28,17 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-BatchSizes = Annotated[list[PositiveInt], BeforeValidator(_listed)]
+MAX_BATCH = 4096
+"""Largest batch: far past where batching stops paying on a CPU, and what a GPU batch reasonably holds."""
+MAX_DELAY_MS = 10_000.0
+"""Longest batch delay: batching waits milliseconds, not seconds."""
+MAX_TIMEOUT_MS = 3_600_000.0
+"""Longest request timeout: an hour."""
+MAX_INSTANCES = 256
+MAX_THREADS = 1024
+MAX_QUEUE = 1_000_000
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+BatchSizes = Annotated[list[BatchSize], BeforeValidator(_listed)]
 """One batch size or a list of them."""
 Providers = Annotated[list[str], BeforeValidator(_comma_list)]
 """A list of names or one comma-separated string."""
@@ -45,15 +46,15 @@ OptimizationLevel = Annotated[Literal["disable", "basic", "extended", "all"], Be
 
 
 class AuxBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class QueuePolicy(AuxBase):
     """Triton's spelling of ferry's queue keys, under ``dynamic_batching.default_queue_policy``."""
 
-    max_queue_size: PositiveInt | None = None
+    max_queue_size: Annotated[int, Field(ge=1, le=MAX_QUEUE)] | None = None
     """Same as ``max_queue_size``."""
-    default_timeout_microseconds: PositiveInt | None = None
+    default_timeout_microseconds: Annotated[int, Field(ge=1, le=int(MAX_TIMEOUT_MS * 1000))] | None = None
     """Same as ``request_timeout_ms``, in microseconds."""
 
 
@@ -66,28 +67,28 @@ class DynamicBatching(QueueBatching):
 
     preferred_batch_size: BatchSizes | None = None
     """Same as ``preferred_batch_size``."""
-    max_queue_delay_microseconds: NonNegativeFloat | None = None
+    max_queue_delay_microseconds: Annotated[float, Field(ge=0, le=MAX_DELAY_MS * 1000)] | None = None
     """Same as ``max_queue_delay_ms``, in microseconds."""
 
 
 class RayAux(AuxBase):
     """How ``ferry serve --ray`` runs this version's model deployment on Ray Serve (ferry/ray/)."""
 
-    min_replicas: NonNegativeInt = 1
+    min_replicas: Annotated[int, Field(ge=0, le=MAX_INSTANCES)] = 1
     """Fewest replicas Ray Serve keeps running."""
-    max_replicas: PositiveInt = 1
+    max_replicas: Annotated[int, Field(ge=1, le=MAX_INSTANCES)] = 1
     """Most replicas Ray Serve's autoscaler may start."""
-    target_ongoing_requests: PositiveFloat = 2.0
+    target_ongoing_requests: Annotated[float, Field(gt=0, le=MAX_QUEUE)] = 2.0
     """Requests in flight per replica the autoscaler aims for: more per replica adds replicas."""
-    max_ongoing_requests: PositiveInt = 32
+    max_ongoing_requests: Annotated[int, Field(ge=1, le=MAX_QUEUE)] = 32
     """Requests one replica takes at once (its batches are made from these)."""
-    num_cpus: NonNegativeFloat = 1.0
+    num_cpus: Annotated[float, Field(ge=0, le=MAX_THREADS)] = 1.0
     """CPUs Ray reserves for each replica."""
-    num_gpus: NonNegativeFloat = 0.0
+    num_gpus: Annotated[float, Field(ge=0, le=64)] = 0.0
     """GPUs Ray reserves for each replica."""
-    upscale_delay_s: NonNegativeFloat | None = None
+    upscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
     """Seconds the load must call for more replicas before they start; unset: FERRY_RAY_UPSCALE_DELAY_S (10)."""
-    downscale_delay_s: NonNegativeFloat | None = None
+    downscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
     """Seconds the load must allow fewer replicas before they stop; unset: FERRY_RAY_DOWNSCALE_DELAY_S (120)."""
     colocate: bool = False
     """Run the model in the ingress replicas (no model deployment: one Ray call a request less; it scales
@@ -111,11 +112,11 @@ class CommonAux(AuxBase):
 
     warmup: Any = None
     """A request body sent once after the version loads, before it takes traffic."""
-    inline_budget_ms: NonNegativeFloat = 1.0  # serving.inline.INLINE_BUDGET_S, which control may not import
+    inline_budget_ms: Annotated[float, Field(ge=0, le=1000)] = 1.0  # serving.inline.INLINE_BUDGET_S
     """Sync pre/post work measured under this many ms runs on the event loop; 0 never inlines."""
-    max_queue_size: PositiveInt = 1024
+    max_queue_size: Annotated[int, Field(ge=1, le=MAX_QUEUE)] = 1024
     """Requests waiting for this endpoint beyond which it answers 503."""
-    request_timeout_ms: PositiveFloat | None = None
+    request_timeout_ms: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_MS)] | None = None
     """A request running longer is answered 504; unset: the service default (FERRY_REQUEST_TIMEOUT_S)."""
 
 
@@ -145,24 +146,34 @@ class QueueAux(CommonAux):
 class BatchAux(QueueAux):
     """Engines the DynamicBatcher can wrap: the common keys plus the batcher's (serving/batching.py)."""
 
-    max_batch_size: PositiveInt = 1
+    max_batch_size: BatchSize = 1
     """Most requests run as one model call; 1 turns batching off."""
-    max_queue_delay_ms: NonNegativeFloat = 0.0
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=MAX_DELAY_MS)] = 0.0
     """How long the first request of a batch waits for more."""
     preferred_batch_size: BatchSizes | None = None
     """Batch sizes (an int or a list) run as soon as they are reached."""
     pad_value: float = 0.0
     """Fills the ragged (-1) axes when requests of different lengths share a batch."""
-    instances: PositiveInt | None = None
+    instances: Annotated[int, Field(ge=1, le=MAX_INSTANCES)] | None = None
     """Batches that may run at once (model instances as threads); default one per core of the worker (and a
     spare in a single-worker server) for engines whose model call releases the GIL (onnxruntime,
     torchscript), else 1 (serving/instances.py)."""
-    batch_instances: PositiveInt | None = None
+    batch_instances: Annotated[int, Field(ge=1, le=MAX_INSTANCES)] | None = None
     """Same as ``instances``."""
     group_by_length: bool = False
     """Run a batch of ragged requests (-1 axes) as a few model calls of similar lengths where that saves
     padding (serving/padding.py); off by default: MiniLM on 80 mixed sentences gained ~10 % (bench/ragged.sh)."""
     dynamic_batching: DynamicBatching | None = None
+
+    @model_validator(mode="after")
+    def _delay_fits(self) -> BatchAux:
+        delay_ms, timeout_ms = _delay_ms(self), _timeout_ms(self)
+        if delay_ms is not None and timeout_ms is not None and delay_ms >= timeout_ms:
+            raise ValueError(
+                f"max_queue_delay_ms={delay_ms:g} is not below the request timeout of {timeout_ms:g} ms, so "
+                "requests waiting for a batch would time out: lower the delay or raise request_timeout_ms"
+            )
+        return self
 
     @model_validator(mode="after")
     def _preferred_fit(self) -> BatchAux:
@@ -176,12 +187,27 @@ class BatchAux(QueueAux):
         return self
 
 
+def _delay_ms(aux: BatchAux) -> float | None:
+    nested = aux.dynamic_batching.max_queue_delay_microseconds if aux.dynamic_batching else None
+    return aux.max_queue_delay_ms if _given(aux, "max_queue_delay_ms") else _scaled(nested, 1e-3)
+
+
+def _timeout_ms(aux: QueueAux) -> float | None:
+    policy = aux.dynamic_batching.default_queue_policy if aux.dynamic_batching else None
+    nested = policy.default_timeout_microseconds if policy else None
+    return aux.request_timeout_ms if aux.request_timeout_ms is not None else _scaled(nested, 1e-3)
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
 class ClassicAux(BatchAux):
     """The classic engines (sklearn, xgboost, lightgbm): batching keys plus compiling to ONNX."""
 
     compile: Literal["onnx"] | None = None
     """``onnx``: convert the model to an ONNX graph served by ONNX Runtime (engines/compiled.py)."""
-    compile_tolerance: NonNegativeFloat = 1e-4
+    compile_tolerance: Annotated[float, Field(ge=0)] = 1e-4
     """Largest difference from the original's answers on sample rows at which the compiled model is served."""
 
 
@@ -193,9 +219,9 @@ class SklearnAux(ClassicAux):
 class OnnxRuntimeAux(BatchAux):
     graph_optimization_level: OptimizationLevel = "all"
     """ONNX Runtime's graph optimisations."""
-    intra_op_num_threads: PositiveInt = 1
+    intra_op_num_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 1
     """Threads inside one operator."""
-    inter_op_num_threads: PositiveInt = 1
+    inter_op_num_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 1
     """Threads across operators."""
     providers: Providers | None = None
     """Execution providers in order (a list or "A,B"); unset: CUDA when present, then CPU."""
@@ -204,7 +230,7 @@ class OnnxRuntimeAux(BatchAux):
 class TorchScriptAux(BatchAux):
     device: str | None = None
     """The torch device (cpu, cuda, cuda:1); unset: cuda when present, else cpu."""
-    intra_op_num_threads: PositiveInt = 1
+    intra_op_num_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 1
     """torch.set_num_threads for this model."""
 
 
@@ -268,7 +294,45 @@ def _explain(engine: str, model: type[BaseModel], error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return _unknown(engine, model, loc, key)
     message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] in BOUND_ERRORS:
+        what = "not a finite number" if error["type"] == "finite_number" else "out of range"
+        message = f"{what}; valid: {_valid_range(model, loc)}"
     return f"{key}={error['input']!r} for the {engine} engine: {message}" if loc else message
+
+
+LOW, HIGH = (Ge, Gt), (Le, Lt)
+BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+
+
+def _valid_range(model: type[BaseModel], loc: tuple) -> str:
+    """A key's bounds as a reader writes them, e.g. "1 <= value <= 4096" (list items: the item's bounds)."""
+    names = [p for p in loc if isinstance(p, str)]
+    field = _model_at(model, tuple(names[:-1])).model_fields.get(names[-1]) if names else None
+    bounds = [m for m in _metadata(field) if isinstance(m, (Ge, Gt, Le, Lt))]
+    low = next((f"{_n(b.ge)} <= " if isinstance(b, Ge) else f"{_n(b.gt)} < " for b in bounds if isinstance(b, LOW)), "")
+    high = next(
+        (f" <= {_n(b.le)}" if isinstance(b, Le) else f" < {_n(b.lt)}" for b in bounds if isinstance(b, HIGH)), ""
+    )
+    return f"{low}value{high}" if bounds else "a finite number"
+
+
+def _n(bound: Any) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def _metadata(field: Any) -> list[Any]:
+    """Constraint objects of a field, also those inside ``Annotated[...] | None`` and list items."""
+    if field is None:
+        return []
+    found = list(field.metadata)
+    stack = [field.annotation]
+    while stack:
+        annotation = stack.pop()
+        found += list(getattr(annotation, "__metadata__", ()))
+        for inner in getattr(annotation, "__metadata__", ()):
+            found += list(getattr(inner, "metadata", ()))
+        stack += list(getattr(annotation, "__args__", ()))
+    return found
 
 
 def _unknown(engine: str, model: type[BaseModel], loc: tuple, key: str) -> str:

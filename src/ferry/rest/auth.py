@@ -34,7 +34,7 @@ class Forbidden(FerryError):
 def load_tokens(inline: str = "", path: str = "") -> frozenset[str]:
     """Tokens from a comma-separated string and/or a token file; InvalidInput when a source given has none."""
     tokens: set[str] = set()
-    if inline.strip():
+    if inline:  # empty means unset, as for every FERRY_ variable; blanks or commas alone are a mistake
         tokens |= _from_inline(inline)
     if path:
         tokens |= read_token_file(Path(path))

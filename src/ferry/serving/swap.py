@@ -95,6 +95,7 @@ class RevisionSwap:
                     metrics.load_failed(spec.name, spec.version)
             else:
                 _log_loaded(built[spec.key], time.monotonic() - started, resident_bytes() - memory)
+                _check_delay(built[spec.key], self.plane.request_timeout_s)
                 if metrics is not None:
                     metrics.loaded(spec.name, spec.version, time.monotonic() - started)
         return built, failed
@@ -146,6 +147,22 @@ def _with_triton_address(spec: EndpointSpec, address: str | None) -> EndpointSpe
     if spec.engine != "triton" or not address or spec.aux_config.get("triton_grpc_server"):
         return spec
     return spec.model_copy(update={"aux_config": {**spec.aux_config, "triton_grpc_server": address}})
+
+
+def _check_delay(runtime: EndpointRuntime, default_timeout_s: float | None) -> None:
+    """Warn (``ferry status`` shows it) when a batch would wait out the whole request timeout."""
+    timeout_s = runtime.timeout_s or default_timeout_s
+    if runtime.batcher is None or not timeout_s:
+        return
+    delay_s = runtime.batcher.policy.max_queue_delay_s
+    if delay_s >= timeout_s:
+        log.warning(
+            "endpoint %s: max_queue_delay_ms=%g is not below its request timeout of %g ms, so a request waiting "
+            "for a batch can time out: lower max_queue_delay_ms or raise request_timeout_ms (FERRY_REQUEST_TIMEOUT_S)",
+            runtime.key,
+            delay_s * 1000,
+            timeout_s * 1000,
+        )
 
 
 def _log_loaded(runtime: EndpointRuntime, seconds: float, grown: int) -> None:
