@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
@@ -85,6 +86,7 @@ def _add(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
 
 
 def upload(ctx: Context, args: argparse.Namespace) -> None:
+    links = _links_stored_as_files(args.path)
     record = ctx.registry.upload(
         name=args.name,
         path=args.path,
@@ -95,6 +97,7 @@ def upload(ctx: Context, args: argparse.Namespace) -> None:
         publish=args.publish,
         destination=args.destination,
     )
+    _print_links(links)
     print(f"Model created and registered, new Model ID={record.id}")
     autoupdate.follow(ctx, record)
 
@@ -175,6 +178,7 @@ def add(ctx: Context, args: argparse.Namespace) -> None:
     from ferry.control.spec import ModelQuery
 
     query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
+    links = _links_stored_as_files(args.preprocess)
     outcome = ctx.control.add_endpoint(
         ctx.service.id,
         engine=args.engine,
@@ -186,7 +190,20 @@ def add(ctx: Context, args: argparse.Namespace) -> None:
     )
     for message in outcome.warnings:
         warn(message)
+    _print_links(links)
     print(f"revision {outcome.revision.number}: {outcome.revision.summary}")
+
+
+def _links_stored_as_files(path: str | None) -> list[tuple[str, str]]:
+    """The links to files in the folder ``path`` that the upload stores as files (it refuses other links)."""
+    from ferry.registry.packing import dereferenced_links
+
+    return dereferenced_links(Path(path).resolve()) if path and Path(path).is_dir() else []
+
+
+def _print_links(links: list[tuple[str, str]]) -> None:
+    for relative, target in links:
+        print(f"stored the content of link {relative} -> {target}")
 
 
 def remove(ctx: Context, args: argparse.Namespace) -> None:

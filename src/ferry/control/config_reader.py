@@ -19,7 +19,8 @@ from ferry.control.metrics_config import check_shared_names
 from ferry.control.service import ServiceControl, _check_shadow
 from ferry.control.spec import CanarySpec, EndpointSpec, ServiceConfig
 from ferry.errors import FerryError, InvalidInput
-from ferry.registry.artifacts import ArtifactRef, pack_folder, url_to_fs
+from ferry.registry.artifacts import ArtifactRef, url_to_fs
+from ferry.registry.packing import pack_folder
 
 SECTIONS = tuple(ServiceConfig.model_fields)
 """The document's top-level keys: the fields of ServiceConfig, in order."""

@@ -5,13 +5,9 @@ S3-compatible servers: set ``AWS_ENDPOINT_URL`` (read by botocore under s3fs); n
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import logging
 import os
 import posixpath
-import shutil
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +18,17 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from ferry.errors import EngineError, InvalidInput, NotFound
+from ferry.registry.packing import pack_folder
+from ferry.registry.stamps import (
+    copy_hashing,
+    discard_cached,
+    hash_file,
+    intact,
+    stamp_file,
+    stamp_folder,
+    stamp_path,
+)
+from ferry.registry.unpack import unpack
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 CHUNK_SIZE = 8 * 1024 * 1024
 PROGRESS_MIN_SIZE = 4 * 1024 * 1024
 STAGING = ".staging"
+UNSAFE_HINT = "; re-upload the folder with `ferry model upload --path FOLDER`"
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +97,52 @@ class ArtifactStore:
         fs, path = url_to_fs(url)
         size, filename = _remote_size(fs, path, url), PurePosixPath(path).name
         with _open_remote(fs, path, url) as src, self._bar(f"hashing {filename}", size) as advance:
-            digest, _ = _copy(src, None, advance)
+            digest, _ = copy_hashing(src, None, advance)
         canonical = url if "://" in url else fs.unstrip_protocol(path)
         return ArtifactRef(url=canonical, sha256=digest, size=size, filename=filename)
 
     def fetch(self, ref: ArtifactRef) -> Path:
-        """Return the artifact's local path (a folder for ``is_dir``), downloading and verifying it once."""
+        """Return the artifact's local path (a folder for ``is_dir``), downloading and verifying it once.
+
+        A cached copy is checked against the stamp written when it was verified (see ``_intact``): one that
+        changed since is hashed again, and fetched again when its bytes are no longer the artifact's.
+        """
         target = self.cache_dir / ref.sha256 / ref.filename
-        if target.exists():
-            return target
+        if os.path.lexists(target):
+            stamped = stamp_path(target).exists()
+            if intact(ref, target):
+                return target
+            why = "changed since it was verified and no longer matches" if stamped else "could not be verified as"
+            log.warning(
+                "the cached copy of artifact %s (%s) %s its sha256 %s: fetching it again",
+                ref.url,
+                target,
+                why,
+                ref.sha256,
+            )
+            discard_cached(target)
+        else:
+            stamp_path(target).unlink(missing_ok=True)  # the copy it described was deleted
         target.parent.mkdir(parents=True, exist_ok=True)
         download = self.cache_dir / f".download-{uuid.uuid4().hex}"
+        hashes: dict[str, str] = {}
+        inode = 0
         try:
             self._download(ref, download)
             if ref.is_dir:
-                _unpack_into_place(ref, download, target)
+                hashes = unpack(download, target, f"artifact {ref.url}", UNSAFE_HINT).files
             else:
+                inode = download.stat().st_ino
                 _move_into_place(download, target)
         finally:
             download.unlink(missing_ok=True)
+        try:
+            if ref.is_dir:
+                stamp_folder(ref, target, hashes)
+            else:
+                stamp_file(ref, target, inode)
+        except OSError:  # the copy is verified; without its stamp the next load hashes or fetches it again
+            log.warning("could not stamp the cached copy of artifact %s at %s", ref.url, target, exc_info=True)
         return target
 
     def remove(self, ref: ArtifactRef) -> None:
@@ -118,7 +153,7 @@ class ArtifactStore:
 
     def _upload(self, fs: AbstractFileSystem, root: str, source: Path, filename: str, is_dir: bool) -> Stored:
         size = source.stat().st_size
-        sha256 = _hash_file(source)
+        sha256 = hash_file(source)
         name = f"{filename}.tar.gz" if is_dir else filename
         final = f"{root.rstrip('/')}/{sha256[:2]}/{sha256}/{name}"
         created = _remote_size_or_none(fs, final) != size
@@ -137,7 +172,7 @@ class ArtifactStore:
                 fs.open(staging, "wb") as dst,
                 self._bar(f"uploading {source.name}", size) as advance,
             ):
-                _copy(src, dst, advance)
+                copy_hashing(src, dst, advance)
             fs.makedirs(posixpath.dirname(final), exist_ok=True)
             fs.mv(staging, final)
         except BaseException:
@@ -152,7 +187,7 @@ class ArtifactStore:
             open(local, "wb") as dst,
             self._bar(f"downloading {ref.filename}", ref.size) as advance,
         ):
-            digest, _ = _copy(src, dst, advance)
+            digest, _ = copy_hashing(src, dst, advance)
         if digest != ref.sha256:
             raise EngineError(
                 f"artifact {ref.url} is corrupt: expected sha256 {ref.sha256}, got {digest}; re-upload it",
@@ -193,97 +228,6 @@ def url_to_fs(url: str) -> tuple[AbstractFileSystem, str]:
     return resolve(url)
 
 
-def pack_folder(folder: Path, archive: Path) -> Path:
-    """Pack ``folder``'s contents into a reproducible ``.tar.gz``: same tree, same bytes."""
-    # filename="" and mtime=0 keep the path and the clock out of the gzip header.
-    with (
-        open(archive, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as zipped,
-        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for relative in _sorted_entries(folder):
-            _add_normalised(tar, folder / relative, relative)
-    return archive
-
-
-def _sorted_entries(folder: Path) -> list[str]:
-    entries = []
-    for current, dirnames, filenames in os.walk(folder):
-        base = Path(current).relative_to(folder)
-        entries += [(base / name).as_posix() for name in dirnames + filenames]
-    return sorted(entries)
-
-
-def _add_normalised(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-    info = tar.gettarinfo(str(path), arcname=arcname)
-    if info is None:  # sockets and other special files cannot be archived
-        return
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    if info.isreg():
-        with open(path, "rb") as data:
-            tar.addfile(info, data)
-    else:
-        tar.addfile(info)
-
-
-def _unpack_into_place(ref: ArtifactRef, archive: Path, target: Path) -> None:
-    unpacked = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
-    try:
-        _safe_extract(ref, archive, unpacked)
-        _move_into_place(unpacked, target)
-    finally:
-        shutil.rmtree(unpacked, ignore_errors=True)
-
-
-def _safe_extract(ref: ArtifactRef, archive: Path, into: Path) -> None:
-    with tarfile.open(archive, mode="r:gz") as tar:
-        members = tar.getmembers()
-        _check_members(ref, members)
-        if not hasattr(tarfile, "data_filter"):
-            tar.extractall(into, members)
-            return
-        try:  # a second guard: the "data" filter also resolves what is already on disk
-            tar.extractall(into, members, filter="data")
-        except tarfile.FilterError as exc:
-            raise _unsafe(ref, str(exc)) from exc
-
-
-def _check_members(ref: ArtifactRef, members: list[tarfile.TarInfo]) -> None:
-    """Refuse any entry that would land, or point, outside the folder it is unpacked into."""
-    links: set[PurePosixPath] = set()
-    for member in members:
-        name = _inside(ref, member.name, member.name)
-        through = next((parent for parent in name.parents if parent in links), None)
-        if through is not None:
-            raise _unsafe(ref, f"{member.name!r} lies under the link {through.as_posix()!r}")
-        if member.issym():
-            _inside(ref, (name.parent / member.linkname).as_posix(), member.name, member.linkname)
-            links.add(name)
-        elif member.islnk():
-            _inside(ref, member.linkname, member.name, member.linkname)
-        elif not (member.isreg() or member.isdir()):
-            raise _unsafe(ref, f"{member.name!r} is a special file (device, pipe)")
-
-
-def _inside(ref: ArtifactRef, path: str, member: str, target: str | None = None) -> PurePosixPath:
-    """``path`` normalised, or an error when it is absolute or climbs out with ``..``."""
-    shown = f"{member!r} -> {target!r}" if target is not None else repr(member)
-    if path.startswith(("/", "\\")):
-        raise _unsafe(ref, f"{shown} is an absolute path")
-    normal = posixpath.normpath(path)
-    if normal == ".." or normal.startswith("../"):
-        raise _unsafe(ref, f"{shown} points outside the folder")
-    return PurePosixPath(normal)
-
-
-def _unsafe(ref: ArtifactRef, why: str) -> EngineError:
-    return EngineError(
-        f"artifact {ref.url} holds an unsafe entry, so it was not unpacked: {why}; "
-        "re-upload the folder with `ferry model upload --path FOLDER`",
-        url=ref.url,
-    )
-
-
 def _move_into_place(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)
@@ -291,23 +235,6 @@ def _move_into_place(source: Path, target: Path) -> None:
         # Another process fetching the same artifact got there first; its copy is just as good.
         if not target.exists():
             raise
-
-
-def _hash_file(path: Path) -> str:
-    with open(path, "rb") as src:
-        digest, _ = _copy(src, None, lambda _n: None)
-    return digest
-
-
-def _copy(src: IO[bytes], dst: IO[bytes] | None, advance: Advance) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    while chunk := src.read(CHUNK_SIZE):
-        digest.update(chunk)
-        if dst is not None:
-            dst.write(chunk)
-        size += len(chunk)
-        advance(len(chunk))
-    return digest.hexdigest(), size
 
 
 @contextmanager

@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
-import tarfile
 import types
 import uuid
-import zipfile
 from pathlib import Path
+
+from ferry.registry.unpack import is_archive, unpack
+
+ARCHIVE_SUFFIXES = (".zip", ".tgz", ".tar.gz", ".tar")
+"""What get_local_copy unpacks: ClearML's own three, by name, and a plain tar."""
 
 
 class StorageManager:
@@ -23,7 +25,13 @@ class StorageManager:
 
     @staticmethod
     def get_local_copy(remote_url: str, extract_archive: bool = True, **_: object) -> str | None:
-        """Download ``remote_url`` (any fsspec URL or local path) once into ferry's cache; its local path."""
+        """Download ``remote_url`` (any fsspec URL or local path) once into ferry's cache; its local path.
+
+        An archive named as one (``.zip``, ``.tgz``, ``.tar.gz``, as ClearML decides, and ``.tar``; a ``.pt`` or
+        ``.npz`` file, zips inside, stays a file) is unpacked beside it and the folder's path returned, through
+        ferry's one safe unpacker: an entry that would land or point outside that folder (absolute, ``..``,
+        a link out), or a device or pipe, raises EngineError naming the archive and the entry.
+        """
         from fsspec.core import url_to_fs
 
         from ferry.settings import Settings
@@ -36,24 +44,20 @@ class StorageManager:
                 return None  # what clearml returns for a missing object
             folder.mkdir(parents=True, exist_ok=True)
             partial = folder / f".{uuid.uuid4().hex}"
-            fs.get(path, str(partial))
-            os.replace(partial, target)
-        if extract_archive and _is_archive(target):
-            return str(_extract(target))
+            try:
+                fs.get(path, str(partial))
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
+        if extract_archive and target.name.lower().endswith(ARCHIVE_SUFFIXES) and is_archive(target):
+            return str(_extract(target, remote_url))
         return str(target)
 
 
-def _is_archive(path: Path) -> bool:
-    return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
-
-
-def _extract(archive: Path) -> Path:
+def _extract(archive: Path, remote_url: str) -> Path:
     out = archive.with_name(archive.name + "_extracted")
-    if out.exists():
-        return out
-    partial = archive.with_name(f".{uuid.uuid4().hex}")
-    shutil.unpack_archive(str(archive), str(partial), format="zip" if zipfile.is_zipfile(archive) else "gztar")
-    os.replace(partial, out)
+    if not out.exists():
+        unpack(archive, out, f"archive {remote_url}")
     return out
 
 
