@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -31,11 +31,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.pool import NullPool
 
 metadata = MetaData()
 T = TypeVar("T")
-SCHEMA_LOCK = 0x66657272  # "ferr": the advisory lock key held while the schema is created
+SCHEMA_LOCK = 0x66657272  # "ferr": the advisory lock key held while the schema is created or upgraded
 
 services = Table(
     "services",
@@ -55,6 +55,7 @@ revisions = Table(
     Column("created_at", Float, nullable=False),
     Column("summary", Text, nullable=False),
     Column("config", Text, nullable=False),  # ServiceConfig as JSON, validated on read
+    Column("author", String(255), nullable=True),  # who made the change; NULL before it was recorded
 )
 
 instances = Table(
@@ -103,33 +104,32 @@ Index("models_by_name", models.c.project, models.c.name, models.c.created_at)
 
 
 def make_engine(url: str, create_tables: bool = True) -> Engine:
-    """Create an engine for ``url``; SQLite files get their folder, WAL mode and a busy timeout.
+    """Create an engine for ``url`` and make the store's schema this ferry's (``ferry.migrations.ensure``).
 
-    ``create_tables=False`` does not connect: a serving process may start while the store is down.
+    A new store is created, an older SQLite one upgraded in place; an older PostgreSQL store, or one a newer
+    ferry made, is refused (``SchemaMismatch``). Once per process and URL. ``create_tables=False`` does not
+    connect (a serving process may start while the store is down): the check runs at the first connection.
     """
+    from ferry import migrations
+
+    engine = new_engine(url)
+    if create_tables:
+        migrations.ensure(engine)
+    else:
+        migrations.ensure_on_first_connect(engine, lambda: new_engine(url, poolclass=NullPool))
+    return engine
+
+
+def new_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` that checks nothing; SQLite files get their folder, WAL mode and a busy timeout."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
-    if create_tables:
-        retry_on_conflict(lambda: _create_tables(engine))
-    return engine
-
-
-def _create_tables(engine: Engine) -> None:
-    # Several processes may open a fresh store at once. PostgreSQL: one at a time (IF NOT EXISTS alone
-    # still clashes in its catalog); SQLite serialises schema changes by itself.
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK)))
-        for table in metadata.sorted_tables:
-            conn.execute(CreateTable(table, if_not_exists=True))
-            for index in sorted(table.indexes, key=lambda i: str(i.name)):
-                conn.execute(CreateIndex(index, if_not_exists=True))
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

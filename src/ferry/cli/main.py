@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ferry import __version__
-from ferry.cli import dashboard, declarative, metrics, models, serve, services, triton
+from ferry.cli import dashboard, declarative, metrics, migrate, models, serve, services, triton
 from ferry.cli.context import Context
 from ferry.cli.output import fail
 from ferry.errors import FerryError
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.register(sub, common)
     dashboard.register(sub, common)
     triton.register(sub, common)
+    migrate.register(sub, common)
     return parser
 
 
@@ -64,7 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         fail("interrupted")
         return 130
+    except (OSError, UnicodeDecodeError) as exc:  # a file the command was given: name it, no traceback
+        fail(_file_problem(exc))
+        return 1
     return 0
+
+
+def _file_problem(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file given is not UTF-8 text ({exc.reason} at byte {exc.start}): give a text file"
+    where = f" {exc.filename!r}" if exc.filename else ""
+    return f"cannot use{where}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":
