@@ -457,3 +457,10 @@ def test_storage_manager_unpacks_by_name_as_clearml_does(tmp_path: Path, monkeyp
         local = Path(StorageManager.get_local_copy(remote_url=(tmp_path / "src" / name).as_uri()))
         assert local.is_dir() == unpacked, name
         assert (local / "data.bin").read_bytes() == b"x" if unpacked else local.name == name
+
+
+def test_uploading_a_pipe_names_what_it_is(tmp_path: Path):
+    os.mkfifo(tmp_path / "pipe")
+    store = ArtifactStore(str(tmp_path / "remote"), tmp_path / "cache", progress=False)
+    with pytest.raises(InvalidInput, match="it is a pipe, not a file or folder"):
+        store.put(tmp_path / "pipe")

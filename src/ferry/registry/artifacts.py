@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from ferry.errors import EngineError, InvalidInput, NotFound
-from ferry.registry.packing import pack_folder
+from ferry.registry.packing import file_kind, pack_folder
 from ferry.registry.stamps import (
     copy_hashing,
     discard_cached,
@@ -82,6 +82,9 @@ class ArtifactStore:
         fs, root = url_to_fs(destination or self.root_url)
         if source.is_file():
             return self._upload(fs, root, source, source.name, is_dir=False)
+        if not source.is_dir():
+            kind = file_kind(source.stat().st_mode)
+            raise InvalidInput(f"cannot upload {local_path}: it is {kind}, not a file or folder")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".pack-") as tmp:
             archive = pack_folder(source, Path(tmp) / f"{source.name}.tar.gz")

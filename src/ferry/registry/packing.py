@@ -56,7 +56,7 @@ def scan_folder(folder: Path) -> list[FolderEntry]:
             if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
                 entries.append(FolderEntry(relative, path, stat.S_ISDIR(mode)))
             elif not stat.S_ISLNK(mode):
-                problems.append(f"{relative!r} is a special file ({_kind(mode)})")
+                problems.append(f"{relative!r} is a special file ({file_kind(mode)})")
             else:
                 entry, problem = _followed(path, relative)
                 entries += [entry] if entry else []
@@ -86,10 +86,10 @@ def _followed(path: Path, relative: str) -> tuple[FolderEntry | None, str | None
         return FolderEntry(relative, path, False, link), None
     if stat.S_ISDIR(mode):
         return None, f"{relative!r} -> {link!r} is a link to a folder"
-    return None, f"{relative!r} -> {link!r} is a link to a special file ({_kind(mode)})"
+    return None, f"{relative!r} -> {link!r} is a link to a special file ({file_kind(mode)})"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     kinds = {stat.S_IFIFO: "a pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
     return kinds.get(stat.S_IFMT(mode), "a block device" if stat.S_ISBLK(mode) else "not a file")
 
