@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from ferry import __version__
 from ferry.cli import dashboard, declarative, metrics, migrate, models, serve, services, triton
@@ -47,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, before_command: Callable[[], object] = lambda: None) -> int:
+    """Run one command; ``before_command`` is called once the arguments are parsed, before it runs."""
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError  # after parsing: `--help` and usage errors stay quick
 
     ctx = Context(getattr(args, "service_id", None))
+    before_command()
     try:
         args.func(ctx, args)
     except FerryError as exc:

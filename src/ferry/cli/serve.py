@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -16,9 +19,21 @@ from typing import Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
+from ferry.cli.stopping import DEADLINE_S, Stop
 from ferry.metrics import MULTIPROC_ENV
 from ferry.rest.auth import load_tokens
 from ferry.serving.instances import WORKERS_ENV
+
+log = logging.getLogger(__name__)
+
+APP = "ferry.cli.serve:serving_app"
+"""uvicorn's app factory: ferry's app, and the stop of the serving process it runs in."""
+DRAIN_S = 2.0
+"""Once asked to stop, requests in flight get this long to finish; those still running then are abandoned."""
+WORKER_DEADLINE_S = DEADLINE_S - 0.5
+"""A --workers process's own deadline: its supervisor's SIGTERM may reach it up to 0.5 s after the signal."""
+_stop: Stop | None = None
+"""This process's stop (``serve`` installs it; a --workers process gets its own in ``serving_app``)."""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -78,10 +93,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def serve(ctx: Context, args: argparse.Namespace) -> None:
+    global _stop
+    _stop = Stop(interrupt=True).install()  # until it serves, a stop signal ends the command where it is
     import uvicorn
 
     settings = ctx.settings
-    service_id, service_name = _service(ctx)
+    service_id, service_name = _stop.call(_service, ctx)
     workers = args.workers or _env_workers() or settings.workers
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
     os.environ[WORKERS_ENV] = str(workers)  # each worker's share of the cores sets its model instances
@@ -100,12 +117,14 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     how = "on Ray Serve" if args.ray else f"with {workers} worker(s)"
     err_console.print(f"serving service {service_id} ({service_name}) on {where} {how}{locked}", highlight=False)
     if args.ray:
-        return _serve_on_ray(ctx, args, service_id, host, port)
+        return _serve_on_ray(ctx, args, service_id, host, port, _stop)
     with _shared_metrics(workers if args.metrics is not False and settings.metrics else 1):
-        _run(uvicorn, host, port, workers)
+        _run(uvicorn, host, port, workers, _stop)
+    if _stop.requested.is_set():
+        _stop.done()  # threads a load or a request left running are abandoned, not waited for
 
 
-def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host: str, port: int) -> None:
+def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host: str, port: int, stop: Stop) -> None:
     from ferry.rayserve import require
 
     require()
@@ -119,12 +138,13 @@ def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host:
     if args.ingress_target <= 0:
         raise InvalidInput(f"--ingress-target {args.ingress_target:g}: give a number of requests above 0")
     ingress = ingress_options(low, high, args.ingress_target, pace(ctx.settings))
-    serve_on_ray(ctx.store, service_id, args.address, host, port, ingress)
+    serve_on_ray(ctx.store, service_id, args.address, host, port, ingress, stop)
 
 
-def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:
-    uvicorn.run(
-        "ferry.rest.app:create_app",
+def _run(uvicorn: Any, host: str, port: int, workers: int, stop: Stop) -> None:
+    """uvicorn serving ``APP``: in this process, or in ``workers`` processes under uvicorn's supervisor."""
+    config = uvicorn.Config(
+        APP,
         factory=True,
         host=host,
         port=port,
@@ -136,8 +156,81 @@ def _run(uvicorn: Any, host: str, port: int, workers: int) -> None:
         proxy_headers=False,  # ferry does not read client addresses; the middleware costs every request
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=DRAIN_S,
     )
+    if workers > 1:
+        return _supervise(config, stop)
+    server = uvicorn.Server(config)  # loads APP on its loop, with its own signal handlers on (see serving_app)
+    server.run()
+    if not server.started and not stop.requested.is_set():
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: what it printed says why
+
+
+def serving_app() -> Any:
+    """ferry's app for one serving process, whose SIGINT and SIGTERM then stop it within the deadline.
+
+    uvicorn calls this on its loop with its own handlers installed: its ``Server`` only stops after a
+    startup that waits for the first revision's load (however long), and only drains then. Here the first
+    signal tells the server to stop, and the reconciler too while nothing is loaded yet (the load is left,
+    the server skips serving); a second one, or the deadline, ends the process.
+    """
+    from ferry.rest.app import create_app
+
+    app = create_app()
+    _stop_serving_on_signals(app)
+    return app
+
+
+def _stop_serving_on_signals(app: Any) -> None:
+    import uvicorn
+
+    global _stop
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)  # uvicorn's bound Server.handle_exit
+    if not isinstance(server, uvicorn.Server):
+        log.warning("uvicorn's signal handlers were not found: SIGINT and SIGTERM stop this process only after a load")
+        return
+    loop = asyncio.get_running_loop()
+    worker = _stop is None  # a --workers process: its supervisor forwards the signal and decides on a second one
+    stop = _stop = _stop or Stop(WORKER_DEADLINE_S)
+    stop.interrupt, stop.repeat_ends = False, not worker
+
+    def stop_serving(signum: int) -> None:
+        server.should_exit = True
+        if not app.plane.ready():  # still starting: the startup waits for the first load, which stops too
+            loop.call_soon_threadsafe(app.reconciler.stop)
+
+    stop.actions = [stop_serving]
+    stop.install()
+    captured = getattr(server, "_captured_signals", None)
+    if server.should_exit and captured:  # a signal came while the app was built: uvicorn's handler took it
+        stop.handle(captured.pop())
+
+
+def _supervise(config: Any, stop: Stop) -> None:
+    """uvicorn's supervisor of the --workers processes, its SIGINT and SIGTERM taken over by ``stop``: the first
+    is passed on to each worker at once (each stops as one process does), a second or the deadline kills them."""
+    from uvicorn.supervisors import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])  # installs its own handlers: replaced below
+
+    def workers() -> list[Any]:
+        return [p.process for p in supervisor.processes if p.process.pid is not None and p.process.exitcode is None]
+
+    def pass_on(signum: int) -> None:
+        supervisor.should_exit.set()  # it sends SIGTERM once more (ignored), then waits for them
+        for process in workers():
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGTERM)
+
+    def kill_workers() -> None:
+        for process in workers():
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGKILL)
+
+    stop.interrupt = False
+    stop.actions, stop.before_exit = [pass_on], [kill_workers]
+    stop.install()
+    supervisor.run()
 
 
 @contextlib.contextmanager

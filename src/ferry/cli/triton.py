@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, table
+from ferry.cli.stopping import Stop, call_bounded
 from ferry.errors import EngineError
 
 if TYPE_CHECKING:
     from ferry.triton.sync import RepositorySync
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DRAIN_S = 2.0
+"""Once asked to stop, a pass in progress (a load, a call to the store) gets this long to end; then it is left."""
+DEREGISTER_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -26,7 +30,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="write every triton endpoint into a model repository and load it in Triton (explicit mode)",
     )
     p.add_argument("--model-repository", required=True, type=Path, metavar="DIR", help="Triton's --model-repository")
-    p.add_argument("--watch", action="store_true", help="keep following new revisions until Ctrl-C")
+    p.add_argument("--watch", action="store_true", help="keep following new revisions until Ctrl-C or SIGTERM")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between revision checks")
     p.add_argument(
         "--triton-url",
@@ -38,14 +42,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def sync(ctx: Context, args: argparse.Namespace) -> None:
-    from ferry.triton.sync import RepositorySync, TritonControl
-
-    sid = ctx.service.id
-    control = TritonControl(args.triton_url or _default_url(ctx, sid))
-    repository = args.model_repository.expanduser().resolve()
-    syncer = RepositorySync(sid, repository, control, ctx.registry, ctx.artifacts)
     if args.watch:
-        return _watch(ctx, sid, syncer, args.interval)
+        stop = Stop(interrupt=True).install()  # until it follows, a signal ends it where it is
+        return _watch(ctx, *stop.call(_syncer, ctx, args), args.interval, stop)
+    sid, syncer = _syncer(ctx, args)
     revision = ctx.store.get_revision(sid)
     outcomes = syncer.reconcile(revision.config)
     if args.json:
@@ -58,32 +58,51 @@ def sync(ctx: Context, args: argparse.Namespace) -> None:
         raise EngineError(f"{len(failed)} endpoint(s) not served by Triton: {', '.join(failed)} (errors above)")
 
 
+def _syncer(ctx: Context, args: argparse.Namespace) -> tuple[str, RepositorySync]:
+    from ferry.triton.sync import RepositorySync, TritonControl
+
+    sid = ctx.service.id
+    control = TritonControl(args.triton_url or _default_url(ctx, sid))
+    repository = args.model_repository.expanduser().resolve()
+    return sid, RepositorySync(sid, repository, control, ctx.registry, ctx.artifacts)
+
+
 def _default_url(ctx: Context, sid: str) -> str:
     grpc = ctx.store.get_revision(sid).config.settings.triton_grpc_server
     return f"grpc://{grpc.removeprefix('grpc://')}" if grpc else DEFAULT_URL
 
 
-def _watch(ctx: Context, sid: str, syncer: RepositorySync, interval: float) -> None:
+def _watch(ctx: Context, sid: str, syncer: RepositorySync, interval: float, stop: Stop) -> None:
+    """Follow the revisions in a thread until SIGINT or SIGTERM; then give a pass in progress ``DRAIN_S`` to end,
+    deregister, and exit 0 (a pass still running, a load in Triton say, is left: Triton goes on with it)."""
     from ferry.triton.sync import StatusReport, watch
 
-    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends as cleanly as Ctrl-C
     details = {"repository": str(syncer.repository), "triton_url": syncer.control.url}
-    status = StatusReport(ctx.store, sid, details, ctx.settings.heartbeat_interval)
+    status = stop.call(StatusReport, ctx.store, sid, details, ctx.settings.heartbeat_interval)
+    stop.interrupt = False  # from here the main thread only waits
+    crashed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            watch(syncer, ctx.store, sid, interval, _line, status, stop.requested)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            crashed.append(exc)
+
+    following = threading.Thread(target=follow, name="ferry triton sync", daemon=True)
     console.print(
         f"syncing {syncer.repository} with Triton at {syncer.control.url} ({syncer.control.protocol}); Ctrl-C stops",
         highlight=False,
     )
-    try:
-        watch(syncer, ctx.store, sid, interval, _line, status)
-    except KeyboardInterrupt:
-        print("stopped", flush=True)
-    finally:
-        status.close()
+    following.start()
+    while following.is_alive() and not stop.requested.wait(0.5):
+        pass
+    following.join(DRAIN_S)
+    call_bounded("deregistering", status.close, DEREGISTER_S)
+    if crashed:
+        raise crashed[0]
+    _line("stopped" if not following.is_alive() else "stopped (a pass in progress was left: the next sync takes it up)")
+    stop.done()
 
 
 def _line(text: str) -> None:
     print(text, flush=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

@@ -4,6 +4,7 @@ while a new version's model deployment starts)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,9 +15,10 @@ from ray import serve
 from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException, ReplicaUnavailableError
 
+from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import StatsFn, preload
-from ferry.errors import EngineError, FerryError, NotReady
+from ferry.errors import EngineError, FerryError, NotReady, Timeout
 from ferry.rayserve.apps import MODEL_DEPLOYMENT, bridged, colocated, model_app
 from ferry.serving.pipeline import EndpointRuntime
 from ferry.serving.reconciler import Reconciler
@@ -31,6 +33,11 @@ LOST = (RayActorError, ReplicaUnavailableError)
 """The replica died or cannot be reached: the request did not complete there."""
 READY_TIMEOUT_S = 300.0
 """How long an ingress replica waits for a new version's model deployment to be running."""
+SIGNATURE_TIMEOUT_S = 30.0
+"""How long an ingress replica waits for a model replica to describe the version's V2 tensors."""
+MARGIN_S = 0.5
+"""A model call's timeout is the endpoint's request timeout less this: a lost call is answered 503 by ferry before
+the request's own timeout (504) cuts it."""
 RETRY_AFTER_S = 1
 ROLE = "ray ingress"
 
@@ -40,10 +47,14 @@ class RayEngine:
 
     is_async = True
 
-    def __init__(self, spec: EndpointSpec, service_id: str) -> None:
+    def __init__(self, spec: EndpointSpec, service_id: str, default_timeout_s: float | None) -> None:
         self.endpoint_key = spec.key
         self.app = model_app(service_id, spec)
         self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.app)
+        timeout_s = queue_limits(spec.engine, spec.aux_config).request_timeout_s or default_timeout_s
+        self.timeout_s = max(MARGIN_S, timeout_s - MARGIN_S) if timeout_s else None
+        """How long a model call may take, retries included: the endpoint's request timeout less ``MARGIN_S``
+        (None: no request timeout, none here either)."""
         self.waiting = 0
         """Requests waiting for the model deployment now (the ingress's autoscaling leaves them out)."""
         self.v2_signature: Signature | FerryError | None = None
@@ -52,7 +63,13 @@ class RayEngine:
     def fetch_signature(self) -> None:
         """Ask a model replica for the version's V2 tensors, once, at build time (blocking)."""
         try:
-            self.v2_signature = self.handle.signature.remote().result()
+            self.v2_signature = self.handle.signature.remote().result(timeout_s=SIGNATURE_TIMEOUT_S)
+        except TimeoutError:
+            self.v2_signature = NotReady(
+                f"endpoint {self.endpoint_key}: no model replica of {self.app} described its tensors within "
+                f"{SIGNATURE_TIMEOUT_S:g} s",
+                endpoint=self.endpoint_key,
+            )
         except (RayError, RayServeException) as exc:
             self.v2_signature = self._error(exc)
 
@@ -77,18 +94,45 @@ class RayEngine:
 
     async def _send(self, method: Any, *args: Any) -> Any:
         """``method.remote(*args)``, sent again when the replica it reached died under it (a model call is
-        idempotent per request): Ray Serve routes the retry to a live replica, or holds it for the new one."""
+        idempotent per request): Ray Serve routes the retry to a live replica, or holds it for the new one.
+
+        All attempts together get ``timeout_s``: past it the call is cancelled and answered 503 with Retry-After
+        when a replica was lost on the way (a retry found no live one in time), else 504.
+        """
+        deadline, lost = None if self.timeout_s is None else time.monotonic() + self.timeout_s, None
         for attempt in range(RETRIES + 1):
+            response = method.remote(*args)
             try:
-                return await method.remote(*args)
+                if deadline is None:
+                    return await response
+                return await asyncio.wait_for(_awaited(response), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                _cancel(response)
+                raise self._late(lost) from None
             except LOST as exc:
                 if attempt == RETRIES:
                     raise self._error(exc) from None
+                lost = exc
                 log.warning("endpoint %s: a model replica was lost (%s); sending the request again", self.endpoint_key,
                             type(exc).__name__)  # fmt: skip
             except (RayError, RayServeException) as exc:
                 raise self._error(exc) from None
         raise AssertionError("unreachable")
+
+    def _late(self, lost: Exception | None) -> FerryError:
+        """No answer within ``timeout_s``: 503 to retry when a replica died on the way, else 504."""
+        if lost is not None:
+            return NotReady(
+                f"endpoint {self.endpoint_key}: the model replica of {self.app} answering this request died "
+                f"({type(lost).__name__}) and no other answered within {self.timeout_s:g} s",
+                retry_after=RETRY_AFTER_S,
+                endpoint=self.endpoint_key,
+            )
+        return Timeout(
+            f"endpoint {self.endpoint_key}: the model deployment {self.app} gave no answer within "
+            f"{self.timeout_s:g} s (aux config request_timeout_ms)",
+            endpoint=self.endpoint_key,
+        )
 
     def _error(self, exc: Exception) -> FerryError:
         """The model replica's own ferry error as it is (a 422 stays a 422); Ray's failures as 503 or 500."""
@@ -104,6 +148,20 @@ class RayEngine:
 
     def close(self) -> None:
         """Nothing to release here: the launcher deletes the deployment once no ingress routes to it."""
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
+
+
+def _cancel(response: Any) -> None:
+    """Cancel a Ray Serve call no one waits for any more (its replica drops it)."""
+    cancel = getattr(response, "cancel", None)
+    if cancel is not None:
+        try:
+            cancel()
+        except Exception as exc:  # already done or gone: nothing to cancel
+            log.debug("cancelling a model call failed: %s", exc)
 
 
 def app_status(app: str) -> tuple[str, str]:
@@ -143,6 +201,9 @@ class RayReconciler(Reconciler):
         """Endpoint version -> the runtime loaded here while its model deployment starts (aux ``ray.bridge``)."""
         self.preloaded: set[str] = set()
         """Engines whose libraries this replica imported ahead of a bridge."""
+        self.draining: dict[int, EndpointRuntime] = {}
+        """The runtimes an ``apply`` in progress started from (those it replaces drain in it): their model
+        applications must stay."""
 
     def build(self, spec: EndpointSpec) -> EndpointRuntime:
         """Import the code (no ``load``: the model replicas load), wait for the model deployment, warm up.
@@ -163,7 +224,7 @@ class RayReconciler(Reconciler):
             log.info("endpoint %s: moving to its model deployment %s", spec.key, app)
         elif bridged(spec):
             self._preload(spec.engine)
-        engine = RayEngine(spec, self.service_id)
+        engine = RayEngine(spec, self.service_id, self.plane.request_timeout_s)
         engine.fetch_signature()
         code_path = self.artifacts.fetch(spec.preprocess) if spec.preprocess else None
         user = load_user_code(code_path, spec, self.plane.send_request_for(spec.engine))
@@ -195,10 +256,23 @@ class RayReconciler(Reconciler):
         key = runtime.spec.key
         return self.bridges.get(key) is runtime and app_status(model_app(self.service_id, runtime.spec))[0] == "RUNNING"
 
+    def apply(self, number: int) -> None:
+        """``Reconciler.apply``, the runtimes it starts from reported as routed to (``state``) until it returns:
+        those it replaces drain within it, and the launcher deleting their model application meanwhile would
+        leave a request Ray has not yet given a replica waiting for one that never comes."""
+        before = {id(runtime): runtime for runtime in self.plane.table.runtimes.values()}
+        self.draining = {**self.draining, **before}  # a new dict: heartbeats read it from their thread
+        try:
+            super().apply(number)
+        finally:
+            self.draining = {k: v for k, v in self.draining.items() if k not in before}
+
     def state(self) -> dict[str, Any]:
-        """``Reconciler.state`` plus the model applications this replica routes to (the launcher keeps those)."""
+        """``Reconciler.state`` plus the model applications this replica routes to, draining runtimes' included
+        (the launcher keeps those)."""
         state = {**super().state(), **self.report}
-        engines = [runtime.engine for runtime in self.plane.table.runtimes.values()]
+        runtimes = [*self.plane.table.runtimes.values(), *self.draining.values()]
+        engines = [runtime.engine for runtime in runtimes]
         state["ray_apps"] = sorted({e.app for e in engines if isinstance(e, RayEngine)})
         state["bridged"] = sorted(self._serving_bridges())
         return state

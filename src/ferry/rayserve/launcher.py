@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import serve
@@ -29,8 +28,18 @@ from ferry.rayserve.model import ModelStage
 from ferry.serving.swap import with_triton_addresses
 from ferry.settings import Settings
 
+if TYPE_CHECKING:
+    from ferry.cli.stopping import Stop
+
 log = logging.getLogger(__name__)
 
+PROXY_MARGIN_S = 5.0
+"""Ray's HTTP proxy answers 408 to a request that has no answer this long after the longest of ferry's request
+timeouts (ferry's own 503 or 504 comes first): a request lost before ferry's code is not left unanswered."""
+DRAIN_S = 1.0
+"""Once asked to stop, a step in progress (a deploy, a call to the store) gets this long to end; then it is left."""
+DELETE_S = 2.0
+"""Then deleting the applications, deregistering and disconnecting from the cluster get this long."""
 LAUNCHER_POLL_S = 0.2
 """The launcher looks for a new revision at least this often (FERRY_POLL_INTERVAL when shorter): a new
 version's model replica takes seconds to start, so the launcher starts it first; the ingress replicas,
@@ -189,21 +198,75 @@ def replica_env(settings: Settings, service_id: str, host: str) -> dict[str, str
 
 
 def serve_on_ray(
-    store: Store, service_id: str, address: str | None, host: str, port: int, ingress: dict[str, Any]
+    store: Store, service_id: str, address: str | None, host: str, port: int, ingress: dict[str, Any], stop: Stop
 ) -> None:
-    """Connect to the cluster (``address``, else RAY_ADDRESS, else a local one), deploy, follow; delete on exit."""
+    """Connect to the cluster (``address``, else RAY_ADDRESS, else a local one), deploy, follow until ``stop``
+    (SIGINT or SIGTERM); then delete the applications and disconnect, each step bounded (``DRAIN_S``, ``DELETE_S``).
+
+    Ray's calls run in threads while the main thread waits for the signal: a deploy that waits for the store,
+    or a cluster that does not answer, cannot hold the stop. Ray installs no SIGTERM handler of its own then.
+    """
+    from ferry.cli.stopping import call_bounded
+
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
-    _check_http(host, port)
-    launcher = Launcher(store, service_id, settings, ingress, host)
-    signal.signal(signal.SIGTERM, lambda *_: launcher.stop())
+    logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
+    proxy_timeout = stop.call(_proxy_timeout, store, service_id, settings)
+    launcher: Launcher | None = None
+    failed: list[BaseException] = []
+    try:
+        stop.call(ray.init, address, logging_level=logging.WARNING, log_to_driver=False)
+        options = {"host": host, "port": port, "request_timeout_s": proxy_timeout}
+        stop.call(serve.start, http_options=options, logging_config=QUIET)
+        stop.call(_check_http, host, port)
+        launcher = Launcher(store, service_id, settings, ingress, host)
+        stop.interrupt = False  # from here the main thread only waits
+        stop.actions.append(lambda signum: launcher.stop())
+        following = threading.Thread(target=_follow, args=(launcher, failed), name="ferry launcher", daemon=True)
+        following.start()
+        while following.is_alive() and not stop.requested.wait(0.5):
+            pass
+        following.join(DRAIN_S)
+    finally:  # a failure, a stop while connecting, or the stop asked for: the applications go, bounded
+        closing = (lambda: _close(launcher)) if launcher is not None else ray.shutdown
+        closed = call_bounded("deleting the applications" if launcher else "disconnecting", closing, DELETE_S)
+    if failed:
+        raise failed[0]
+    if not closed:
+        stop.exit(stop.status, "stopped, though Ray did not confirm the deletes in time: see `serve status`")
+    stop.done()
+
+
+def _proxy_timeout(store: Store, service_id: str, settings: Settings) -> float | None:
+    """Ray's proxy's request timeout: the longest of the service's request timeouts now, plus ``PROXY_MARGIN_S``."""
+    from ferry.control.aux_config import queue_limits
+
+    try:
+        specs = store.get_revision(service_id).config.endpoints.values()
+    except Exception as exc:  # the store away: the launcher says so next
+        log.debug("reading the endpoints' request timeouts failed: %s", exc)
+        specs = []
+    timeouts = [queue_limits(spec.engine, spec.aux_config).request_timeout_s for spec in specs]
+    longest = max([settings.request_timeout_s or 0.0, *(timeout or 0.0 for timeout in timeouts)])
+    return longest + PROXY_MARGIN_S if longest else None
+
+
+def _follow(launcher: Launcher, failed: list[BaseException]) -> None:
     try:
         launcher.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        launcher.delete_all()
-        time.sleep(0.5)
-        ray.shutdown()
+    except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+        failed.append(exc)
+        launcher.stop()
+
+
+def _close(launcher: Launcher) -> None:
+    launcher.delete_all()
+    time.sleep(0.5)  # the deletes reach Serve's controller before this driver leaves
+    ray.shutdown()
+
+
+class _NoSigtermWarning(logging.Filter):
+    """Ray warns that it set no SIGTERM handler when connected from a thread: ferry's own handles SIGTERM."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()

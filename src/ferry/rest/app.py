@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Collection
@@ -10,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ferry.errors import EngineError, FerryError, NotFound, UserCodeError
+from ferry.errors import EngineError, FerryError, NotFound, NotReady, UserCodeError
 from ferry.rest.auth import BearerAuth, load_tokens
 from ferry.rest.http import decode_body, header, read_body, send, send_error
 from ferry.rest.openapi import DOCS_CSP, DOCS_HTML, openapi
@@ -20,8 +21,8 @@ from ferry.serving.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 SERVE = "/serve/"
-GRPC_GRACE_S = 10.0
-"""Seconds in-flight gRPC calls get to finish when the server stops."""
+GRPC_GRACE_S = 1.0
+"""Seconds in-flight gRPC calls get to finish when the server stops (after HTTP's drain; all within 5 s)."""
 GET_ROUTES = frozenset(
     {"/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/", "/metrics", "/metrics/targets"}
 )
@@ -77,6 +78,10 @@ class FerryApp:
             await self._get(path, send_)
         except FerryError as exc:
             await send_error(send_, exc)
+        except asyncio.CancelledError:  # the server's drain ended (or Ray dropped the request): say so, and end
+            stopped = NotReady(f"ferry stopped before it answered {method} {path}: send it again", retry_after=1)
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await send_error(send_, stopped)
         except Exception as exc:  # a bug: answer 500 and keep serving
             error = EngineError(f"internal error on {method} {path}: {type(exc).__name__}: {exc}")
             error.__cause__ = exc  # send_error logs it with this traceback and answers only an id

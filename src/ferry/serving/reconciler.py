@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ferry.control.autoupdate import reconcile_service
@@ -17,6 +18,7 @@ from ferry.control.store import Store
 from ferry.errors import FerryError
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
+from ferry.serving.daemon_threads import in_daemon_thread, retrieve
 from ferry.serving.dataplane import DataPlane
 from ferry.serving.swap import RevisionSwap
 
@@ -33,6 +35,17 @@ RULES_EVERY = 10
 METRICS_EVERY_S = 0.5
 """How often a serving process moves what it recorded into its series: with --workers N, how stale the
 other workers' part of a scrape can be."""
+STOP_GRACE_S = 0.5
+"""On ``stop``, a blocking step in progress (a load, a call to the store) gets this long to end; then it is left."""
+STOP_DRAIN_S = 0.5
+"""On ``stop``, requests still running in the loaded versions get this long before the versions unload (the
+HTTP server has drained its own requests first)."""
+SHUTDOWN_S = 1.0
+"""On ``stop``, deregistering and unloading get this long; what is still running then is left to the process's exit."""
+
+
+class Stopping(BaseException):
+    """``stop`` came while a blocking step ran: the step is left to finish in its thread, unwaited for."""
 
 
 @dataclasses.dataclass
@@ -119,7 +132,12 @@ class Reconciler(RevisionSwap):
         self._process: Any = None
 
     async def run(self) -> None:
-        """Register, then poll and heartbeat until ``stop``; blocking steps run in threads so requests flow."""
+        """Register, then poll and heartbeat until ``stop``; blocking steps run in threads so requests flow.
+
+        ``stop`` ends it within ``STOP_GRACE_S``, whatever it waits on: a load or a call to the store still in
+        progress then is left to finish in its thread (daemon: the process exits without it); then it
+        deregisters and unloads, within ``SHUTDOWN_S``.
+        """
         logging.getLogger("ferry").addHandler(self.recent)
         try:
             if await self._register():
@@ -135,13 +153,21 @@ class Reconciler(RevisionSwap):
                     await flushes
         finally:
             logging.getLogger("ferry").removeHandler(self.recent)
-            await asyncio.to_thread(self._shutdown)
+            shutdown = in_daemon_thread(asyncio.get_running_loop(), self._shutdown)
+            try:
+                await asyncio.wait_for(asyncio.shield(shutdown), SHUTDOWN_S)
+            except asyncio.TimeoutError:
+                log.warning("deregistering and unloading took over %g s: left to finish as the process exits",
+                            SHUTDOWN_S)  # fmt: skip
+            self.plane.loaded_once.set()  # no load comes any more: wake whoever waits for the first one
 
     def stop(self) -> None:
         self._stop.set()
 
     def health(self) -> tuple[str, str | None]:
         """("ready", None), or why this instance takes no traffic yet: ("loading" or "unavailable", reason)."""
+        if self._stop.is_set():
+            return "unavailable", "stopping"
         if self.plane.ready():
             return "ready", None
         if self.store_error is not None:
@@ -156,12 +182,14 @@ class Reconciler(RevisionSwap):
         while not self._stop.is_set():
             try:
                 # The service as given (an id, a prefix, or "" for the only one), resolved once the store answers.
-                self.service_id = (await asyncio.to_thread(self.store.resolve_service, self.service_id or None)).id
-                self.instance_id = await asyncio.to_thread(
+                self.service_id = (await self._blocking(self.store.resolve_service, self.service_id or None)).id
+                self.instance_id = await self._blocking(
                     self.store.register_instance, self.service_id, socket.gethostname(), os.getpid()
                 )
                 self._store_up()
                 return True
+            except Stopping:
+                return False
             except Exception as exc:
                 self.store_error = _store_problem(exc)
                 delay = self.connect_retry.next()
@@ -171,7 +199,10 @@ class Reconciler(RevisionSwap):
 
     async def _poll(self) -> None:
         while not self._stop.is_set():
-            await self._tick()
+            try:
+                await self._tick()
+            except Stopping:
+                return
             await self._sleep(self.poll_interval)
 
     async def _rule_checks(self) -> None:
@@ -181,7 +212,9 @@ class Reconciler(RevisionSwap):
             if self._stop.is_set():
                 return
             try:
-                revision = await asyncio.to_thread(reconcile_service, self.store, self.registry, self.service_id)
+                revision = await self._blocking(reconcile_service, self.store, self.registry, self.service_id)
+            except Stopping:
+                return
             except Exception as exc:
                 log.warning("auto-update reconcile failed: %s", _store_problem(exc))
             else:
@@ -201,7 +234,10 @@ class Reconciler(RevisionSwap):
         """Beat on its own schedule, so a long ``load()`` or a slow poll never silences this instance."""
         while not self._stop.is_set():
             started = time.monotonic()
-            await asyncio.to_thread(self._heartbeat_safely)
+            try:
+                await self._blocking(self._heartbeat_safely)
+            except Stopping:
+                return
             await self._sleep(self.heartbeat_interval - (time.monotonic() - started))
 
     async def _sleep(self, seconds: float) -> None:
@@ -209,9 +245,30 @@ class Reconciler(RevisionSwap):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), max(seconds, 0.0))
 
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a thread, awaited until it returns; on ``stop``, ``STOP_GRACE_S`` more, then ``Stopping``.
+
+        Not the loop's executor: a thread it holds (a load that takes minutes, a call to an unreachable
+        store) would hold the process's exit; a daemon thread is left behind.
+        """
+        if self._stop.is_set():
+            raise Stopping
+        work = in_daemon_thread(asyncio.get_running_loop(), fn, *args)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not work.done():
+            await asyncio.wait({work}, timeout=STOP_GRACE_S)
+        if not work.done():
+            work.add_done_callback(retrieve)
+            raise Stopping
+        return work.result()
+
     async def _tick(self) -> None:
         try:
-            head = await asyncio.to_thread(self.store.head, self.service_id)
+            head = await self._blocking(self.store.head, self.service_id)
         except Exception as exc:  # keep serving what is loaded; the store may be back by the next poll
             self._store_down(exc)
             return
@@ -222,16 +279,16 @@ class Reconciler(RevisionSwap):
             return
         elif self.plane.table.failed:  # a load may have failed for a passing reason (artifact store down)
             log.info("retrying %s endpoint(s) that failed to load", len(self.plane.table.failed))
-        elif not await asyncio.to_thread(self.outdated):
+        elif not await self._blocking(self.outdated):
             return
         self.loading_revision = head
         try:
-            await asyncio.to_thread(self.apply, head)
+            await self._blocking(self.apply, head)  # on stop, a load in progress is left to finish alone
         except Exception:
             log.exception("reconcile of service %s failed; serving revision %s", self.service_id, self.applied)
             return
         self._retry_at = time.monotonic() + self.retry.next()
-        await asyncio.to_thread(self._heartbeat_safely)  # `ferry status` shows the change now, not a beat later
+        await self._blocking(self._heartbeat_safely)  # `ferry status` shows the change now, not a beat later
 
     def _store_down(self, exc: Exception) -> None:
         problem = _store_problem(exc)
@@ -282,13 +339,18 @@ class Reconciler(RevisionSwap):
         return targets(self.service_id, [i.state for i in self.store.list_instances(self.service_id)])
 
     def _shutdown(self) -> None:
-        for runtime in self.plane.table.runtimes.values():
-            self._retire(runtime)
+        """Deregister, then unload every version (its requests still running get ``STOP_DRAIN_S`` in all)."""
         if self.instance_id:
             try:
                 self.store.remove_instance(self.instance_id)
             except Exception:
                 log.exception("could not deregister instance %s", self.instance_id)
+        drain_until = time.monotonic() + min(self.drain_timeout, STOP_DRAIN_S)
+        for runtime in self.plane.table.runtimes.values():
+            try:
+                runtime.retire(round(max(0.0, drain_until - time.monotonic()), 2))
+            except Exception as exc:
+                log.error("unload of endpoint %s raised %s: %s", runtime.key, type(exc).__name__, exc)
 
 
 def _store_problem(exc: BaseException) -> str:

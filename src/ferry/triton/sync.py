@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from ferry.registry.models import ModelRegistry
 from ferry.triton.repository import ModelFiles, clean_staging, model_files, remove_model, write_model, written
 
 LOAD_TIMEOUT_S = 600.0
-"""How long one load may take over HTTP (a large model); gRPC waits for as long as Triton takes."""
+"""How long one load or unload may take (a large model); past it, the model is reported failed (Triton goes on)."""
+CHECK_TIMEOUT_S = 5.0
+"""How long a liveness or readiness question to Triton may take: one that hangs counts as not reachable."""
+CONNECT_TIMEOUT_S = 5.0
 ERROR_CHARS = 600
 
 
@@ -39,45 +43,64 @@ class Outcome:
 
 
 class TritonControl:
-    """Triton's model-control API (``--model-control-mode=explicit``) through tritonclient.
+    """Triton's model-control API (``--model-control-mode=explicit``) through tritonclient; every call is
+    bounded (``CHECK_TIMEOUT_S`` for questions, ``LOAD_TIMEOUT_S`` for loads and unloads).
 
-    ``url``: ``http://host:port`` or ``host:port`` for the HTTP client, ``grpc://host:port`` for gRPC.
+    ``url``: ``http://host:port`` or ``host:port`` for the HTTP client, ``grpc://host:port`` for gRPC. The
+    clients are made on first use, in the thread that uses them (the HTTP one runs on gevent, per thread).
     """
 
     def __init__(self, url: str) -> None:
-        scheme, _, address = url.rpartition("://")
+        scheme, _, self.address = url.rpartition("://")
         self.url, self.protocol = url, "gRPC" if scheme == "grpc" else "HTTP"
         try:
             if scheme == "grpc":
-                import tritonclient.grpc as client
-
-                self.client: Any = client.InferenceServerClient(address)
+                import tritonclient.grpc as module
             else:
-                import tritonclient.http as client
-
-                self.client = client.InferenceServerClient(address, network_timeout=LOAD_TIMEOUT_S)
+                import tritonclient.http as module
         except ImportError:
             raise InvalidInput(
                 "`ferry triton sync` needs tritonclient: pip install 'ferry[triton]' (or 'tritonclient[http,grpc]')"
             ) from None
+        self._module: Any = module
+        self._clients: dict[float, Any] = {}
+
+    def _client(self, timeout_s: float) -> Any:
+        """gRPC: one client, each call given its own deadline; HTTP: one client per read timeout."""
+        if self.protocol == "gRPC":
+            timeout_s = 0.0
+        if timeout_s not in self._clients:
+            if self.protocol == "gRPC":
+                self._clients[timeout_s] = self._module.InferenceServerClient(self.address)
+            else:
+                self._clients[timeout_s] = self._module.InferenceServerClient(
+                    self.address, connection_timeout=CONNECT_TIMEOUT_S, network_timeout=timeout_s
+                )
+        return self._clients[timeout_s]
+
+    def _call(self, method: str, timeout_s: float, *args: Any) -> Any:
+        client = self._client(timeout_s)
+        if self.protocol == "gRPC":
+            return getattr(client, method)(*args, client_timeout=timeout_s)
+        return getattr(client, method)(*args)
 
     def live(self) -> bool:
         try:
-            return bool(self.client.is_server_live())
+            return bool(self._call("is_server_live", CHECK_TIMEOUT_S))
         except Exception:  # refused, reset, timed out: each means not reachable now
             return False
 
     def ready(self, name: str) -> bool:
         try:
-            return bool(self.client.is_model_ready(name))
+            return bool(self._call("is_model_ready", CHECK_TIMEOUT_S, name))
         except Exception:  # gRPC raises for a model Triton does not know
             return False
 
     def load(self, name: str) -> None:
-        self.client.load_model(name)
+        self._call("load_model", LOAD_TIMEOUT_S, name)
 
     def unload(self, name: str) -> None:
-        self.client.unload_model(name)
+        self._call("unload_model", LOAD_TIMEOUT_S, name)
 
 
 class RepositorySync:
@@ -168,6 +191,8 @@ class StatusReport:
         self.revision: int | None = None
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.beat_at = 0.0
+        self._lock = threading.Lock()
+        self._closed = False
 
     def record(self, revision: int, outcomes: list[Outcome]) -> None:
         self.revision = revision
@@ -183,13 +208,18 @@ class StatusReport:
         if time.monotonic() - self.beat_at < self.interval:
             return
         state = {**self.details, "endpoints": self.endpoints}
-        if not self.store.heartbeat(self.instance_id, self.revision, state):
-            host = f"{socket.gethostname()} (triton sync)"
-            self.instance_id = self.store.register_instance(self.service_id, host, os.getpid())
+        with self._lock:  # never beside close: a beat after it would register this instance again
+            if self._closed:
+                return
+            if not self.store.heartbeat(self.instance_id, self.revision, state):
+                host = f"{socket.gethostname()} (triton sync)"
+                self.instance_id = self.store.register_instance(self.service_id, host, os.getpid())
         self.beat_at = time.monotonic()
 
     def close(self) -> None:
-        self.store.remove_instance(self.instance_id)
+        with self._lock:
+            self._closed = True
+            self.store.remove_instance(self.instance_id)
 
 
 RECHECK_S = 10.0
@@ -203,10 +233,16 @@ def watch(
     interval: float,
     emit: Callable[[str], None],
     status: StatusReport | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Reconcile on every new head revision (polled each ``interval`` s) and now and then; runs until interrupted."""
+    """Reconcile on every new head revision (polled each ``interval`` s) and now and then, until ``stop`` is set.
+
+    ``stop`` wakes the wait between passes; a pass in progress (a load, a call to the store) runs to its end
+    first, so the caller waits for this in a thread it may abandon (`ferry triton sync --watch` does).
+    """
+    stop = stop or threading.Event()
     head, last, recheck_at, problem = None, {}, 0.0, ""
-    while True:
+    while not stop.is_set():
         try:
             new_head = store.head(service_id)
             if new_head != head or time.monotonic() >= recheck_at:
@@ -215,14 +251,14 @@ def watch(
                 head, recheck_at = new_head, time.monotonic() + RECHECK_S
                 if status is not None:
                     status.record(new_head, outcomes)
-            if status is not None:
+            if status is not None and not stop.is_set():
                 status.beat()
             problem = ""
         except Exception as exc:  # the store or Triton away: say so once, keep polling
             if _one_line(exc) != problem:
                 problem = _one_line(exc)
                 emit(f"waiting: {problem}")
-        time.sleep(interval)
+        stop.wait(interval)
 
 
 def _report(

@@ -23,8 +23,14 @@ pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 OUTAGE_S = 15.0
 """Many heartbeats and polls of the launcher and of every replica, short enough for the suite's Ray budget."""
 SMALL = ["--aux-config", "ray.num_cpus=0.5"]
-STARTUP_TIMEOUT = {"FERRY_STARTUP_TIMEOUT": "2"}
-"""`ferry serve` takes traffic unready after this; a Ray ingress replica waits for the store however long."""
+STARTUP_TIMEOUT = {"FERRY_STARTUP_TIMEOUT": "2", "FERRY_REQUEST_TIMEOUT_S": "10"}
+"""`ferry serve` takes traffic unready after this; a Ray ingress replica waits for the store however long. A
+request lost on the way is answered within the 10 s request timeout (ferry's 503 or 504) or 5 s later (Ray's proxy:
+408), long before a client gives up (60 s; with the 60 s default, one left waiting by a deleted model application
+failed a CI run: docs/scaling.md)."""
+LOST = {500, 503, 504, 408}
+"""What a lost request may be answered: 500 by Ray's proxy for the killed ingress replica's, 503 or 504 by ferry for
+a model call with no replica in time, 408 by Ray's proxy when nothing answered within its timeout."""
 PAST_STARTUP_S = 8.0
 """From the replacement ingress actor's creation: its process start and imports, then well past 2 s."""
 
@@ -85,6 +91,7 @@ def test_the_cluster_serves_through_a_store_outage_then_takes_a_change(
     assert outage >= OUTAGE_S and ready == 200
     assert starting == {"RUNNING": 1, "STARTING": 1}, starting  # the replacement waits for the store
     assert failed <= 4 and failed == sum(n for (code, _), n in answers.items() if code != 200), answers
+    assert {code for code, _ in answers} <= {200} | LOST, answers
     assert {tag for (code, tag) in answers if code == 200} == {"before", "after"}, answers
     assert during > 50, during  # requests kept flowing while the store was down
     assert "following the store failed" in server.log_path.read_text()
