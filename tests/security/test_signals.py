@@ -9,9 +9,11 @@ SIGINT ignored as a background job of a script starts (the cause of a CI failure
 A process may exit 0 (the stop finished), 128 + the signal (cut short: a deadline, a second signal), or die of the
 signal (it came before Python ran ferry's code). `ferry serve --ray`: tests/e2e/on_ray/test_signals.py.
 
-SIGTERM's moment counts from the start of the process; SIGINT's from when ferry handles it. Before, Python's own
-KeyboardInterrupt lands wherever the process is, and 3 of 36 such SIGINTs during `ferry.cli.main`'s imports
-crashed the process (SIGSEGV inside orjson's module init): not a stop ferry's code can make clean.
+SIGTERM's moment counts from the start of the process; SIGINT's from when ferry handles it. Before that, Python's
+own KeyboardInterrupt landed wherever the process was, and 3 of 36 such SIGINTs during `ferry.cli.main`'s imports
+crashed the process (SIGSEGV inside orjson's module init); the console script (`ferry.cli.entry`) now exits 130 on
+a SIGINT until the command starts (40 SIGINTs 0.02-0.6 s after spawn, by hand: 37 stops with 0, 3 exits with 130,
+no crash).
 """
 
 from __future__ import annotations
