@@ -435,8 +435,12 @@ def unload_all(triton: Triton) -> Callable[[], None]:
     """After a batch: Triton unloads every model, and forgets the folders, so the next watches load again."""
 
     def unload() -> None:
+        # Triton unloads in the background: its folders go only once nothing is loading, loaded or unloading
+        # (tritonserver 2.x crashed, SIGSEGV, when a folder went while its model was still unloading).
+        triton.wait_for(lambda: not any(m.get("state") == "LOADING" for m in triton.index()), 30, "loads done")
         for model in triton.index():
             triton.client.post(f"/v2/repository/models/{model['name']}/unload")
+        triton.wait_for(lambda: all(m.get("state") == "UNAVAILABLE" for m in triton.index()), 30, "models unloaded")
         for folder in triton.repository.iterdir():
             subprocess.run(["rm", "-rf", str(folder)], check=True)
 
