@@ -19,10 +19,10 @@ from typing import Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
-from ferry.cli.stopping import DEADLINE_S, Stop
 from ferry.metrics import MULTIPROC_ENV
 from ferry.rest.auth import load_tokens
 from ferry.serving.instances import WORKERS_ENV
+from ferry.stopping import DEADLINE_S, Stop
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, table
-from ferry.cli.stopping import Stop, call_bounded
 from ferry.errors import EngineError
+from ferry.stopping import Stop, call_bounded
 
 if TYPE_CHECKING:
     from ferry.triton.sync import RepositorySync

@@ -29,7 +29,7 @@ from ferry.serving.swap import with_triton_addresses
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
-    from ferry.cli.stopping import Stop
+    from ferry.stopping import Stop
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def serve_on_ray(
     Ray's calls run in threads while the main thread waits for the signal: a deploy that waits for the store,
     or a cluster that does not answer, cannot hold the stop. Ray installs no SIGTERM handler of its own then.
     """
-    from ferry.cli.stopping import call_bounded
+    from ferry.stopping import call_bounded
 
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
