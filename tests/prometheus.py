@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.process import wait_until
+from tests.process import ChildServer, missing
 
 
 class PrometheusError(AssertionError):
@@ -26,18 +23,18 @@ def prometheus_binary() -> str:
     """The `prometheus` command; skips the test where it is missing (fails under CI)."""
     found = shutil.which("prometheus")
     if found is None:
-        message = "Prometheus is not installed (scripts/test.sh installs Debian's prometheus package)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("Prometheus is not installed (scripts/test.sh installs Debian's prometheus package)")
     return found
 
 
-class Prometheus:
+class Prometheus(ChildServer):
     """`prometheus` scraping ``targets`` ("host:port") as job ``job``, its data in a throwaway folder.
 
     Use as a context manager; ``port`` lets a test scrape Prometheus itself (its own /metrics).
     """
+
+    name = "prometheus"
+    error = PrometheusError
 
     def __init__(
         self,
@@ -59,18 +56,6 @@ class Prometheus:
         self.log_path = self.root / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=10)
-
-    def __enter__(self) -> Prometheus:
-        try:
-            self._start()
-            self.wait_for(self._ready, 30, "/-/ready answering 200")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def config(self) -> dict[str, Any]:
         """The prometheus.yml this instance runs with."""
@@ -101,8 +86,8 @@ class Prometheus:
                 stdin=subprocess.DEVNULL,
             )
 
-    def _ready(self) -> bool:
-        return self.client.get("/-/ready").status_code == 200
+    def _wait_up(self) -> None:
+        self.wait_for(lambda: self.client.get("/-/ready").status_code == 200, 30, "/-/ready answering 200")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Evaluate ``promql`` now (/api/v1/query): the result's series, each {"metric": {...}, "value": [t, v]}."""
@@ -141,13 +126,6 @@ class Prometheus:
         except PrometheusError as exc:
             states = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in self.targets_health()]
             raise PrometheusError(f"{exc}\ntargets (url, health, last error): {states}") from None
-
-    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> float:
-        """Poll ``check`` until it is true; the seconds it took. Fails with the log if Prometheus exits."""
-        return wait_until(self.proc, "prometheus", check, timeout, what, self.log, PrometheusError, every=0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
         """SIGTERM by pid, SIGKILL if it has not stopped within 5 s; then remove its folder."""

@@ -7,14 +7,12 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import free_port
-from tests.process import wait_until
+from tests.process import ChildServer, missing
 
 TRITON_HOME = Path(os.environ.get("FERRY_TRITON_HOME", Path.home() / ".cache" / "ferry" / "triton"))
 """What scripts/triton_setup.sh builds (scripts/test.sh runs it): venv/ with tritonserver, pylib/ for model.py."""
@@ -35,18 +33,19 @@ def server_dir() -> Path:
     """site-packages/pytriton/tritonserver of the set-up venv; skips where it is missing (fails under CI)."""
     found = sorted(glob.glob(str(TRITON_HOME / "venv/lib/python3*/site-packages/pytriton/tritonserver")))
     if not found or not (Path(found[0]) / "backends/python/triton_python_backend_stub").exists():
-        message = f"no tritonserver in {TRITON_HOME}: run `bash scripts/triton_setup.sh` (scripts/test.sh does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"no tritonserver in {TRITON_HOME}: run `bash scripts/triton_setup.sh` (scripts/test.sh does)")
     return Path(found[0])
 
 
-class Triton:
+class Triton(ChildServer):
     """`tritonserver` over ``repository`` with HTTP and gRPC on free 127.0.0.1 ports; a context manager.
 
     ``explicit``: --model-control-mode=explicit (nothing loads until asked, as `ferry triton sync` drives it).
     """
+
+    name = "tritonserver"
+    error = TritonError
+    log_tail = 8000
 
     def __init__(self, repository: Path, *, explicit: bool = False) -> None:
         self.repository = Path(repository)
@@ -58,19 +57,10 @@ class Triton:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
-    def __enter__(self) -> Triton:
-        try:
-            self._start()
-            self.wait_for(self._live, 60, "/v2/health/live")
-            if not self.explicit:
-                self.wait_for(self._ready, 120, "/v2/health/ready (every model loaded)")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _wait_up(self) -> None:
+        self.wait_for(self._live, 60, "/v2/health/live")
+        if not self.explicit:
+            self.wait_for(self._ready, 120, "/v2/health/ready (every model loaded)")
 
     def _start(self) -> None:
         root = server_dir()
@@ -107,12 +97,6 @@ class Triton:
     def index(self) -> list[dict]:
         """The repository index (explicit mode): every model folder with its state."""
         return self.client.post("/v2/repository/index", json={}).json()
-
-    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> float:
-        return wait_until(self.proc, "tritonserver", check, timeout, what, self.log, TritonError, every=0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-8000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
         """SIGTERM to its process group; the Python backend needs 2-3 s to remove its shared memory."""

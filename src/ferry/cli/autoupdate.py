@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
-from ferry.cli.parsing import endpoint_settings
+from ferry.cli.parsing import add_endpoint_settings, add_model_query, endpoint_settings, model_query
 from ferry.control.engine_names import ENGINE_NAMES
 
 if TYPE_CHECKING:
@@ -22,17 +22,9 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     )
     p.add_argument("--engine", required=True, choices=ENGINE_NAMES, help="what runs the models")
     p.add_argument("--endpoint", required=True, help="endpoint name: versions are served at /serve/NAME/N")
-    p.add_argument("--name", help="models with this exact name")
-    p.add_argument("--project", help="... and this exact project")
-    p.add_argument("--tags", nargs="*", default=[], help="... carrying all of these tags")
-    p.add_argument("--published", action="store_true", help="... and published")
+    add_model_query(p, name_help="models with this exact name")
     p.add_argument("--max-versions", type=int, default=1, help="how many of the newest stay served (default 1)")
-    p.add_argument("--preprocess", help="Preprocess code: a .py file, or a folder with preprocess.py")
-    for side in ("input", "output"):
-        p.add_argument(f"--{side}-size", nargs="+", help=f'{side} shapes: "[-1, 10]" per tensor, or 1 28 28')
-        p.add_argument(f"--{side}-type", nargs="+", help=f"{side} dtypes (numpy names: float32 int64 ...)")
-        p.add_argument(f"--{side}-name", nargs="+", help=f"{side} tensor names")
-    p.add_argument("--aux-config", nargs="+", help="engine settings as key=value pairs, or a config file")
+    add_endpoint_settings(p)
     p.set_defaults(func=auto_update)
     p = msub.add_parser("untag", parents=[common], help="remove tags from a model")
     p.add_argument("--model-id", required=True, help="the model to untag")
@@ -41,9 +33,7 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
 
 
 def auto_update(ctx: Context, args: argparse.Namespace) -> None:
-    from ferry.control.spec import ModelQuery
-
-    query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
+    query = model_query(args)
     outcome = ctx.control.add_auto_update(
         ctx.service.id,
         engine=args.engine,

@@ -8,7 +8,7 @@ from pathlib import Path
 from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
-from ferry.cli.parsing import endpoint_settings
+from ferry.cli.parsing import add_endpoint_settings, add_model_query, endpoint_settings, model_query
 from ferry.control.engine_names import ENGINE_NAMES
 from ferry.errors import Conflict
 
@@ -72,16 +72,8 @@ def _add(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> N
     p.add_argument("--endpoint", required=True, help="endpoint name: served at /serve/NAME[/VERSION]")
     p.add_argument("--version", default="", help="endpoint version (default: none)")
     p.add_argument("--model-id", help="registry model to serve")
-    p.add_argument("--name", help="pick the newest model with this exact name")
-    p.add_argument("--project", help="... and this exact project")
-    p.add_argument("--tags", nargs="*", default=[], help="... carrying all of these tags")
-    p.add_argument("--published", action="store_true", help="... and published")
-    p.add_argument("--preprocess", help="Preprocess code: a .py file, or a folder with preprocess.py")
-    for side in ("input", "output"):
-        p.add_argument(f"--{side}-size", nargs="+", help=f'{side} shapes: "[-1, 10]" per tensor, or 1 28 28')
-        p.add_argument(f"--{side}-type", nargs="+", help=f"{side} dtypes (numpy names: float32 int64 ...)")
-        p.add_argument(f"--{side}-name", nargs="+", help=f"{side} tensor names")
-    p.add_argument("--aux-config", nargs="+", help="engine settings as key=value pairs, or a config file")
+    add_model_query(p, name_help="pick the newest model with this exact name")
+    add_endpoint_settings(p)
     p.set_defaults(func=add)
 
 
@@ -175,9 +167,7 @@ def _in_words(ctx: Context, serving: dict[str, list[str]]) -> str:
 
 
 def add(ctx: Context, args: argparse.Namespace) -> None:
-    from ferry.control.spec import ModelQuery
-
-    query = ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
+    query = model_query(args)
     links = _links_stored_as_files(args.preprocess)
     outcome = ctx.control.add_endpoint(
         ctx.service.id,

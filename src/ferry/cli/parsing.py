@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ferry.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from ferry.control.spec import TensorSpec
+    from ferry.control.spec import ModelQuery, TensorSpec
 
 
 def parse_shapes(tokens: list[str] | None, flag: str = "--input-size") -> list[tuple[int, ...]]:
@@ -126,6 +127,30 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
             raise InvalidInput(f"--aux-config {key!r}: {part!r} is already set to a value")
         node = child
     node[leaf] = value
+
+
+def add_model_query(p: argparse.ArgumentParser, name_help: str) -> None:
+    """The flags that pick models from the registry: `model add` takes the newest, `model auto-update` follows."""
+    p.add_argument("--name", help=name_help)
+    p.add_argument("--project", help="... and this exact project")
+    p.add_argument("--tags", nargs="*", default=[], help="... carrying all of these tags")
+    p.add_argument("--published", action="store_true", help="... and published")
+
+
+def model_query(args: Any) -> ModelQuery:
+    from ferry.control.spec import ModelQuery
+
+    return ModelQuery(name=args.name, project=args.project, tags=args.tags, published=args.published)
+
+
+def add_endpoint_settings(p: argparse.ArgumentParser) -> None:
+    """The flags `model add` and `model auto-update` share, read back by ``endpoint_settings``."""
+    p.add_argument("--preprocess", help="Preprocess code: a .py file, or a folder with preprocess.py")
+    for side in ("input", "output"):
+        p.add_argument(f"--{side}-size", nargs="+", help=f'{side} shapes: "[-1, 10]" per tensor, or 1 28 28')
+        p.add_argument(f"--{side}-type", nargs="+", help=f"{side} dtypes (numpy names: float32 int64 ...)")
+        p.add_argument(f"--{side}-name", nargs="+", help=f"{side} tensor names")
+    p.add_argument("--aux-config", nargs="+", help="engine settings as key=value pairs, or a config file")
 
 
 def endpoint_settings(args: Any) -> dict[str, Any]:

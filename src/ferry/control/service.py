@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import ValidationError
+from typing_extensions import Unpack
 
 from ferry.control import canary, metrics_config
 from ferry.control.autoupdate import commit_reconcile
@@ -26,6 +27,16 @@ from ferry.control.store import Revision, Store
 from ferry.errors import InvalidInput, NotFound
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
+
+
+class EndpointSettings(TypedDict, total=False):
+    """What `model add` and `model auto-update` share: the preprocess code, tensor specs and engine settings."""
+
+    preprocess: Path | None
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    aux_config: dict[str, Any] | None
+    aux_config_text: str | None
 
 
 @dataclass
@@ -53,28 +64,14 @@ class ServiceControl:
         version: str = "",
         model_id: str | None = None,
         query: ModelQuery | None = None,
-        preprocess: Path | None = None,
-        inputs: tuple[TensorSpec, ...] = (),
-        outputs: tuple[TensorSpec, ...] = (),
-        aux_config: dict[str, Any] | None = None,
-        aux_config_text: str | None = None,
+        **settings: Unpack[EndpointSettings],
     ) -> Outcome:
         """Add (or replace) the endpoint ``endpoint[/version]`` serving one model."""
         self.store.get_service(service_id)
-        aux = validate_aux_config(engine, aux_config or {}, aux_config_text)
         model_id = self._pick_model(engine, model_id, query)
-        spec = validated(
-            EndpointSpec,
-            name=endpoint,
-            version=version,
-            engine=engine,
-            model_id=model_id,
-            preprocess=self._upload_preprocess(preprocess),
-            inputs=inputs,
-            outputs=outputs,
-            aux_config=aux,
-            aux_config_text=aux_config_text,
-        )
+        fields = self._endpoint_fields(engine, settings)
+        spec = validated(EndpointSpec, name=endpoint, version=version, engine=engine, model_id=model_id, **fields)
+        aux = spec.aux_config
         warnings: list[str] = []
 
         def change(config: ServiceConfig) -> tuple[ServiceConfig, str]:
@@ -102,27 +99,15 @@ class ServiceControl:
         endpoint: str,
         query: ModelQuery,
         max_versions: int = 1,
-        preprocess: Path | None = None,
-        inputs: tuple[TensorSpec, ...] = (),
-        outputs: tuple[TensorSpec, ...] = (),
-        aux_config: dict[str, Any] | None = None,
-        aux_config_text: str | None = None,
+        **settings: Unpack[EndpointSettings],
     ) -> Outcome:
         """Add (or replace) a rule serving the newest ``max_versions`` models matching ``query`` at ``endpoint/N``."""
         self.store.get_service(service_id)
         if not (query.name or query.project or query.tags):
             raise InvalidInput("an auto-update rule needs --name, --project or --tags to pick its models")
-        aux = validate_aux_config(engine, aux_config or {}, aux_config_text)
+        fields = self._endpoint_fields(engine, settings)
         template = validated(
-            EndpointSpec,
-            name=endpoint,
-            engine=engine,
-            inputs=inputs,
-            outputs=outputs,
-            aux_config=aux,
-            aux_config_text=aux_config_text,
-            auto_update=endpoint.strip().strip("/"),
-            preprocess=self._upload_preprocess(preprocess),
+            EndpointSpec, name=endpoint, engine=engine, auto_update=endpoint.strip().strip("/"), **fields
         )
         rule = validated(
             AutoUpdateSpec, endpoint=template.name, query=query, template=template, max_versions=max_versions
@@ -265,6 +250,18 @@ class ServiceControl:
         raise InvalidInput(
             f"engine {engine!r} needs a model: give --model-id, or --name and --project to pick the newest"
         )
+
+    def _endpoint_fields(self, engine: str, settings: EndpointSettings) -> dict[str, Any]:
+        """An endpoint's fields from what `model add` and `model auto-update` share: aux config checked for the
+        engine, the preprocess code uploaded."""
+        aux_text = settings.get("aux_config_text")
+        return {
+            "preprocess": self._upload_preprocess(settings.get("preprocess")),
+            "inputs": settings.get("inputs", ()),
+            "outputs": settings.get("outputs", ()),
+            "aux_config": validate_aux_config(engine, settings.get("aux_config") or {}, aux_text),
+            "aux_config_text": aux_text,
+        }
 
     def _upload_preprocess(self, path: Path | None):
         if path is None:

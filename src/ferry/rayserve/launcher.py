@@ -21,6 +21,7 @@ from ray import serve
 
 from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
+from ferry.rayserve import proxy_guard
 from ferry.rayserve.apps import QUIET, Pace, colocated, ingress_app, model_app, model_options
 from ferry.rayserve.engine import ROLE
 from ferry.rayserve.ingress import Ingress
@@ -217,7 +218,8 @@ def serve_on_ray(
     try:
         stop.call(ray.init, address, logging_level=logging.WARNING, log_to_driver=False)
         options = {"host": host, "port": port, "request_timeout_s": proxy_timeout}
-        stop.call(serve.start, http_options=options, logging_config=QUIET)
+        guard = proxy_guard.start_options(serve.start)  # a lost request answered 503, not Ray's bare 500
+        stop.call(serve.start, http_options=options, logging_config=QUIET, **guard)
         stop.call(_check_http, host, port)
         launcher = Launcher(store, service_id, settings, ingress, host)
         stop.interrupt = False  # from here the main thread only waits

@@ -28,8 +28,9 @@ STARTUP_TIMEOUT = {"FERRY_STARTUP_TIMEOUT": "2", "FERRY_REQUEST_TIMEOUT_S": "10"
 request lost on the way is answered within the 10 s request timeout (ferry's 503 or 504) or 5 s later (Ray's proxy:
 408), long before a client gives up (60 s; with the 60 s default, one left waiting by a deleted model application
 failed a CI run: docs/scaling.md)."""
-LOST = {500, 503, 504, 408}
-"""What a lost request may be answered: 500 by Ray's proxy for the killed ingress replica's, 503 or 504 by ferry for
+LOST = {503, 504, 408}
+"""What a lost request may be answered: 503 for the killed ingress replica's (ferry's guard in Ray's proxy: Ray's own
+answer is a bare 500), 503 or 504 by ferry for
 a model call with no replica in time, 408 by Ray's proxy when nothing answered within its timeout."""
 PAST_STARTUP_S = 8.0
 """From the replacement ingress actor's creation: its process start and imports, then well past 2 s."""
