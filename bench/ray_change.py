@@ -98,7 +98,7 @@ def main() -> None:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_answering(url, "sklearn/1", body=BODY)
-        time.sleep(5)  # the ingress's background imports (engines.base.preload) done, as on a serving cluster
+        time.sleep(5)  # the ingress's background imports (engines.loading.preload) done, as on a serving cluster
         print(f"{'version':>7} {'how':<10} {'answered_s':>10} {'on_deployment_s':>15}")
         version = 1
         for n in range(rounds):

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Install what the test suite needs (PostgreSQL from Debian, a venv with ferry[test]) and run it.
+#   bash scripts/test.sh            the whole suite, as CI runs it
+#   bash scripts/test.sh --quick    the unit tests only (no ferry processes, no Ray): the inner loop, 2-3 minutes
+#   bash scripts/test.sh --deep     the whole suite with 5x the property-test and fuzz budgets (tests/budget.py)
 #   bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=full
+case "${1:-}" in
+  --quick) mode=quick; shift ;;
+  --deep) export FERRY_TEST_DEPTH=deep; shift ;;
+esac
 
 debs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debs+=(postgresql)
@@ -29,8 +37,12 @@ venv=${FERRY_VENV:-.venv}
 
 "$venv/bin/ruff" check src tests examples bench
 "$venv/bin/ruff" format --check src tests examples bench
+"$venv/bin/mypy"  # [tool.mypy] in pyproject.toml: src/ferry, strict for serving/ and control/
 pytest=("$venv/bin/python" -m pytest -q --durations=20)  # the slowest tests, to keep the suite quick
 [ $# -eq 0 ] || exec "${pytest[@]}" "$@"
+if [ "$mode" = quick ]; then
+  exec "${pytest[@]}" -n "${FERRY_TEST_WORKERS:-2}" --dist loadgroup -m "not e2e and not ray"
+fi
 # The whole suite: two workers for all but the Ray cluster tests, a module per worker at a time (they share
 # its servers; tests/conftest.py groups them), then the Ray tests alone: a two-node Ray cluster beside other
 # tests on two cores misses its timings. 25 min in one process on the CI machine, 19 this way.

@@ -1,4 +1,4 @@
-"""Shared fixtures: a throwaway FERRY_HOME, real PostgreSQL and S3-compatible servers, the real `ferry` command."""
+"""Shared fixtures: a throwaway FERRY_HOME, real PostgreSQL and S3-compatible servers, the `ferry` command."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+from tests import cli_runner
 
 FERRY_BIN = str(Path(sys.executable).with_name("ferry"))
 
@@ -161,17 +164,37 @@ class TrainedExample:
     preprocess: Path
 
 
-@pytest.fixture(scope="session")
-def hf_example(tmp_path_factory: pytest.TempPathFactory) -> TrainedExample:
-    """The example's MiniLM fine-tuned with --quick (~10 s), once per session: tests read it, none writes to it."""
-    root = tmp_path_factory.mktemp("hf-example")
-    trained = TrainedExample(root / "hf-model", root / "preprocess")
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder ``name`` that ``make(folder)`` filled, made once per run: under pytest-xdist the workers share
+    it (the first to take the lock makes it, the others wait and read it), as a session fixture alone would
+    make it once per worker. Only for what the tests read and none writes to."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's root, shared by the workers
+    folder = root / f"shared-{name}"
+    with FileLock(root / f"shared-{name}.lock"):
+        done = folder / ".done"
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed try left
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def _train_hf_example(root: Path) -> None:
     train = Path(__file__).resolve().parents[1] / "examples" / "huggingface" / "train.py"
-    argv = [sys.executable, str(train), str(trained.hf), "--preprocess-dir", str(trained.preprocess), "--quick"]
+    argv = [sys.executable, str(train), str(root / "hf-model"), "--preprocess-dir", str(root / "preprocess"), "--quick"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, f"{argv} failed:\n{proc.stderr[-3000:]}{proc.stdout}"
-    return trained
+
+
+@pytest.fixture(scope="session")
+def hf_example(tmp_path_factory: pytest.TempPathFactory) -> TrainedExample:
+    """The example's MiniLM fine-tuned with --quick (~10-16 s), once per run, shared by the xdist workers:
+    tests read it, none writes to it."""
+    root = once_per_run(tmp_path_factory, "hf-example", _train_hf_example)
+    return TrainedExample(root / "hf-model", root / "preprocess")
 
 
 # --- the real command ---------------------------------------------------------------------------
@@ -188,27 +211,40 @@ class Result:
 
 
 class Ferry:
-    """Runs the installed `ferry` console script in a subprocess with the test's environment."""
+    """The `ferry` command with the test's environment: its ``main(argv)`` in this process (tests/cli_runner.py:
+    a subprocess costs most of a second of imports a call), or with ``process=True`` (here or per call) the
+    installed console script in a subprocess, for what only a process shows: signals, the exit of the script,
+    `serve` and `triton sync --watch`, which the in-process runner refuses."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, process: bool = False) -> None:
         self.cwd = cwd
+        self.process = process
 
-    def __call__(self, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> Result:
+    def __call__(
+        self, *args: str, ok: bool = True, env: dict[str, str] | None = None, process: bool | None = None
+    ) -> Result:
+        run = self._subprocess if (self.process if process is None else process) else self._in_process
+        result = run(list(args), env or {})
+        if ok and result.code != 0:
+            raise AssertionError(f"ferry {' '.join(args)} failed ({result.code}):\n{result.err}{result.out}")
+        if not ok and result.code == 0:
+            raise AssertionError(f"ferry {' '.join(args)} should have failed:\n{result.out}")
+        return result
+
+    def _in_process(self, args: list[str], env: dict[str, str]) -> Result:
+        return Result(*cli_runner.run(args, self.cwd, env))
+
+    def _subprocess(self, args: list[str], env: dict[str, str]) -> Result:
         proc = subprocess.run(
             [FERRY_BIN, *args],
             capture_output=True,
             text=True,
             cwd=self.cwd,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
             timeout=120,
         )
-        result = Result(proc.returncode, proc.stdout, proc.stderr)
-        if ok and proc.returncode != 0:
-            raise AssertionError(f"ferry {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-        if not ok and proc.returncode == 0:
-            raise AssertionError(f"ferry {' '.join(args)} should have failed:\n{proc.stdout}")
-        return result
+        return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def service(self, name: str = "serving example") -> str:
         out = self("create", "--name", name).out

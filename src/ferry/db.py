@@ -103,7 +103,7 @@ models = Table(
 Index("models_by_name", models.c.project, models.c.name, models.c.created_at)
 
 
-def make_engine(url: str, create_tables: bool = True) -> Engine:
+def make_sql_engine(url: str, create_tables: bool = True) -> Engine:
     """Create an engine for ``url`` and make the store's schema this ferry's (``ferry.migrations.ensure``).
 
     A new store is created, an older SQLite one upgraded in place; an older PostgreSQL store, or one a newer

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+
 
 class FerryError(Exception):
     """Base of every error ferry raises on purpose; ``status_code`` follows HTTP semantics."""
@@ -112,3 +116,20 @@ GRPC_CODES: dict[int, str] = {
 def grpc_code(status_code: int) -> str:
     """The gRPC status code name for ``status_code`` (INTERNAL for a code the table lacks)."""
     return GRPC_CODES.get(status_code, "INTERNAL")
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])(?:file://)?/([\w.+~@%-]+)(?:/[\w.+~@%-]+)*/([\w.+~@%-]+)")
+"""An absolute path with a directory, not inside a URL (group 1: its top directory, group 2: its file name)."""
+
+
+@functools.cache
+def _root_entries() -> frozenset[str]:
+    try:
+        return frozenset(os.listdir("/"))
+    except OSError:
+        return frozenset()
+
+
+def strip_paths(text: str) -> str:
+    """``text`` with the directories cut from local paths (those under a top directory of this machine)."""
+    return ABSOLUTE_PATH.sub(lambda m: m.group(2) if m.group(1) in _root_entries() else m.group(0), text)

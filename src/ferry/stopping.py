@@ -106,7 +106,8 @@ class Stop:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a daemon thread while the main thread waits, so that a stop signal is
         handled at once even when ``fn`` blocks in C; on a stop, ``fn`` is left to the process's exit."""
-        finished, outcome = threading.Event(), {}
+        finished = threading.Event()
+        outcome: dict[str, Any] = {}
 
         def run() -> None:
             try:

@@ -1,4 +1,5 @@
-"""The real `ferry` command in a subprocess against a temporary FERRY_HOME (SQLite and PostgreSQL)."""
+"""The `ferry` command against a temporary FERRY_HOME (SQLite and PostgreSQL): its main() in process, and the
+installed console script in a subprocess for the main commands, the exit status and concurrent processes."""
 
 from __future__ import annotations
 
@@ -85,6 +86,42 @@ def test_registry_and_endpoint_flow(ferry: Ferry, files: dict[str, Path]):
     assert ferry("config", "--json").json()["metric_log_freq"] == 1.0
     status = ferry("status", "--json").json()
     assert status == {"service": sid, "revision": 7, "instances": []}
+
+
+def test_the_console_script_runs_the_main_commands_as_main_does_in_process(ferry_sqlite: Ferry, files: dict[str, Path]):
+    """The installed `ferry` script end to end (the other tests run its main() in process): create, upload, add
+    and list; and what it prints and exits with is what the in-process runs give (a table, a usage mistake, a
+    command that fails)."""
+    script = Ferry(ferry_sqlite.cwd, process=True)
+    sid = script.service()
+    mid = model_id(script("model", "upload", "--name", "logreg", "--path", str(files["model"])).out)
+    added = script("--id", sid, "model", "add", "--engine", "sklearn", "--endpoint", "e", "--model-id", mid)
+    assert added.out.startswith(f"revision 2: endpoint e added (sklearn, model {mid}")
+    assert [m["id"] for m in script("model", "list", "--json").json()] == [mid]
+
+    table = script("model", "list")
+    assert mid in table.out and "\x1b[" not in table.out and table == ferry_sqlite("model", "list")
+    usage = script("list", "--no-such-flag", ok=False)
+    assert usage.code == 2 and usage == ferry_sqlite("list", "--no-such-flag", ok=False)
+    failed = script("--id", "nope", "history", ok=False)
+    assert failed.code == 1 and failed == ferry_sqlite("--id", "nope", "history", ok=False)
+
+
+def test_in_process_runs_keep_the_test_process_as_it_was(ferry_sqlite: Ferry, tmp_path: Path):
+    """A command run in process sees its own environment and folder, and leaves the test's as they were; one
+    that runs until a signal is refused there (it would block the test and take over its signal handlers)."""
+    (tmp_path / "elsewhere").mkdir()
+    here, env = os.getcwd(), dict(os.environ)
+    ferry_sqlite.service()
+    elsewhere = Ferry(tmp_path / "elsewhere")
+    elsewhere("dashboard", "export", "--output", "dash.json")
+    assert (tmp_path / "elsewhere" / "dash.json").is_file()
+    assert "no service with id 'nope'" in elsewhere("export", env={"FERRY_SERVICE": "nope", "NEW": "1"}, ok=False).err
+    assert os.getcwd() == here and dict(os.environ) == env
+    for argv in (["serve"], ["triton", "sync", "--model-repository", ".", "--watch"]):
+        with pytest.raises(AssertionError, match="runs until a signal .* process=True"):
+            ferry_sqlite(*argv)
+    assert "usage: ferry serve" in ferry_sqlite("serve", "--help").out  # answered before any serving
 
 
 def test_folder_and_url_uploads(ferry_sqlite: Ferry, files: dict[str, Path], tmp_path: Path):

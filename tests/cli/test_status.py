@@ -6,7 +6,7 @@ import logging
 import time
 
 from ferry.cli.context import Context
-from ferry.serving.reconciler import RecentLog
+from ferry.serving.revisions.reconciler import RecentLog
 from tests.conftest import Ferry
 
 

@@ -17,6 +17,7 @@ from ferry.control.store import Store
 from ferry.errors import InvalidInput
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
+from tests.budget import examples
 
 QUERY = ModelQuery(name="m", project="p", tags=("prod",))
 
@@ -97,7 +98,7 @@ def test_a_changed_template_redeploys_the_same_models_at_the_same_versions():
     assert {s.engine for s in config.endpoints.values()} == {"xgboost"} and len(changes) == 2
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     max_versions=st.integers(1, 4),
     steps=st.lists(st.lists(st.sampled_from("abcdefg"), unique=True, max_size=6), min_size=1, max_size=8),
@@ -133,7 +134,7 @@ def test_any_sequence_of_registry_states_keeps_the_rules_promises(max_versions: 
 def parts(store_url: str, tmp_path: Path) -> tuple[Store, ModelRegistry, ServiceControl]:
     store = Store.open(store_url)
     artifacts = ArtifactStore(str(tmp_path / "artifacts"), tmp_path / "cache", progress=False)
-    registry = ModelRegistry(store.engine, artifacts)
+    registry = ModelRegistry(store.sql, artifacts)
     return store, registry, ServiceControl(store, registry, artifacts)
 
 

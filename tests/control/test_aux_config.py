@@ -13,7 +13,7 @@ from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import Store
 from ferry.control.triton_config import MAPS, REPEATED, TRITON_FIELDS
 from ferry.errors import InvalidInput
-from ferry.serving.batching import BatchPolicy
+from ferry.serving.batching.batcher import BatchPolicy
 from tests.conftest import Ferry
 
 DOCS = Path(__file__).parents[2] / "docs" / "aux-config.md"

@@ -23,7 +23,7 @@ PREPROCESS = "class Preprocess:\n    def preprocess(self, body, state, collect_c
 def control(store_url: str, ferry_home: Path) -> ServiceControl:
     store = Store.open(store_url)
     artifacts = ArtifactStore(str(ferry_home / "artifacts"), ferry_home / "cache", progress=False)
-    return ServiceControl(store, ModelRegistry(store.engine, artifacts), artifacts)
+    return ServiceControl(store, ModelRegistry(store.sql, artifacts), artifacts)
 
 
 @pytest.fixture

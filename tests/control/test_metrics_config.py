@@ -134,7 +134,7 @@ def control(store_url: str, tmp_path: Path) -> tuple[ServiceControl, str]:
     store = Store.open(store_url)
     artifacts = ArtifactStore(str(tmp_path / "artifacts"), tmp_path / "cache", progress=False)
     service = store.create_service("metrics")
-    return ServiceControl(store, ModelRegistry(store.engine, artifacts), artifacts), service.id
+    return ServiceControl(store, ModelRegistry(store.sql, artifacts), artifacts), service.id
 
 
 def spec(endpoint: str, log_freq: float | None = None, **kinds: str) -> MetricSpec:

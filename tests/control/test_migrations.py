@@ -22,7 +22,7 @@ import ferry.control.store
 from ferry import migrations
 from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import Store
-from ferry.db import make_engine, metadata, new_engine
+from ferry.db import make_sql_engine, metadata, new_engine
 from ferry.migrations import BASELINE, HEAD, SchemaMismatch
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
@@ -77,9 +77,9 @@ def fill(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
         store.add_event("model.published", "m published", first.id, model_id=model.id)
         store.add_event("note", "no service", None, n=1)
         seen = snapshot(store, registry)
-        seen["counts"] = counts(store.engine)
-        store.engine.dispose()
-        registry.engine.dispose()
+        seen["counts"] = counts(store.sql)
+        store.sql.dispose()
+        registry.sql.dispose()
     return seen
 
 
@@ -163,11 +163,11 @@ def test_a_baseline_store_filled_then_upgraded_keeps_every_row(
         store = Store.open(store_url)
 
     assert revision_of(store_url) == (HEAD, True)
-    assert schema_diff(store.engine) == []  # upgraded is the same schema a new store gets
-    after = snapshot(store, registry_on(store.engine, tmp_path))
+    assert schema_diff(store.sql) == []  # upgraded is the same schema a new store gets
+    after = snapshot(store, registry_on(store.sql, tmp_path))
     assert after == {key: value for key, value in before.items() if key != "counts"}
-    assert counts(store.engine) == before["counts"]
-    with store.engine.connect() as conn:  # the new column is there, empty on the old rows
+    assert counts(store.sql) == before["counts"]
+    with store.sql.connect() as conn:  # the new column is there, empty on the old rows
         assert set(conn.execute(select(metadata.tables["revisions"].c.author)).scalars()) == {None}
     service = after["services"][0]
     assert store.commit(service.id, add_endpoint("after")).number == 5
@@ -178,7 +178,7 @@ def test_a_baseline_store_filled_then_upgraded_keeps_every_row(
 def test_a_new_store_is_created_at_head(store_url: str, tmp_path: Path):
     store = Store.open(store_url)
     assert revision_of(store_url) == (HEAD, True)
-    assert schema_diff(store.engine) == []
+    assert schema_diff(store.sql) == []
     assert store.list_services() == []
     assert f"the store at {store_url} is already at head ({HEAD})" in run_ferry(tmp_path, store_url).out
 
@@ -195,13 +195,13 @@ def test_migrate_creates_a_new_store(store_url: str, tmp_path: Path):
 
 
 def test_a_store_from_a_newer_ferry_is_refused_naming_its_revision(store_url: str, tmp_path: Path):
-    Store.open(store_url).engine.dispose()
+    Store.open(store_url).sql.dispose()
     engine = new_engine(store_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE})
     engine.dispose()
     migrations._ready.clear()
-    for opening in (lambda: Store.open(store_url), lambda: Store(make_engine(store_url, False)).list_services()):
+    for opening in (lambda: Store.open(store_url), lambda: Store(make_sql_engine(store_url, False)).list_services()):
         with pytest.raises(SchemaMismatch) as refused:
             opening()
         assert FUTURE in str(refused.value) and "a newer ferry made it; upgrade ferry" in str(refused.value)
@@ -214,7 +214,7 @@ def test_a_server_made_without_connecting_checks_at_its_first_connection(pg_url:
     """`ferry serve`'s workers make their engine before the store answers: the check waits for the first
     connection, and fails every connection until `ferry migrate` has run, then passes."""
     make_baseline(pg_url, stamped=True)
-    store = Store(make_engine(pg_url, create_tables=False))
+    store = Store(make_sql_engine(pg_url, create_tables=False))
     for _ in range(2):
         with pytest.raises(SchemaMismatch, match="ferry migrate"):
             store.list_services()

@@ -139,12 +139,12 @@ def test_a_fresh_store_opened_by_many_at_once(store_url: str):
 
 def _age(store: Store, instance_id: str, seconds: float) -> None:
     """Make the instance's last heartbeat ``seconds`` old, as if its process had died then."""
-    with store.engine.begin() as conn:
+    with store.sql.begin() as conn:
         conn.execute(update(instances).where(instances.c.id == instance_id).values(heartbeat_at=time.time() - seconds))
 
 
 def _instance_ids(store: Store) -> set[str]:
-    with store.engine.connect() as conn:
+    with store.sql.connect() as conn:
         return set(conn.execute(select(instances.c.id)).scalars())
 
 
@@ -164,7 +164,7 @@ def test_dead_instances_are_pruned(store: Store):
 
 def test_conflicts_are_told_apart_by_error_class_not_text(store_url: str):
     """Real contention on each store: what a concurrent writer causes is retried, other failures are not."""
-    engine = Store.open(store_url).engine
+    engine = Store.open(store_url).sql
     seen = []
     for provoke in _CONFLICTS[engine.dialect.name]:
         with pytest.raises(DBAPIError) as caught:

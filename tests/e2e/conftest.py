@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Ferry, TrainedExample, _pg_bin
+from tests.conftest import Ferry, TrainedExample, _pg_bin, once_per_run
 from tests.postgres import Postgres
 from tests.server import Server
 
@@ -74,27 +74,31 @@ class Converted:
 
 @pytest.fixture(scope="session")
 def sentiment_onnx(hf_example: TrainedExample, tmp_path_factory: pytest.TempPathFactory) -> Converted:
-    """The example's model converted once (~8 s) for the tests that serve it in ferry and on Triton."""
-    root = tmp_path_factory.mktemp("sentiment-onnx")
-    onnx = root / "model.onnx"
-    out = Ferry(root)("model", "convert", "--hf", str(hf_example.hf), "--task", "text-classification",
-                      "--output", str(onnx), "--endpoint", "sentiment", "--name", "minilm sentiment",
-                      "--project", "serving examples", "--preprocess", str(hf_example.preprocess),
-                      env={"HF_HUB_OFFLINE": "1"}).out  # fmt: skip
-    return Converted(hf_example, onnx, out)
+    """The example's model converted once a run (~8 s), shared by the xdist workers, for the tests that serve it
+    in ferry and on Triton."""
+
+    def convert(root: Path) -> None:
+        out = Ferry(root)("model", "convert", "--hf", str(hf_example.hf), "--task", "text-classification",
+                          "--output", str(root / "model.onnx"), "--endpoint", "sentiment", "--name",
+                          "minilm sentiment", "--project", "serving examples", "--preprocess",
+                          str(hf_example.preprocess), env={"HF_HUB_OFFLINE": "1"}).out  # fmt: skip
+        (root / "convert.out").write_text(out)
+
+    root = once_per_run(tmp_path_factory, "sentiment-onnx", convert)
+    return Converted(hf_example, root / "model.onnx", (root / "convert.out").read_text())
 
 
 @pytest.fixture(scope="session")
 def sklearn_example_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/sklearn/train.py's model, trained once (~1.3 s) for the tests that serve it but do not test it.
+    """examples/sklearn/train.py's model, trained once a run (~1.3 s) for the tests that serve it but do not
+    test it.
 
     test_examples.py runs each example's train.py itself: that is what it tests.
     """
     from tests.e2e.test_examples import train  # the helper, not its tests
 
-    model = tmp_path_factory.mktemp("sklearn-example") / "sklearn-model.pkl"
-    train("sklearn", model)
-    return model
+    root = once_per_run(tmp_path_factory, "sklearn-example", lambda root: train("sklearn", root / "sklearn-model.pkl"))
+    return root / "sklearn-model.pkl"
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def test_missing_or_empty_token_file_refuses_to_serve(ferry_sqlite: Ferry, tmp_p
     path = tmp_path / "tokens"
     if content is not None:
         path.write_text(content)
-    result = ferry_sqlite("serve", "--port", str(free_port()), "--token-file", str(path), ok=False)
+    result = ferry_sqlite("serve", "--port", str(free_port()), "--token-file", str(path), ok=False, process=True)
     assert result.code == 1
     expected = "holds no token" if content is not None else "cannot read the token file"
     assert expected in result.err and str(path) in result.err and "serving service" not in result.err

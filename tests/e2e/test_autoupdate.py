@@ -77,7 +77,7 @@ def test_a_registry_change_nobody_reconciled_is_caught_up_by_the_server(server: 
           "--name", NAME, "--project", PROJECT)  # fmt: skip
     settings = Settings()
     registry = ModelRegistry(
-        Store.open(settings.store_url()).engine,
+        Store.open(settings.store_url()).sql,
         ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=False),
     )
     path = tmp_path / "crashed.pkl"

@@ -89,7 +89,7 @@ def test_blocking_preprocess_runs_off_the_loop(ferry_sqlite: Ferry, server: Serv
     async def go():
         stop = asyncio.Event()
         health = asyncio.create_task(probe(server.port, "/health/live", stop))
-        tally = await hammer(server.port, "/serve/slow", body, connections=16, seconds=4)
+        tally = await hammer(server.port, "/serve/slow", body, connections=16, seconds=2)  # ~40 probes
         stop.set()
         return tally, await health
 

@@ -11,11 +11,14 @@ import pytest
 
 from ferry.cli.context import Context
 from tests.conftest import Ferry
+from tests.e2e import one_server
 from tests.e2e.test_examples import EXAMPLES, PROJECT, SETOSA, iris, train, upload
 from tests.load import hammer
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
+
+ferry_sqlite, server = one_server.ferry_sqlite, one_server.server  # one store and one `ferry serve` here
 
 EXAMPLE_LINES = {
     # example: (engine, model file, registry name, a body, its answer)
@@ -100,23 +103,24 @@ def test_twenty_swaps_and_weight_changes_under_load_fail_nothing(ferry_sqlite: F
 
 
 def test_rollback_restores_the_earlier_answers_exactly(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
-    """Sticky keys: each key's answer after `rollback` equals its answer at that revision."""
+    """Sticky keys: each key's answer after `rollback` equals its answer at that revision. Its own endpoints (`r`,
+    canary `rc`): the module's server is shared, and the rollback undoes only what this test changed after."""
     ctx = Context()
     service = ctx.service.id
     for version in ("1", "2"):
-        ctx.control.add_endpoint(service, engine="custom", endpoint="m", version=version,
+        ctx.control.add_endpoint(service, engine="custom", endpoint="r", version=version,
                                  preprocess=tagged(tmp_path, f"before-{version}"))  # fmt: skip
-    ctx.control.add_canary(service, endpoint="c", weights=(0.3, 0.7), input_endpoints=("m/1", "m/2"))
-    server.wait_endpoint("c", {})
+    ctx.control.add_canary(service, endpoint="rc", weights=(0.3, 0.7), input_endpoints=("r/1", "r/2"))
+    server.wait_endpoint("rc", {})
     applied(server, ctx, service)
     keys = [f"user-{i}" for i in range(40)]
 
     def answers() -> dict[str, str]:
-        return {k: server.post("/serve/c", {}, headers={"X-Ferry-Routing-Key": k}).json()["tag"] for k in keys}
+        return {k: server.post("/serve/rc", {}, headers={"X-Ferry-Routing-Key": k}).json()["tag"] for k in keys}
 
     before, revision = answers(), ctx.store.head(service)
-    ctx.control.add_endpoint(service, engine="custom", endpoint="m", version="2", preprocess=tagged(tmp_path, "after"))
-    ctx.control.add_canary(service, endpoint="c", weights=(0.9, 0.1), input_endpoints=("m/1", "m/2"))
+    ctx.control.add_endpoint(service, engine="custom", endpoint="r", version="2", preprocess=tagged(tmp_path, "after"))
+    ctx.control.add_canary(service, endpoint="rc", weights=(0.9, 0.1), input_endpoints=("r/1", "r/2"))
     applied(server, ctx, service)
     assert answers() != before
     ferry_sqlite("rollback", "--to", str(revision))

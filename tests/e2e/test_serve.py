@@ -15,6 +15,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tests.conftest import Ferry, free_port
+from tests.e2e.conftest import FAST_POLL
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +71,7 @@ def test_a_port_in_use_is_refused_before_anything_loads(ferry_sqlite: Ferry, fla
         taken.listen()
         port = str(taken.getsockname()[1])
         ports = ["--port", port] if flag == "--port" else ["--port", str(free_port()), "--grpc-port", port]
-        result = ferry_sqlite("serve", *ports, ok=False)
+        result = ferry_sqlite("serve", *ports, ok=False, process=True)
     assert result.code == 1, result.err
     assert f"127.0.0.1:{port}" in result.err and "in use" in result.err and flag in result.err, result.err
     assert "serving service" not in result.err  # refused before the server (and the models) started
@@ -107,12 +108,14 @@ def test_changes_under_load_fail_no_request(e2e_ferry: Ferry, example_server: Se
     example_server.wait_for(lambda: example_server.post("/serve/m", {}).status_code == 200)
     failures: list[str] = []
     seen: set[str] = set()
+    answered = [0]
     stop = threading.Event()
 
     def load() -> None:
         with httpx.Client(base_url=example_server.url, timeout=30) as client:
             while not stop.is_set():
                 r = client.post("/serve/m", json={})
+                answered[0] += 1
                 if r.status_code != 200:
                     failures.append(f"{r.status_code} {r.text}")
                 else:
@@ -132,7 +135,11 @@ def test_changes_under_load_fail_no_request(e2e_ferry: Ferry, example_server: Se
         add_tagged(e2e_ferry, tmp_path, "m", "plain")
         example_server.wait_for(lambda: "plain" in seen)  # an unversioned endpoint takes /serve/m over
         e2e_ferry("model", "remove", "--endpoint", "m/1")
-        time.sleep(1.0)
+        head = e2e_ferry("history", "--json").json()[-1]["revision"]
+        example_server.wait_for(lambda: example_server.client.get("/health/ready").json().get("revision") == head,
+                                what="the removal of m/1 live")  # fmt: skip
+        after = answered[0]
+        example_server.wait_for(lambda: answered[0] >= after + 200, what="200 more requests after the removal")
     finally:
         stop.set()
         for w in workers:
@@ -153,10 +160,10 @@ def test_errors_over_http(e2e_ferry: Ferry, example_server: Server, tmp_path: Pa
     add(e2e_ferry, "--engine", "custom", "--endpoint", "broken", "--preprocess",
         code(tmp_path, "broken", "import no_such_module_here\n"))  # fmt: skip
     example_server.wait_for(lambda: example_server.post("/serve/good", {}).status_code == 200)
+    # added last: the newest revision, with `raising` in it (`good` may answer from an earlier one)
+    example_server.wait_for(lambda: example_server.serve("broken", {}).status_code != 404)
     r = example_server.post("/serve/raising", {"y": 1})
     assert r.status_code == 422 and "endpoint raising: preprocess raised KeyError: 'x'" in r.json()["error"]
-    # added last: the newest revision
-    example_server.wait_for(lambda: example_server.serve("broken", {}).status_code != 404)
     r = example_server.post("/serve/broken", {})
     assert r.status_code == 503 and "no_such_module_here" in r.json()["error"] and "retry-after" in r.headers
     r = example_server.post("/serve/ghost", {})
@@ -205,14 +212,14 @@ def test_two_workers_both_serve_and_age_out(ferry_sqlite: Ferry, tmp_path: Path)
         server.stop(sig=9)  # a crash: no chance to deregister
     deadline = time.monotonic() + 10
     while ferry_sqlite("status", "--json").json()["instances"] and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert ferry_sqlite("status", "--json").json()["instances"] == []
 
 
 def test_live_changes_on_every_store(ferry: Ferry, tmp_path: Path):
     """The same serve loop on SQLite and on a real PostgreSQL server: add, replace, remove, heartbeat."""
     ferry.service()
-    server = Server(tmp_path)
+    server = Server(tmp_path, env=FAST_POLL)
     try:
         server.wait_ready()
         add_tagged(ferry, tmp_path, "live", "one")

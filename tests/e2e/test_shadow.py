@@ -13,10 +13,15 @@ import pytest
 
 from ferry.cli.context import Context
 from tests.conftest import Ferry
+from tests.e2e import one_server
 from tests.load import Tally, hammer
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
+
+ferry_sqlite, server = one_server.ferry_sqlite, one_server.server  # one store and one `ferry serve` here
+MEASURE_S = 2.0
+"""Each load phase: 1,000s of requests for the p99, and two rounds of the 1 s shadows (MAX_INFLIGHT 8 at once)."""
 
 LIVE = """
     class Preprocess:
@@ -49,7 +54,7 @@ def p99(tally: Tally) -> float:
     return times[int(0.99 * len(times))]
 
 
-def measure(server: Server, seconds: float = 3.0) -> Tally:
+def measure(server: Server, seconds: float = MEASURE_S) -> Tally:
     body = orjson.dumps({"x0": 1, "x1": 2})
     tally = asyncio.run(hammer(server.port, "/serve/live", body, connections=8, seconds=seconds))
     assert tally.statuses() == {200: len(tally.answers)}
@@ -57,23 +62,23 @@ def measure(server: Server, seconds: float = 3.0) -> Tally:
     return tally
 
 
-def shadow_counts(server: Server, target: str | None) -> dict | None:
-    """The instance's heartbeat counts for the shadow of ``live``, once the server serves that shadow."""
+def shadow_counts(server: Server, target: str | None, endpoint: str = "live") -> dict | None:
+    """The instance's heartbeat counts for the shadow of ``endpoint``, once the server serves that shadow."""
     ctx = Context()
     found: list[dict | None] = []
 
     def served() -> bool:
         instances = ctx.store.list_instances(ctx.service.id)
-        found.append(instances[0].state.get("shadows", {}).get("live") if instances else None)
+        found.append(instances[0].state.get("shadows", {}).get(endpoint) if instances else None)
         return (found[-1] or {}).get("target") == target
 
-    server.wait_for(served, 20, f"the shadow of live to be {target}")
+    server.wait_for(served, 20, f"the shadow of {endpoint} to be {target}")
     return found[-1]
 
 
-def status_counts(ferry: Ferry) -> dict:
-    """What a user sees: `ferry status --json`'s counts for the shadow of ``live``."""
-    return json.loads(ferry("status", "--json").out)["instances"][0]["state"]["shadows"]["live"]
+def status_counts(ferry: Ferry, endpoint: str = "live") -> dict:
+    """What a user sees: `ferry status --json`'s counts for the shadow of ``endpoint``."""
+    return json.loads(ferry("status", "--json").out)["instances"][0]["state"]["shadows"][endpoint]
 
 
 def test_a_slow_or_failing_shadow_adds_nothing_to_the_live_p99(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
@@ -116,20 +121,21 @@ def test_a_slow_or_failing_shadow_adds_nothing_to_the_live_p99(ferry_sqlite: Fer
 
 
 def test_model_shadow_reports_agreement_and_lists_with_endpoints(ferry_sqlite: Ferry, server: Server, tmp_path: Path):
-    add(ferry_sqlite, tmp_path, "live", LIVE)
-    add(ferry_sqlite, tmp_path, "twin", LIVE)
-    out = ferry_sqlite("model", "shadow", "--endpoint", "live", "--target", "twin").out
-    assert "shadow of live set: 1 of its requests copied to twin" in out
+    """Its own endpoints (`agree`, `agree_twin`): the module's server is shared with the p99 test."""
+    add(ferry_sqlite, tmp_path, "agree", LIVE)
+    add(ferry_sqlite, tmp_path, "agree_twin", LIVE)
+    out = ferry_sqlite("model", "shadow", "--endpoint", "agree", "--target", "agree_twin").out
+    assert "shadow of agree set: 1 of its requests copied to agree_twin" in out
     listed = json.loads(ferry_sqlite("model", "endpoints", "--json").out)
-    assert listed["shadows"] == {"live": {"endpoint": "live", "target": "twin", "fraction": 1.0}}
+    assert listed["shadows"]["agree"] == {"endpoint": "agree", "target": "agree_twin", "fraction": 1.0}
     assert "shadows" in ferry_sqlite("model", "endpoints").out
-    shadow_counts(server, "twin")
+    shadow_counts(server, "agree_twin", "agree")
     for n in range(20):
-        assert server.serve("live", {"x0": n, "x1": 1}).json() == {"y": n + 1}
-    server.wait_for(lambda: shadow_counts(server, "twin")["answered"] == 20, 10, "20 shadow answers")
-    counts = status_counts(ferry_sqlite)
+        assert server.serve("agree", {"x0": n, "x1": 1}).json() == {"y": n + 1}
+    server.wait_for(lambda: shadow_counts(server, "agree_twin", "agree")["answered"] == 20, 10, "20 shadow answers")
+    counts = status_counts(ferry_sqlite, "agree")
     assert (counts["sent"], counts["errors"], counts["agreement"]) == (20, 0, 1.0)
     shown = ferry_sqlite("status").out
-    assert "shadows per instance" in shown and "twin" in shown
-    err = ferry_sqlite("model", "shadow", "--endpoint", "live", "--target", "nope", ok=False).err
+    assert "shadows per instance" in shown and "agree_twin" in shown
+    err = ferry_sqlite("model", "shadow", "--endpoint", "agree", "--target", "nope", ok=False).err
     assert "no shadow target 'nope'" in err and "ferry model add" in err

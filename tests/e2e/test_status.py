@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +44,12 @@ def endpoint(ferry: Ferry, name: str) -> dict:
     return inst["state"]["endpoints"][name]
 
 
+def within_a_heartbeat(server: Server, ferry: Ferry, counts: dict) -> None:
+    """`ferry status` shows ``counts`` for `echo` within a heartbeat (and the margin) of the last request: polled
+    rather than read once after that time, so the test waits only as long as the server takes."""
+    server.wait_for(lambda: endpoint(ferry, "echo") == counts, HEARTBEAT_S + MARGIN_S, f"echo's counts {counts}")
+
+
 def test_status_counts_are_one_heartbeat_old(ferry_sqlite: Ferry, beating: Server, tmp_path: Path):
     """Four answered requests show as 4 one heartbeat later; a failed one as an error, with its warning."""
     code = tmp_path / "echo.py"
@@ -53,12 +58,11 @@ def test_status_counts_are_one_heartbeat_old(ferry_sqlite: Ferry, beating: Serve
     assert beating.wait_endpoint("echo", {"x": 0}) == {"echo": 0}  # the first answered request
     for x in (1, 2, 3):
         assert beating.serve("echo", {"x": x}).json() == {"echo": x}
-    time.sleep(HEARTBEAT_S + MARGIN_S)
-    assert endpoint(ferry_sqlite, "echo") == {"state": "ready", "requests": 4, "errors": 0, "inflight": 0}
+    within_a_heartbeat(beating, ferry_sqlite, {"state": "ready", "requests": 4, "errors": 0, "inflight": 0})
 
     failed = beating.serve("echo", {"x": 4, "fail": True})
     assert failed.status_code == 422 and "ghost answered None" in failed.json()["error"]
-    time.sleep(HEARTBEAT_S + MARGIN_S)
+    within_a_heartbeat(beating, ferry_sqlite, {"state": "ready", "requests": 5, "errors": 1, "inflight": 0})
     doc = ferry_sqlite("status", "--json").json()
     (inst,) = doc["instances"]
     assert inst["state"]["endpoints"]["echo"] == {"state": "ready", "requests": 5, "errors": 1, "inflight": 0}

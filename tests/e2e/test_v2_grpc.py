@@ -152,5 +152,7 @@ def test_grpc_port_without_the_extra_fails_in_one_line(ferry_sqlite: Ferry, tmp_
     shadow = tmp_path / "shadow" / "grpc"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('No module named grpc')\n")  # grpcio not installed
-    result = ferry_sqlite("serve", "--grpc-port", str(free_port()), ok=False, env={"PYTHONPATH": str(shadow.parent)})
+    result = ferry_sqlite(
+        "serve", "--grpc-port", str(free_port()), ok=False, process=True, env={"PYTHONPATH": str(shadow.parent)}
+    )
     assert result.err.strip().splitlines()[-1].endswith("pip install 'ferry[triton]'")

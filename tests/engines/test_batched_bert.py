@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.engines import load_engine
-from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from tests.budget import examples
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -32,7 +33,7 @@ def sentence(tokens: list[int]) -> dict[str, list[list[int]]]:
     return {"input_ids": [ids], "attention_mask": [[1] * len(ids)], "token_type_ids": [[0] * len(ids)]}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sentences=st.lists(st.lists(st.integers(2, 99), min_size=1, max_size=12), min_size=2, max_size=16),
     max_batch=st.integers(2, 16),

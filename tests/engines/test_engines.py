@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ferry.control.spec import ENGINE_NAMES, EndpointSpec
 from ferry.engines import ENGINES, load_engine
-from ferry.engines.base import preload
+from ferry.engines.loading import preload
 from ferry.errors import EngineError
 
 NO_CODE = None  # no user code: no process hook
@@ -211,7 +211,7 @@ def test_preload_imports_what_a_later_sklearn_load_would(sklearn_file):
     """A fresh process: after ``preload`` the engine's library is in, and loading a version imports little."""
     script = f"""
 import sys, time
-from ferry.engines.base import preload
+from ferry.engines.loading import preload
 preload("sklearn")
 assert "sklearn.base" in sys.modules
 before = len(sys.modules)

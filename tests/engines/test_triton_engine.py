@@ -16,7 +16,7 @@ import pytest
 from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.engines import load_engine
 from ferry.errors import EngineError, FerryError
-from ferry.serving.pipeline import EndpointRuntime
+from ferry.serving.request.pipeline import EndpointRuntime
 from tests.conftest import free_port
 from tests.serving.conftest import Service
 from tests.triton import Triton, python_model

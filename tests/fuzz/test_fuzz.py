@@ -23,14 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from tests.budget import examples
 from tests.fuzz.conftest import GOOD_REQUESTS
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
 
 BURST = 16
-EXAMPLES = 640
-MIN_REQUESTS = 10_000
+EXAMPLES = examples(160)
+"""Bursts: 2,560 requests in a bounded run, 12,800 in a deep one (tests/budget.py)."""
+MIN_REQUESTS = EXAMPLES * BURST * 9 // 10
+"""Hypothesis may stop a little short of ``max_examples``; far fewer would mean the fuzzer did not run."""
 CONNECTIONS = 8
 
 numbers = st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
@@ -140,7 +143,8 @@ def wrong(request: Request, status: int, content: bytes, home: str) -> str | Non
 
 
 def test_generated_requests_never_get_a_5xx(fuzz_server: Server, e2e_home):
-    """Over 10,000 requests: no 5xx, every error a JSON {error, kind} without a local path, good ones answered."""
+    """Thousands of requests (MIN_REQUESTS): no 5xx, every error a JSON {error, kind} without a local path, good
+    ones answered."""
     run_seed = int(os.environ.get("FERRY_FUZZ_SEED") or random.randrange(2**32))
     print(f"FERRY_FUZZ_SEED={run_seed}")
     sender = Sender(fuzz_server.url)
@@ -177,7 +181,7 @@ def test_schemathesis_finds_the_openapi_document_valid_and_true(fuzz_server: Ser
     command = [
         str(Path(sys.executable).with_name("schemathesis")), "run", f"{fuzz_server.url}/openapi.json",
         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-        "--max-examples", "30", "--workers", "2", "--seed", "1", "--suppress-health-check", "all",
+        "--max-examples", str(examples(15)), "--workers", "2", "--seed", "1", "--suppress-health-check", "all",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     print(done.stdout[-3000:])

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ferry.metrics.fast import Accumulators
+from tests.budget import examples
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -20,7 +21,7 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple, float]:
     }
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     bounds=st.lists(finite, min_size=1, max_size=12, unique=True).map(sorted),
     rounds=st.lists(st.lists(finite, max_size=30), min_size=1, max_size=4),

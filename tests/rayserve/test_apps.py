@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
+from ferry.metrics.targets import targets
 from ferry.rayserve import require
 from ferry.rayserve.apps import Pace, bridged, colocated, ingress_app, model_app, model_options
-from ferry.rayserve.metrics import targets
 from ferry.rayserve.scaling import BUSY, HELD, Held, ingress_policy, stats
 
 SERVICE = "0123456789abcdef0123456789abcdef"

@@ -15,8 +15,8 @@ from ray.exceptions import RayActorError  # noqa: E402
 
 from ferry.errors import NotReady, Timeout  # noqa: E402
 from ferry.rayserve.engine import RETRIES, RayEngine, RayReconciler  # noqa: E402
-from ferry.serving.reconciler import Reconciler  # noqa: E402
-from ferry.serving.swap import RevisionSwap  # noqa: E402
+from ferry.serving.revisions.reconciler import Reconciler  # noqa: E402
+from ferry.serving.revisions.swap import RevisionSwap  # noqa: E402
 
 
 class Method:

@@ -20,7 +20,7 @@ from ferry.registry.models import ModelRegistry
 @pytest.fixture
 def registry(store_url: str, tmp_path: Path) -> ModelRegistry:
     artifacts = ArtifactStore(str(tmp_path / "artifacts"), tmp_path / "cache", progress=False)
-    return ModelRegistry(Store.open(store_url).engine, artifacts)
+    return ModelRegistry(Store.open(store_url).sql, artifacts)
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_remove_keeps_bytes_a_revision_still_refers_to(store_url: str, registry:
     code = tmp_path / "preprocess.py"
     code.write_text("class Preprocess:\n    pass\n")
     model = registry.upload("code-as-model", path=code)  # the same bytes and name as an endpoint's code
-    store = Store(registry.engine)
+    store = Store(registry.sql)
     svc = store.create_service("s")
     spec = EndpointSpec(name="e", engine="custom", preprocess=registry.artifacts.put(code))
     store.commit(svc.id, lambda c: (c.model_copy(update={"endpoints": {"e": spec}}), "add e"))
@@ -131,7 +131,7 @@ def test_two_tag_calls_at_once_both_land(store_url: str, registry: ModelRegistry
     errors: list[BaseException] = []
 
     def tagger(prefix: str) -> None:
-        own = ModelRegistry(Store.open(store_url).engine, registry.artifacts)
+        own = ModelRegistry(Store.open(store_url).sql, registry.artifacts)
         start.wait()
         try:
             for i in range(10):
@@ -152,7 +152,7 @@ def test_remove_racing_an_upload_of_the_same_bytes_never_loses_them(
     store_url: str, registry: ModelRegistry, model_file: Path
 ):
     """One writer deletes the only model holding some bytes while another uploads the same bytes."""
-    other = ModelRegistry(Store.open(store_url).engine, registry.artifacts)
+    other = ModelRegistry(Store.open(store_url).sql, registry.artifacts)
 
     def upload(start: threading.Barrier, uploaded: list) -> None:
         start.wait()

@@ -134,6 +134,6 @@ async def test_not_ready_is_503_with_retry_after(service):
 
 
 def test_numpy_types_serialise():
-    from ferry.serving.dataplane import dumps
+    from ferry.serving.request.dataplane import dumps
 
     assert dumps({"a": np.float64(1.5), "b": np.array([[1, 2]]), "c": (1, 2)}) == b'{"a":1.5,"b":[[1,2]],"c":[1,2]}'

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from ferry.control.spec import TensorSpec
+from ferry.errors import strip_paths
 from ferry.rest.app import FerryApp
-from ferry.rest.http import strip_paths
 
 pytestmark = pytest.mark.anyio
 onnx = pytest.importorskip("onnx")

@@ -12,7 +12,7 @@ from ferry import __version__
 from ferry.control.spec import TensorSpec
 from ferry.metrics.collectors import Metrics
 from ferry.rest.app import FerryApp
-from ferry.serving.dataplane import DataPlane
+from ferry.serving.request.dataplane import DataPlane
 from tests.rest.test_errors import plus_one
 
 pytestmark = pytest.mark.anyio

@@ -25,7 +25,7 @@ import pytest
 from ferry.errors import EngineError, InvalidInput
 from ferry.registry.artifacts import ArtifactRef, ArtifactStore
 from ferry.registry.packing import dereferenced_links, pack_folder
-from ferry.serving.clearml_shim import StorageManager
+from ferry.serving.usercode.clearml_shim import StorageManager
 from tests.conftest import Ferry
 
 UP = "../../../../../"  # from either entry point's target folder, up to the test's tmp_path

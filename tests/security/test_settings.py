@@ -12,8 +12,8 @@ from ferry.control.aux_config import MAX_BATCH, MAX_DELAY_MS, MAX_INSTANCES, val
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
 from ferry.rest.auth import load_tokens
-from ferry.serving.batching import BatchPolicy
-from ferry.serving.swap import _check_delay
+from ferry.serving.batching.batcher import BatchPolicy
+from ferry.serving.revisions.swap import _check_delay
 from tests.conftest import FERRY_BIN, Ferry, free_port
 
 
@@ -89,7 +89,7 @@ def test_a_delay_past_the_servers_default_timeout_is_reported_at_load(service, c
     service.apply()
     runtime = service.plane.table.runtimes["slow"]
     assert BatchPolicy.from_spec(runtime.spec).max_queue_delay_s == 5.0
-    with caplog.at_level(logging.WARNING, logger="ferry.serving.swap"):
+    with caplog.at_level(logging.WARNING, logger="ferry.serving.reconciler"):
         _check_delay(runtime, 2.0)
         _check_delay(runtime, 60.0)
     assert caplog.text.count("is not below its request timeout") == 1

@@ -14,8 +14,8 @@ from ferry.control.service import ServiceControl
 from ferry.control.store import Store
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
-from ferry.serving.dataplane import DataPlane
-from ferry.serving.reconciler import Reconciler
+from ferry.serving.request.dataplane import DataPlane
+from ferry.serving.revisions.reconciler import Reconciler
 
 
 class Service:
@@ -25,7 +25,7 @@ class Service:
         self.root = root
         self.store = Store.open(f"sqlite:///{root / 'ferry.db'}")
         self.artifacts = ArtifactStore(str(root / "artifacts"), root / "cache", progress=False)
-        self.registry = ModelRegistry(self.store.engine, self.artifacts)
+        self.registry = ModelRegistry(self.store.sql, self.artifacts)
         self.control = ServiceControl(self.store, self.registry, self.artifacts)
         self.id = self.store.create_service("test").id
         self.plane = DataPlane()
@@ -61,7 +61,7 @@ class Service:
 
     def close(self) -> None:
         self.plane.close()
-        self.store.engine.dispose()
+        self.store.sql.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec, TensorSpec
-from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from tests.budget import examples
 
 
 class NumpyModel:
@@ -78,7 +79,7 @@ def same(batched, alone) -> bool:
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     requests=st.lists(request, min_size=1, max_size=24),
     max_batch=st.integers(3, 16),  # a request of more rows than this is refused (tested elsewhere)
@@ -160,7 +161,7 @@ def logreg():
     return LogisticRegression().fit(x, (x.sum(axis=1) > 0).astype(int))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(st.sampled_from([3, 3, 3, 2, 4]), st.integers(0, 2**16)), min_size=1, max_size=20))
 def test_row_models_never_pad_a_short_row(logreg, rows):
     """sklearn rows of the wrong width fail alone (as they do unbatched); the others get their own answer.

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from ferry.control.spec import CanarySpec
 from ferry.errors import InvalidInput, NotFound, NotReady
-from ferry.serving.canary import canary_choice, newest_under
+from ferry.serving.request.canary import canary_choice, newest_under
+from tests.budget import examples
 
 WEIGHTS = st.lists(st.floats(min_value=0.001, max_value=1000), min_size=1, max_size=8)
 KEYS = st.text(min_size=1, max_size=40)
@@ -91,7 +92,7 @@ def test_a_prefix_without_versions_is_503_naming_it():
         canary_choice(prefixed((1,)), {"m", "x/1"}, {}).pick()
 
 
-@settings(max_examples=50)
+@settings(max_examples=examples(50))
 @given(st.randoms(use_true_random=False))
 def test_random_picks_never_leave_the_targets(rng):
     random.seed(rng.random())

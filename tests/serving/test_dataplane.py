@@ -313,7 +313,7 @@ def test_a_failed_load_is_retried_without_a_new_revision(service, monkeypatch):
     """The model's bytes are missing (an artifact store outage), then come back: the endpoint loads."""
     from pathlib import Path
 
-    from ferry.serving import reconciler
+    from ferry.serving.revisions import reconciler
 
     monkeypatch.setattr(reconciler, "RETRY_FIRST_S", 0.1)
     mid = service.model()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ferry.serving.heap import settle
+from ferry.serving.revisions.heap import settle
 
 
 class Version:

@@ -15,9 +15,10 @@ from ferry.control.spec import EndpointSpec
 from ferry.engines.onnxruntime import OnnxRuntimeEngine
 from ferry.engines.sklearn import SklearnEngine
 from ferry.engines.torchscript import TorchScriptEngine
-from ferry.serving.batching import Axes, BatchPolicy, DynamicBatcher
-from ferry.serving.inline import BLOCKED_FACTOR, SAMPLES, STRIKES, CostMeter
-from ferry.serving.instances import WORKERS_ENV, default_instances, usable_cores
+from ferry.serving.batching.batcher import Axes, BatchPolicy, DynamicBatcher
+from ferry.serving.batching.instances import WORKERS_ENV, default_instances, usable_cores
+from ferry.serving.request.inline import BLOCKED_FACTOR, SAMPLES, STRIKES, CostMeter
+from tests.budget import examples
 
 
 class Rows:
@@ -88,7 +89,7 @@ def test_one_instance_takes_the_whole_queue():
     assert model.sizes == [32]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(queued=st.integers(1, 64), instances=st.integers(1, 4), max_batch=st.integers(1, 32))
 def test_the_first_batches_share_the_queue_evenly(queued, instances, max_batch):
     """With every instance idle, the batches taken at once differ by at most one row and none exceeds the limit.

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from ferry.control.aux_config import validate_aux_config
 from ferry.errors import InvalidInput
 from ferry.metrics.collectors import Metrics
-from ferry.serving.padding import cut_by_length
+from ferry.serving.batching.padding import cut_by_length
+from tests.budget import examples
 from tests.serving.test_batching import ragged, ragged_model, run_many  # noqa: F401 - ragged is a fixture
 
 LENGTHS = (1, 3, 2, 5, 4)
@@ -67,7 +68,7 @@ def padded_cells(feeds_list, run) -> int:
     )  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(shapes=st.lists(st.tuples(st.integers(1, 3), st.integers(1, 20), st.integers(1, 4)), min_size=1, max_size=32))
 def test_cutting_by_length_partitions_the_batch_and_never_computes_more(shapes):
     feeds_list = [

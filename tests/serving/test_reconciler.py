@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 from ferry.control.spec import TensorSpec
 from ferry.control.store import Store
 from ferry.rest.app import FerryApp
-from ferry.serving.reconciler import Backoff, Reconciler
+from ferry.serving.revisions.reconciler import Backoff, Reconciler
 from tests.serving.conftest import Service
 
 
@@ -101,7 +101,7 @@ def test_store_unreachable_at_start_is_retried_then_serves(service: Service, run
     assert ready().json() == {"status": "ready", "revision": service.store.head(service.id)}
     assert asyncio.run(service.plane.infer("e", None, {"a": 1})) == {"echo": {"a": 1}}
     run.wait_for(lambda: instance_state(service).get("e", {}).get("state") == "ready", what="heartbeat")
-    store.engine.dispose()
+    store.sql.dispose()
 
 
 def instance_state(service: Service) -> dict:

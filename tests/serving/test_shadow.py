@@ -9,7 +9,7 @@ import pytest
 
 from ferry.control.spec import ServiceConfig
 from ferry.errors import InvalidInput, NotFound
-from ferry.serving import shadow
+from ferry.serving.request import shadow
 
 LIVE = """
     class Preprocess:

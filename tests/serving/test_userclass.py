@@ -13,7 +13,7 @@ import pytest
 from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.errors import UserCodeError
 from ferry.registry.artifacts import ArtifactRef
-from ferry.serving.userclass import Hook, UserCode, load_user_code
+from ferry.serving.usercode.userclass import Hook, UserCode, load_user_code
 
 SPEC = EndpointSpec(name="e", version="1", engine="custom")
 

@@ -14,7 +14,7 @@ import pytest
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import UserCodeError
-from ferry.serving.userclass import PACKAGE_PREFIX, UserCode, load_user_code
+from ferry.serving.usercode.userclass import PACKAGE_PREFIX, UserCode, load_user_code
 
 LAZY_CODE = """
 class Preprocess:

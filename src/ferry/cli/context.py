@@ -41,7 +41,7 @@ class Context:
     def registry(self) -> ModelRegistry:
         from ferry.registry.models import ModelRegistry
 
-        return ModelRegistry(self.store.engine, self.artifacts)
+        return ModelRegistry(self.store.sql, self.artifacts)
 
     @cached_property
     def control(self) -> ServiceControl:
@@ -53,3 +53,13 @@ class Context:
     def service(self) -> ServiceRecord:
         """The service named by --id or FERRY_SERVICE, or the only one there is."""
         return self.store.resolve_service(self.service_id or self.settings.service or None)
+
+    def close(self) -> None:
+        """Give back what the command opened: the store's connection pool (the registry shares its engine).
+
+        A process's exit would close the connections anyway; a caller that runs many commands in one process
+        (the test suite) would otherwise hold a pool per command, past PostgreSQL's connection limit.
+        """
+        store = self.__dict__.pop("store", None)  # only if it was opened: closing opens nothing
+        if store is not None:
+            store.sql.dispose()

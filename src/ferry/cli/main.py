@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None, before_command: Callable[[], object] = l
     except (OSError, UnicodeDecodeError) as exc:  # a file the command was given: name it, no traceback
         fail(_file_problem(exc))
         return 1
+    finally:
+        ctx.close()  # the store's connections: a caller may run many commands in one process (the tests do)
     return 0
 
 

@@ -12,6 +12,9 @@ from ferry.errors import InvalidInput
 if TYPE_CHECKING:
     from ferry.control.spec import MetricVariable
 
+NO_VARIABLE: list[tuple[str, MetricVariable | None]] = [("", None)]
+"""The one table row of an endpoint that logs no variable (only iterated, never changed)."""
+
 ENDPOINT_HELP = "the endpoint: NAME, NAME/VERSION, or NAME/* for every version of NAME (the unversioned one too)"
 
 
@@ -99,7 +102,7 @@ def list_metrics(ctx: Context, args: argparse.Namespace) -> None:
     rows = [
         (key, _freq(spec.log_freq, default), name, *_detail(variable))
         for key, spec in sorted(config.metrics.items())
-        for name, variable in (sorted(spec.variables.items()) or [("", None)])
+        for name, variable in (sorted(spec.variables.items()) or NO_VARIABLE)
     ]
     table("metrics", ("endpoint", "log freq", "variable", "type", "buckets / values"), rows)
 

@@ -5,15 +5,40 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # pipes: no wrapping
-err_console = Console(stderr=True, soft_wrap=True)
+
+class StreamConsole:
+    """A rich Console for ``sys.stdout`` (or ``sys.stderr``) as it is when printing, not as it was at import.
+
+    Whether the stream is a terminal decides colours and width once, when a Console is made; a caller that
+    redirects the stream (``contextlib.redirect_stdout``: the tests run commands in process) gets plain text
+    at pipe width then, as the command in a pipe does.
+    """
+
+    def __init__(self, stderr: bool = False) -> None:
+        self.stderr = stderr
+        self._made: tuple[IO[str], Console] | None = None
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self._console().print(*objects, **kwargs)
+
+    def _console(self) -> Console:
+        stream = sys.stderr if self.stderr else sys.stdout
+        made = self._made
+        if made is None or made[0] is not stream:
+            width = None if self.stderr or stream.isatty() else 200  # stdout to a pipe: no wrapping
+            made = self._made = (stream, Console(file=stream, soft_wrap=True, width=width))
+        return made[1]
+
+
+console = StreamConsole()
+err_console = StreamConsole(stderr=True)
 
 
 def emit_json(data: Any) -> None:
@@ -40,7 +65,7 @@ def when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def size(n: int) -> str:
+def size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

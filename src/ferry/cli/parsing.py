@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def build_tensors(
     shapes = parse_shapes(sizes, f"--{side}-size")
     names = names or []
     count = max(len(names), len(dtypes), len(shapes))
-    columns = {"name": names, "type": dtypes, "size": shapes}
+    columns: dict[str, Sized] = {"name": names, "type": dtypes, "size": shapes}
     for label, values in columns.items():
         if len(values) not in (0, 1, count) or (label == "name" and len(values) not in (0, count)):
             raise InvalidInput(f"--{side}-{label} has {len(values)} values for {count} tensors: give one per tensor")

@@ -21,7 +21,7 @@ from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.metrics import MULTIPROC_ENV
 from ferry.rest.auth import load_tokens
-from ferry.serving.instances import WORKERS_ENV
+from ferry.serving.batching.instances import WORKERS_ENV
 from ferry.stopping import DEADLINE_S, Stop
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def serving_app() -> Any:
     signal tells the server to stop, and the reconciler too while nothing is loaded yet (the load is left,
     the server skips serving); a second one, or the deadline, ends the process.
     """
-    from ferry.rest.app import create_app
+    from ferry.server import create_app
 
     app = create_app()
     _stop_serving_on_signals(app)

@@ -54,7 +54,7 @@ def create(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def list_services(ctx: Context, args: argparse.Namespace) -> None:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for svc in ctx.store.list_services():
         live = ctx.store.list_instances(svc.id)
         rows.append(
@@ -117,7 +117,7 @@ def status(ctx: Context, args: argparse.Namespace) -> None:
     head = ctx.store.head(sid)
     live = ctx.store.list_instances(sid)
     now = time.time()
-    doc = {"service": sid, "revision": head, "instances": [_instance(i, now) for i in live]}
+    doc: dict[str, Any] = {"service": sid, "revision": head, "instances": [_instance(i, now) for i in live]}
     if args.json:
         return emit_json(doc)
     console.print(f"service {sid}: revision {head}, {len(live)} live instance(s)", highlight=False)

@@ -57,7 +57,7 @@ def _reconcile_rule(
     return changes, max(next_version - 1, rule.last_version)
 
 
-def _newest(ids: list[str], deployed: Mapping[str, str], max_versions: int) -> list[str]:
+def _newest(ids: list[str], deployed: Mapping[str | None, str], max_versions: int) -> list[str]:
     """The newest ``max_versions`` of the deployed matches and the matches newer than the oldest of them.
 
     A match older than everything the rule still serves stays out: withdrawing the newest version brings

@@ -105,7 +105,7 @@ class RayAux(AuxBase):
 
 
 class CommonAux(AuxBase):
-    """Keys of every engine: read by the runtime (serving/pipeline.py) and the reconciler."""
+    """Keys of every engine: read by the runtime (serving/request/pipeline.py) and the reconciler."""
 
     ray: RayAux | None = None
     """This version's model deployment under ``ferry serve --ray`` (ray.min_replicas=1 ray.max_replicas=8 ...)."""
@@ -144,7 +144,7 @@ class QueueAux(CommonAux):
 
 
 class BatchAux(QueueAux):
-    """Engines the DynamicBatcher can wrap: the common keys plus the batcher's (serving/batching.py)."""
+    """Engines the DynamicBatcher can wrap: the common keys plus the batcher's (serving/batching/batcher.py)."""
 
     max_batch_size: BatchSize = 1
     """Most requests run as one model call; 1 turns batching off."""
@@ -157,12 +157,13 @@ class BatchAux(QueueAux):
     instances: Annotated[int, Field(ge=1, le=MAX_INSTANCES)] | None = None
     """Batches that may run at once (model instances as threads); default one per core of the worker (and a
     spare in a single-worker server) for engines whose model call releases the GIL (onnxruntime,
-    torchscript), else 1 (serving/instances.py)."""
+    torchscript), else 1 (serving/batching/instances.py)."""
     batch_instances: Annotated[int, Field(ge=1, le=MAX_INSTANCES)] | None = None
     """Same as ``instances``."""
     group_by_length: bool = False
     """Run a batch of ragged requests (-1 axes) as a few model calls of similar lengths where that saves
-    padding (serving/padding.py); off by default: MiniLM on 80 mixed sentences gained ~10 % (bench/ragged.sh)."""
+    padding (serving/batching/padding.py); off by default: MiniLM on 80 mixed sentences gained ~10 %
+    (bench/ragged.sh)."""
     dynamic_batching: DynamicBatching | None = None
 
     @model_validator(mode="after")
@@ -304,7 +305,7 @@ LOW, HIGH = (Ge, Gt), (Le, Lt)
 BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 
 
-def _valid_range(model: type[BaseModel], loc: tuple) -> str:
+def _valid_range(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     """A key's bounds as a reader writes them, e.g. "1 <= value <= 4096" (list items: the item's bounds)."""
     names = [p for p in loc if isinstance(p, str)]
     field = _model_at(model, tuple(names[:-1])).model_fields.get(names[-1]) if names else None
@@ -335,7 +336,7 @@ def _metadata(field: Any) -> list[Any]:
     return found
 
 
-def _unknown(engine: str, model: type[BaseModel], loc: tuple, key: str) -> str:
+def _unknown(engine: str, model: type[BaseModel], loc: tuple[int | str, ...], key: str) -> str:
     parent_path = [str(p) for p in loc[:-1] if not isinstance(p, int)]
     prefix = "".join(f"{p}." for p in parent_path)
     valid = [prefix + k for k in aux_keys_of(_model_at(model, loc[:-1]))]
@@ -348,7 +349,7 @@ def _unknown(engine: str, model: type[BaseModel], loc: tuple, key: str) -> str:
     return f"unknown key {key!r} for the {engine} engine{hint}; valid keys: {', '.join(valid)}"
 
 
-def _is_triton_setting(loc: tuple) -> bool:
+def _is_triton_setting(loc: tuple[int | str, ...]) -> bool:
     if len(loc) == 1:
         return loc[0] in TRITON_FIELDS
     return loc[0] == "dynamic_batching" and len(loc) == 2 and loc[1] in TritonDynamicBatching.model_fields
@@ -370,7 +371,7 @@ def aux_keys_of(model: type[BaseModel]) -> list[str]:
     return sorted(keys)
 
 
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         sub = _submodel(field.annotation) if field else None

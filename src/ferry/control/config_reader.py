@@ -51,12 +51,12 @@ class Places:
         self.source = source
         self.root = root
 
-    def name(self, path: tuple) -> str:
+    def name(self, path: tuple[Any, ...]) -> str:
         dotted = ".".join(str(p) for p in path) or "the document"
         line = self._line(path)
         return f"{self.source} line {line}, {dotted}" if line else f"{self.source}, {dotted}"
 
-    def _line(self, path: tuple) -> int | None:
+    def _line(self, path: tuple[Any, ...]) -> int | None:
         node, line = self.root, None
         for step in path:
             found = _child(node, step)
@@ -111,7 +111,7 @@ class Reader:
         assert config is not None
         return config
 
-    def fail(self, path: tuple, message: str) -> None:
+    def fail(self, path: tuple[Any, ...], message: str) -> None:
         self.errors.append(f"{self.places.name(path)}: {message}")
 
     def _config(self, doc: Any) -> ServiceConfig | None:
@@ -145,7 +145,9 @@ class Reader:
                 entries[_key_of(spec, str(key))] = spec
         return entries
 
-    def _prepare(self, model: type, key: str, entry: dict[str, Any], path: tuple) -> dict[str, Any]:
+    def _prepare(
+        self, model: type[BaseModel], key: str, entry: dict[str, Any], path: tuple[Any, ...]
+    ) -> dict[str, Any]:
         entry = dict(entry)
         if model is EndpointSpec:
             name, _, version = key.strip("/").partition("/")
@@ -156,9 +158,10 @@ class Reader:
             entry.setdefault("endpoint", key)
         if model is CanarySpec:
             self._canary_targets(entry, path)
-        return self._resolve_preprocess(entry, path)
+        resolved: dict[str, Any] = self._resolve_preprocess(entry, path)  # a dict in gives a dict out
+        return resolved
 
-    def _canary_targets(self, entry: dict[str, Any], path: tuple) -> None:
+    def _canary_targets(self, entry: dict[str, Any], path: tuple[Any, ...]) -> None:
         """Targets and prefix spelled as `model canary` stores them (``/a/2/`` -> ``a/2``, ``a/`` -> ``a``)."""
         try:
             if isinstance(entry.get("input_endpoints"), list):
@@ -168,7 +171,7 @@ class Reader:
         except ValueError as exc:
             self.fail(path, str(exc))
 
-    def _pick_model(self, entry: dict[str, Any], path: tuple) -> None:
+    def _pick_model(self, entry: dict[str, Any], path: tuple[Any, ...]) -> None:
         query = entry.pop("model", None)
         if query is None:
             return
@@ -184,7 +187,7 @@ class Reader:
         except FerryError as exc:
             self.fail(path + ("model",), str(exc))
 
-    def _resolve_preprocess(self, data: Any, path: tuple) -> Any:
+    def _resolve_preprocess(self, data: Any, path: tuple[Any, ...]) -> Any:
         if not isinstance(data, dict):
             return data
         out = {}
@@ -195,7 +198,7 @@ class Reader:
                 out[key] = self._resolve_preprocess(value, path + (key,))
         return out
 
-    def _preprocess(self, value: Any, path: tuple) -> ArtifactRef | None:
+    def _preprocess(self, value: Any, path: tuple[Any, ...]) -> ArtifactRef | None:
         spec = {"path": value} if isinstance(value, str) else value
         if not isinstance(spec, dict) or not isinstance(spec.get("path"), str) or spec.keys() - {"path", "sha256"}:
             self.fail(path, "write preprocess as {path: FILE_OR_FOLDER, sha256: ...} or as a plain path")
@@ -212,7 +215,7 @@ class Reader:
             return self._stored_preprocess(where, sha256, path)
         return self._local_preprocess(Path(where).expanduser(), path)
 
-    def _stored_preprocess(self, url: str, sha256: str | None, path: tuple) -> ArtifactRef | None:
+    def _stored_preprocess(self, url: str, sha256: str | None, path: tuple[Any, ...]) -> ArtifactRef | None:
         """A preprocess artifact another service uploaded (``<root>/<sha[:2]>/<sha>/<name>``), e.g. an export's."""
         digest, name = PurePosixPath(url).parent.name, PurePosixPath(url).name
         if not SHA256.match(digest) or (sha256 and sha256 != digest):
@@ -231,7 +234,7 @@ class Reader:
         filename = name.removesuffix(".tar.gz")
         return ArtifactRef(url=url, sha256=digest, size=size, filename=filename, is_dir=is_dir)
 
-    def _local_preprocess(self, where: Path, path: tuple) -> ArtifactRef | None:
+    def _local_preprocess(self, where: Path, path: tuple[Any, ...]) -> ArtifactRef | None:
         local = where if where.is_absolute() else self.base_dir / where
         problem = _preprocess_problem(local)
         if problem:
@@ -245,7 +248,7 @@ class Reader:
         self.uploads[pending.url] = local.resolve()
         return pending
 
-    def _validate(self, model: Any, data: Any, path: tuple) -> Any:
+    def _validate(self, model: Any, data: Any, path: tuple[Any, ...]) -> Any:
         try:
             if isinstance(model, type) and issubclass(model, BaseModel):
                 return model.model_validate(data)
@@ -255,7 +258,7 @@ class Reader:
                 self.fail(path + tuple(err["loc"]), str(err["msg"]).removeprefix("Value error, "))
             return None
 
-    def _checked(self, spec: BaseModel, path: tuple) -> BaseModel:
+    def _checked(self, spec: BaseModel, path: tuple[Any, ...]) -> BaseModel:
         """``spec`` with the endpoints in it checked as `model add` checks them (aux config, model)."""
         if isinstance(spec, EndpointSpec):
             return self._checked_endpoint(spec, path)
@@ -266,7 +269,7 @@ class Reader:
         }
         return spec.model_copy(update=nested) if nested else spec
 
-    def _checked_endpoint(self, spec: EndpointSpec, path: tuple) -> EndpointSpec:
+    def _checked_endpoint(self, spec: EndpointSpec, path: tuple[Any, ...]) -> EndpointSpec:
         try:
             aux = validate_aux_config(spec.engine, spec.aux_config, spec.aux_config_text)
         except InvalidInput as exc:

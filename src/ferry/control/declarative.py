@@ -44,14 +44,15 @@ def _export_entry(spec: BaseModel, key: str) -> dict[str, Any]:
         entry.pop("version", None)
     elif entry.get("endpoint") == key:
         entry.pop("endpoint")
-    return map_refs(entry, lambda ref: {"path": ref["url"], "sha256": ref["sha256"]})
+    exported: dict[str, Any] = map_refs(entry, lambda ref: {"path": ref["url"], "sha256": ref["sha256"]})
+    return exported
 
 
 class _Dumper(yaml.SafeDumper):
     """Lists of plain values on one line (shapes, weights, tags); everything else in block style."""
 
 
-def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
     flow = all(not isinstance(v, (dict, list)) for v in data)
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 

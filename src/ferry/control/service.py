@@ -25,7 +25,7 @@ from ferry.control.spec import (
 )
 from ferry.control.store import Revision, Store
 from ferry.errors import InvalidInput, NotFound
-from ferry.registry.artifacts import ArtifactStore
+from ferry.registry.artifacts import ArtifactRef, ArtifactStore
 from ferry.registry.models import ModelRegistry
 
 
@@ -263,7 +263,7 @@ class ServiceControl:
             "aux_config_text": aux_text,
         }
 
-    def _upload_preprocess(self, path: Path | None):
+    def _upload_preprocess(self, path: Path | None) -> ArtifactRef | None:
         if path is None:
             return None
         path = Path(path)

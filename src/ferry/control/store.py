@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from ferry.control.spec import STORED, ServiceConfig
-from ferry.db import events, instances, make_engine, retry_on_conflict, revisions, services
+from ferry.db import events, instances, make_sql_engine, retry_on_conflict, revisions, services
 from ferry.errors import Conflict, InvalidInput, NotFound
 
 Change = Callable[[ServiceConfig], tuple[ServiceConfig, str]]
@@ -73,12 +73,13 @@ class InstanceRecord:
 class Store:
     """The control plane's durable state. Safe to share between threads and processes."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, sql: Engine) -> None:
+        self.sql = sql
+        """The SQL engine (SQLAlchemy's connection pool), not a model engine."""
 
     @classmethod
     def open(cls, url: str) -> Store:
-        return cls(make_engine(url))
+        return cls(make_sql_engine(url))
 
     # services -------------------------------------------------------------------------------------
 
@@ -87,7 +88,7 @@ class Store:
         if not name.strip():
             raise InvalidInput("a service needs a non-empty --name")
         record = ServiceRecord(uuid.uuid4().hex, name, project or "", list(tags or []), time.time())
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             conn.execute(insert(services).values(**record.__dict__))
             conn.execute(
                 insert(revisions).values(
@@ -101,12 +102,12 @@ class Store:
         return record
 
     def list_services(self) -> list[ServiceRecord]:
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(select(services).order_by(services.c.created_at)).mappings().all()
         return [ServiceRecord(**row) for row in rows]
 
     def get_service(self, service_id: str) -> ServiceRecord:
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             row = conn.execute(select(services).where(services.c.id == service_id)).mappings().first()
         if row is None:
             raise NotFound(f"no service with id {service_id!r}: `ferry list` shows the services")
@@ -135,7 +136,7 @@ class Store:
 
     def head(self, service_id: str) -> int:
         """The newest revision number: the one instances should serve."""
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             number = conn.execute(
                 select(func.max(revisions.c.number)).where(revisions.c.service_id == service_id)
             ).scalar()
@@ -150,7 +151,7 @@ class Store:
             query = query.order_by(revisions.c.number.desc()).limit(1)
         else:
             query = query.where(revisions.c.number == number)
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             row = conn.execute(query).mappings().first()
         if row is None:
             self.get_service(service_id)
@@ -161,7 +162,7 @@ class Store:
 
     def list_revisions(self, service_id: str) -> list[Revision]:
         self.get_service(service_id)
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(
                 select(revisions).where(revisions.c.service_id == service_id).order_by(revisions.c.number)
             ).mappings()
@@ -179,7 +180,7 @@ class Store:
             .join(head, (revisions.c.service_id == head.c.service_id) & (revisions.c.number == head.c.number))
             .where(revisions.c.config.contains(model_id, autoescape=True))
         )
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(query).all()
         serving = {}
         for service_id, text in rows:
@@ -200,7 +201,7 @@ class Store:
         return retry_on_conflict(lambda: self._commit_once(service_id, change))
 
     def _commit_once(self, service_id: str, change: Change) -> Revision:
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             row = (
                 conn.execute(
                     select(revisions)
@@ -211,6 +212,7 @@ class Store:
                 .mappings()
                 .first()
             )
+            assert row is not None  # a service is created with its revision 1
             head = ServiceConfig.model_validate_json(row["config"], context=STORED)
             config, summary = change(head)
             if config is head:  # the change returned the head itself: nothing to write
@@ -234,7 +236,7 @@ class Store:
         self.list_instances(service_id)
         instance_id = uuid.uuid4().hex
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             conn.execute(
                 insert(instances).values(
                     id=instance_id,
@@ -251,7 +253,7 @@ class Store:
 
     def heartbeat(self, instance_id: str, revision: int | None, state: dict[str, Any]) -> bool:
         """Record a heartbeat; False when the instance is unknown (pruned as dead): it should register again."""
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             result = conn.execute(
                 update(instances)
                 .where(instances.c.id == instance_id)
@@ -260,7 +262,7 @@ class Store:
         return result.rowcount > 0
 
     def remove_instance(self, instance_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             conn.execute(instances.delete().where(instances.c.id == instance_id))
 
     def list_instances(self, service_id: str, alive_within: float | None = None) -> list[InstanceRecord]:
@@ -269,7 +271,7 @@ class Store:
         Dead ones (see ``is_dead``) are deleted on the way: a crashed instance never deregisters itself.
         """
         query = select(instances).where(instances.c.service_id == service_id)
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(query.order_by(instances.c.started_at)).mappings().all()
         now = time.time()
         found = [InstanceRecord(**row) for row in rows]
@@ -281,7 +283,7 @@ class Store:
     def _prune(self, dead: list[InstanceRecord]) -> None:
         if not dead:
             return
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             for instance in dead:  # unless it spoke up since we read it
                 conn.execute(
                     instances.delete().where(
@@ -292,7 +294,7 @@ class Store:
     # events ---------------------------------------------------------------------------------------
 
     def add_event(self, kind: str, message: str, service_id: str | None = None, **data: Any) -> None:
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             conn.execute(
                 insert(events).values(service_id=service_id, time=time.time(), kind=kind, message=message, data=data)
             )
@@ -301,7 +303,7 @@ class Store:
         query = select(events).order_by(events.c.id.desc()).limit(limit)
         if service_id is not None:
             query = query.where(events.c.service_id == service_id)
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
 

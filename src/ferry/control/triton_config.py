@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
@@ -232,7 +233,7 @@ def _platform(engine: str, value: Any) -> dict[str, Any]:
     return {}
 
 
-_MAPPERS = {
+_MAPPERS: dict[str, Callable[[str, Any], dict[str, Any]]] = {
     "name": lambda engine, value: {},  # the endpoint's name comes from --endpoint
     "platform": _platform,
     "backend": _platform,

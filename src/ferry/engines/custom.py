@@ -24,7 +24,7 @@ class CustomEngine:
                 "(def process(self, data, state, collect_custom_statistics_fn) in the preprocess file)",
                 endpoint=spec.key,
             )
-        self._process = process
+        self._process: Any = process  # the user's function (sync or async); None once closed
         self.is_async = inspect.iscoroutinefunction(process)
 
     def run(self, data: Any, state: dict, collect: StatsFn) -> Any:

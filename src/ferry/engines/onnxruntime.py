@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -158,7 +158,7 @@ def _with_model_dtype(tensor: TensorSpec, model_inputs: dict[str, Any], spec: En
 
 def _with_model_shape(tensor: TensorSpec, model_inputs: dict[str, Any]) -> TensorSpec:
     """The input spec with the model's own shape where the spec gives none (symbolic axes become -1)."""
-    shape = model_inputs[tensor.name].shape
+    shape = model_inputs[cast(str, tensor.name)].shape  # ``input_specs`` names every input
     if tensor.shape is not None or not isinstance(shape, (list, tuple)) or not shape:
         return tensor
     axes = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)

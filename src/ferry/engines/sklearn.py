@@ -20,7 +20,7 @@ class SklearnEngine(RowBatching):
         self.endpoint_key = spec.key
         self.model = loaded if loaded is not None else read_model(spec, model_path, unpickle)
         method = spec.aux_config.get("method") or "predict"
-        self._predict = getattr(self.model, method, None)
+        self._predict: Any = getattr(self.model, method, None)  # the model's method; None once closed
         if not callable(self._predict):
             raise EngineError(
                 f"endpoint {spec.key}: the model ({type(self.model).__name__}) has no method {method!r} "

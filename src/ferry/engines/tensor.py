@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +32,15 @@ class TensorEngine(Protocol):
     def run_tensors(self, feeds: Feeds) -> list[np.ndarray]: ...
 
     def unwrap(self, outputs: list[np.ndarray]) -> Any: ...
+
+
+class AsyncTensorEngine(Protocol):
+    """A tensor engine whose model runs elsewhere (Triton, a ``ferry serve --ray`` replica): ``run_tensors`` is
+    awaited, and batching is the other side's."""
+
+    is_async: bool
+
+    async def run_tensors(self, feeds: Feeds) -> list[np.ndarray]: ...
 
 
 def input_specs(spec: EndpointSpec, default_names: Sequence[str]) -> tuple[TensorSpec, ...]:
@@ -69,7 +78,8 @@ def to_feeds(data: Any, inputs: Sequence[TensorSpec], endpoint: str) -> Feeds:
             "(a dict by name, or a list in that order)",
             endpoint=endpoint,
         )
-    return {t.name: _array(v, t, endpoint) for t, v in zip(inputs, values, strict=True)}
+    # named: ``input_specs`` names every input, and Triton's are named once described
+    return {cast(str, t.name): _array(v, t, endpoint) for t, v in zip(inputs, values, strict=True)}
 
 
 def _keys(data: Mapping) -> str:
@@ -150,7 +160,7 @@ class TensorRunner:
         """One output as its array, several as a list."""
         return unwrap_outputs(outputs)
 
-    def run(self, data: Any, state: dict, collect: Any) -> Any:
+    def run(self: TensorEngine, data: Any, state: dict[str, Any], collect: Any) -> Any:
         return self.unwrap(self.run_tensors(self.prepare(data)))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,9 +33,9 @@ class TorchScriptEngine(TensorRunner):
             self.model = read_model(spec, model_path, lambda path: torch.jit.load(str(path), map_location=self.device))
         self.model.eval()
         self.inputs = input_specs(spec, forward_arguments(self.model))
-        self.input_names = tuple(t.name for t in self.inputs)
+        self.input_names = tuple(cast(str, t.name) for t in self.inputs)  # ``input_specs`` names every input
         self.output_names = tuple(t.name for t in spec.outputs if t.name)
-        self.untyped_inputs = {t.name for t in self.inputs if t.dtype is None}
+        self.untyped_inputs = {cast(str, t.name) for t in self.inputs if t.dtype is None}
 
     def prepare(self, data: Any) -> Feeds:
         """Preprocess output (a list in spec order or a dict by name) as named arrays."""

@@ -13,10 +13,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pbg
 
 import ferry
-from ferry.errors import EngineError, FerryError, InvalidInput, NotFound, NotReady, Timeout, grpc_code
+from ferry.errors import EngineError, FerryError, InvalidInput, NotFound, NotReady, Timeout, grpc_code, strip_paths
 from ferry.grpc.tensors import request_inputs, to_raw
-from ferry.rest.http import strip_paths
-from ferry.serving.dataplane import DataPlane
+from ferry.serving.request.dataplane import DataPlane
 from ferry.serving.v2 import datatype, metadata
 
 log = logging.getLogger(__name__)
@@ -163,3 +162,26 @@ def bind(
     if port == 0:
         raise InvalidInput(f"cannot bind gRPC to {address}: the port is taken or not allowed; pick another --grpc-port")
     return server
+
+
+class GrpcFace:
+    """The gRPC face of a ``FerryApp`` (rest/app.py ``Face``): bound at startup on the app's loop, started
+    after the first load, stopped with ``grace`` seconds for the calls in flight."""
+
+    def __init__(
+        self, plane: DataPlane, address: str, gate: Gate | None, readiness: Readiness, max_message: int
+    ) -> None:
+        self.address = address
+        self._bind = functools.partial(bind, plane, address, gate, readiness, max_message)
+        self._server: grpc.aio.Server | None = None
+
+    def bind(self) -> None:
+        self._server = self._bind()
+
+    async def start(self) -> None:
+        if self._server is not None:
+            await self._server.start()
+
+    async def stop(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)

@@ -54,8 +54,8 @@ def build_dashboard(config: ServiceConfig, title: str, service_id: str | None = 
         for panel in panels:
             builder.with_panel(panel)
     model = builder.build()
-    for number, panel in enumerate(model.panels or [], 1):
-        panel.id_val = number  # Grafana links and edits panels by id: unique and stable per layout
+    for number, built in enumerate(model.panels or [], 1):
+        built.id_val = number  # Grafana links and edits panels by id: unique and stable per layout
     return json.loads(json.dumps(model, cls=JSONEncoder))
 
 

@@ -1,7 +1,7 @@
 """The store's schema revisions, kept with Alembic: ``versions/`` holds one script per revision.
 
 A store carries its revision in ``alembic_version``. The first time a process uses a store
-(``ferry.db.make_engine``), ``ensure`` compares it with this ferry's head revision:
+(``ferry.db.make_sql_engine``), ``ensure`` compares it with this ferry's head revision:
 
 - no tables at all: a new store, created at head and stamped (on PostgreSQL under the schema lock);
 - ferry's tables but no ``alembic_version``: a store made before ferry kept revisions, taken as the baseline;

@@ -17,12 +17,13 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException, 
 
 from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
-from ferry.engines.base import StatsFn, preload
+from ferry.engines.base import StatsFn
+from ferry.engines.loading import preload
 from ferry.errors import EngineError, FerryError, NotReady, Timeout
 from ferry.rayserve.apps import MODEL_DEPLOYMENT, bridged, colocated, model_app
-from ferry.serving.pipeline import EndpointRuntime
-from ferry.serving.reconciler import Reconciler
-from ferry.serving.userclass import load_user_code
+from ferry.serving.request.pipeline import EndpointRuntime
+from ferry.serving.revisions.reconciler import Reconciler
+from ferry.serving.usercode.userclass import load_user_code
 from ferry.serving.v2 import Signature
 
 log = logging.getLogger(__name__)

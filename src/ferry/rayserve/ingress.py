@@ -27,10 +27,11 @@ class Ingress:
         os.environ.update(env)  # the launcher's FERRY_* settings (launcher.replica_env): create_app reads them
 
     def __serve_build_asgi_app__(self) -> Any:
-        from ferry.rest.app import create_app
+        from ferry.server import create_app
 
         self.ferry_app = app = create_app(RayReconciler)
         app.startup_timeout = threading.TIMEOUT_MAX  # Serve routes to the replica once its lifespan started
+        assert isinstance(app.reconciler, RayReconciler)  # the one create_app was given
         if app.plane.metrics is not None:
             app.reconciler.report["metrics"] = serve_metrics(app.plane.metrics.registry, Settings().host)
         self.held = Held(app)

@@ -26,7 +26,7 @@ from ferry.rayserve.apps import QUIET, Pace, colocated, ingress_app, model_app, 
 from ferry.rayserve.engine import ROLE
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
-from ferry.serving.swap import with_triton_addresses
+from ferry.serving.revisions.swap import with_triton_addresses
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
@@ -108,7 +108,8 @@ class Launcher:
     def _deploy_models(self, apps: Iterable[str]) -> None:
         targets = [
             serve.RunTarget(
-                target=ModelStage.options(**model_options(self.desired[app], self.pace)).bind(
+                # a Deployment (@serve.deployment): mypy keeps a decorated class's own type
+                target=ModelStage.options(**model_options(self.desired[app], self.pace)).bind(  # type: ignore[attr-defined]
                     self.desired[app].model_dump_json(), self.env
                 ),
                 name=app,
@@ -122,7 +123,8 @@ class Launcher:
                 log.info("deploying %s (%s)", target.name, self.desired[target.name].key)
 
     def _deploy_ingress(self) -> None:
-        app = Ingress.options(**self.ingress).bind(self.env)
+        # a Deployment (@serve.deployment): mypy keeps a decorated class's own type
+        app = Ingress.options(**self.ingress).bind(self.env)  # type: ignore[attr-defined]
         serve.run(app, name=ingress_app(self.service_id), route_prefix="/")
         log.info("ingress %s running", ingress_app(self.service_id))
 
@@ -155,7 +157,9 @@ def _check_http(host: str, port: int) -> None:
 
     from ferry.errors import InvalidInput
 
-    config = _get_global_client().http_config
+    client = _get_global_client()  # raises when no controller runs: None only when asked not to raise
+    assert client is not None
+    config = client.http_config
     if (config.host, config.port) != (host, port):
         raise InvalidInput(
             f"Ray Serve on this cluster already answers HTTP on {config.host}:{config.port} (the address is the "
@@ -243,6 +247,7 @@ def _proxy_timeout(store: Store, service_id: str, settings: Settings) -> float |
     """Ray's proxy's request timeout: the longest of the service's request timeouts now, plus ``PROXY_MARGIN_S``."""
     from ferry.control.aux_config import queue_limits
 
+    specs: Iterable[EndpointSpec]
     try:
         specs = store.get_revision(service_id).config.endpoints.values()
     except Exception as exc:  # the store away: the launcher says so next

@@ -9,8 +9,6 @@ replicas count the batches (``ferry_batch_*``) and their loads.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, start_http_server
 
 WILDCARDS = ("", "0.0.0.0", "::")
@@ -29,16 +27,3 @@ def advertised(host: str) -> str:
     import ray
 
     return ray.util.get_node_ip_address()
-
-
-def targets(service_id: str, states: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Prometheus http_sd groups: one per reporting process, labelled with the service, role and endpoint."""
-    groups = []
-    for state in states:
-        if "metrics" not in state:
-            continue
-        labels = {"ferry_service": service_id, "ferry_role": state.get("role", "serve")}
-        if state.get("endpoint"):
-            labels["ferry_endpoint"] = state["endpoint"]
-        groups.append({"targets": [state["metrics"]], "labels": labels})
-    return groups

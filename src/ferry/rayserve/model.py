@@ -24,8 +24,8 @@ from ray import serve
 from ferry.control.spec import STORED, EndpointSpec
 from ferry.metrics.collectors import Metrics
 from ferry.rayserve.metrics import serve_metrics
-from ferry.serving.heap import settle
-from ferry.serving.pipeline import EndpointRuntime
+from ferry.serving.request.pipeline import EndpointRuntime
+from ferry.serving.revisions.heap import settle
 from ferry.serving.v2 import Signature, signature
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class ModelStage:
 
     def __init__(self, spec_json: str, env: dict[str, str]) -> None:
         from ferry.control.store import Store
-        from ferry.db import make_engine
+        from ferry.db import make_sql_engine
         from ferry.registry.artifacts import ArtifactStore
         from ferry.registry.models import ModelRegistry
         from ferry.settings import Settings
@@ -48,11 +48,11 @@ class ModelStage:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         spec = EndpointSpec.model_validate_json(spec_json, context=STORED)
         settings, started = Settings(), time.monotonic()
-        self.store = Store(make_engine(settings.store_url(), create_tables=False))
+        self.store = Store(make_sql_engine(settings.store_url(), create_tables=False))
         artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=False)
         model_path = None
         if spec.model_id:
-            model_path = artifacts.fetch(ModelRegistry(self.store.engine, artifacts).get(spec.model_id).artifact)
+            model_path = artifacts.fetch(ModelRegistry(self.store.sql, artifacts).get(spec.model_id).artifact)
         code_path = artifacts.fetch(spec.preprocess) if spec.preprocess else None
         self.runtime = EndpointRuntime.build(spec, model_path, code_path, None)
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ferry-model")
@@ -96,6 +96,7 @@ class ModelStage:
             self._flushing = asyncio.get_running_loop().create_task(self._flushes())
 
     async def _flushes(self) -> None:
+        assert self.metrics is not None  # started by _flush_soon only when there are metrics
         while not self._stop.is_set():
             self.metrics.flush()
             await asyncio.sleep(FLUSH_EVERY_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 import uuid
@@ -50,8 +51,8 @@ class ModelRecord:
 class ModelRegistry:
     """Model records in the store; their bytes in an ArtifactStore."""
 
-    def __init__(self, engine: Engine, artifacts: ArtifactStore) -> None:
-        self.engine = engine
+    def __init__(self, sql: Engine, artifacts: ArtifactStore) -> None:
+        self.sql = sql
         self.artifacts = artifacts
 
     def upload(
@@ -74,6 +75,7 @@ class ModelRegistry:
         if url:
             ref = self.artifacts.register(str(url))
             return self.register(ref, name, project, framework, tags, publish, {**(metadata or {}), "external": True})
+        assert path is not None  # exactly one of path and url, and not url
         stored = self.artifacts.store(path, destination)
         record = _new_record(stored.ref, name, project, framework, tags, publish, metadata)
         try:
@@ -100,7 +102,7 @@ class ModelRegistry:
         return record
 
     def _insert(self, record: ModelRecord, restore: Callable[[], object] | None = None) -> None:
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             lock_artifact(conn, record.url)
             conn.execute(insert(models).values(**record.to_dict()))
             # A concurrent remove may have deleted the shared object after we found it stored and
@@ -109,7 +111,7 @@ class ModelRegistry:
                 restore()
 
     def get(self, model_id: str) -> ModelRecord:
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             row = conn.execute(select(models).where(models.c.id == model_id)).mappings().first()
         if row is None:
             raise _no_model(model_id)
@@ -130,13 +132,13 @@ class ModelRegistry:
             query = query.where(models.c.project == project)
         if published:
             query = query.where(models.c.published.is_(True))
-        with self.engine.connect() as conn:
+        with self.sql.connect() as conn:
             rows = conn.execute(query).mappings().all()
         wanted = set(tags or [])
         return [ModelRecord(**row) for row in rows if wanted <= set(row["tags"])]
 
     def newest(
-        self, name: str | None, project: str | None, tags: list[str] | None = None, published: bool = False
+        self, name: str | None, project: str | None, tags: builtins.list[str] | None = None, published: bool = False
     ) -> ModelRecord:
         """The newest model matching the query, or NotFound describing the query."""
         found = self.list(name=name, project=project, tags=tags, published=published)
@@ -149,11 +151,11 @@ class ModelRegistry:
             raise NotFound(f"no model matches {what}: `ferry model list` shows the registry")
         return found[0]
 
-    def tag(self, model_id: str, tags: list[str]) -> ModelRecord:
+    def tag(self, model_id: str, tags: builtins.list[str]) -> ModelRecord:
         """Add ``tags`` to the model's tags; tags added at the same time by others are kept."""
         return self._update(model_id, lambda row: {"tags": sorted(set(row["tags"]) | set(tags))})
 
-    def untag(self, model_id: str, tags: list[str]) -> ModelRecord:
+    def untag(self, model_id: str, tags: builtins.list[str]) -> ModelRecord:
         """Remove ``tags`` from the model's tags (those it does not carry are ignored)."""
         return self._update(model_id, lambda row: {"tags": sorted(set(row["tags"]) - set(tags))})
 
@@ -163,7 +165,7 @@ class ModelRegistry:
     def remove(self, model_id: str) -> ModelRecord:
         """Delete the record; the stored bytes stay while anything else refers to them (or ferry does not own them)."""
         record = self.get(model_id)
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             lock_artifact(conn, record.url)
             conn.execute(delete(models).where(models.c.id == model_id))
         # Only after the row is gone for good: a failure from here on leaves bytes behind, never loses them.
@@ -172,7 +174,7 @@ class ModelRegistry:
         return record
 
     def _delete_object_if_unused(self, ref: ArtifactRef) -> None:
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             lock_artifact(conn, ref.url)
             if not artifact_in_use(conn, ref.url):
                 self.artifacts.remove(ref)
@@ -188,7 +190,7 @@ class ModelRegistry:
 
     def _update_once(self, model_id: str, change: Callable[[Any], dict[str, Any]]) -> ModelRecord:
         where = models.c.id == model_id
-        with self.engine.begin() as conn:
+        with self.sql.begin() as conn:
             # Write first: it locks the row (PostgreSQL) or the database (SQLite) before the read, so two
             # read-modify-writes at once run one after the other and neither loses the other's change.
             if conn.execute(update(models).where(where).values(updated_at=time.time())).rowcount == 0:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, cast
 
 from ferry.errors import EngineError
 
@@ -101,8 +101,13 @@ def _entries(archive: Path, label: str, hint: str) -> Iterator[list[Entry]]:
 
 
 def _tar_entry(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Entry:
-    if member.isreg():
-        return Entry(member.name, FILE, executable=bool(member.mode & 0o111), open=lambda: tar.extractfile(member))
+    if member.isreg():  # extractfile gives None only for what is not a file
+        return Entry(
+            member.name,
+            FILE,
+            executable=bool(member.mode & 0o111),
+            open=lambda: cast(IO[bytes], tar.extractfile(member)),
+        )
     if member.isdir():
         return Entry(member.name, DIR)
     if member.issym():
@@ -212,10 +217,10 @@ def _extract(entries: list[Entry], into: Path, label: str, hint: str) -> Unpacke
             os.symlink(entry.link, into / name)
             unpacked.links[name.as_posix()] = entry.link
     root = os.path.realpath(into)
-    for name, link in unpacked.links.items():
-        resolved = os.path.realpath(into / name)
+    for link_name, link in unpacked.links.items():
+        resolved = os.path.realpath(into / link_name)
         if resolved != root and not resolved.startswith(root + os.sep):
-            raise _refusal(label, hint)(f"{name!r} -> {link!r} points outside the folder through another link")
+            raise _refusal(label, hint)(f"{link_name!r} -> {link!r} points outside the folder through another link")
     return unpacked
 
 

@@ -1,23 +1,24 @@
-"""The ASGI app: /serve and /v2 routes, health, OpenAPI; lifespan runs the reconciler beside the server."""
+"""The ASGI app: /serve and /v2 routes, health, OpenAPI; lifespan runs the reconciler beside the server.
+
+It is built from its parts in ``ferry/server.py`` (``create_app``), which every way of serving calls."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from ferry.errors import EngineError, FerryError, NotFound, NotReady, UserCodeError
-from ferry.rest.auth import BearerAuth, load_tokens
+from ferry.rest.auth import BearerAuth
 from ferry.rest.http import decode_body, header, read_body, send, send_error
 from ferry.rest.openapi import DOCS_CSP, DOCS_HTML, openapi
 from ferry.rest.v2 import V2Routes, is_v2
-from ferry.serving.dataplane import DataPlane, dumps
-from ferry.serving.reconciler import Reconciler
+from ferry.serving.request.dataplane import DataPlane, dumps
+from ferry.serving.revisions.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 SERVE = "/serve/"
@@ -32,6 +33,17 @@ ROUTING_KEY = b"x-ferry-routing-key"
 """A request carrying this header lands on the same canary target while the canary stays the same."""
 
 
+class Face(Protocol):
+    """Another way in served beside HTTP on the same loop (grpc/server.py ``GrpcFace``)."""
+
+    def bind(self) -> None:
+        """Take its port (FerryError when it cannot): at startup, before the first load."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
 class FerryApp:
     """A plain ASGI app: the request path stays short; the reconciler runs in its lifespan."""
 
@@ -42,11 +54,9 @@ class FerryApp:
         max_body: int = 64 << 20,
         startup_timeout: float = 120.0,
         tokens: Collection[str] = (),
-        grpc_address: str | None = None,
     ) -> None:
-        self.grpc_address = grpc_address
-        """host:port of the KServe V2 gRPC face, served on this app's loop; None: no gRPC."""
-        self._grpc: Any = None
+        self.faces: list[Face] = []
+        """Other ways in served on this app's loop (the KServe V2 gRPC face): bound at startup, opened with it."""
         self.auth = BearerAuth(tokens) if tokens else None  # None: serving is open, one `if` per request
         self.plane = plane
         self.startup_timeout = startup_timeout
@@ -150,18 +160,18 @@ class FerryApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.plane.loop = asyncio.get_running_loop()
-                if not await self._bind_grpc(send_):
+                if not await self._bind_faces(send_):
                     return
                 if self.reconciler is not None:
                     self._task = asyncio.create_task(self.reconciler.run(), name="ferry reconciler")
                     self._task.add_done_callback(_log_crash)
                     await self._first_load(self._task)
-                if self._grpc is not None:
-                    await self._grpc.start()  # after the first load, as uvicorn opens the HTTP port
+                for face in self.faces:
+                    await face.start()  # after the first load, as uvicorn opens the HTTP port
                 await send_({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._grpc is not None:
-                    await self._grpc.stop(GRPC_GRACE_S)  # in-flight calls finish first
+                for face in self.faces:
+                    await face.stop(GRPC_GRACE_S)  # in-flight calls finish first
                 if self.reconciler is not None and self._task is not None:
                     self.reconciler.stop()
                     await asyncio.gather(self._task, return_exceptions=True)  # _log_crash has reported a crash
@@ -171,14 +181,11 @@ class FerryApp:
                 await send_({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _bind_grpc(self, send_: Any) -> bool:
-        """Bind the gRPC port before anything starts; one that cannot be bound fails the startup, in one line."""
-        if self.grpc_address is None:
-            return True
-        from ferry.grpc.server import bind  # grpcio and tritonclient: the ferry[triton] extra
-
+    async def _bind_faces(self, send_: Any) -> bool:
+        """Bind the other faces' ports before anything starts; one that cannot bind fails the startup, in one line."""
         try:
-            self._grpc = bind(self.plane, self.grpc_address, self.auth, self.readiness, self.max_body)
+            for face in self.faces:
+                face.bind()
         except FerryError as exc:
             await send_({"type": "lifespan.startup.failed", "message": str(exc)})
             return False
@@ -208,31 +215,3 @@ def _split(rest: str) -> tuple[str, str | None]:
 async def _method_not_allowed(send_: Any, allowed: str) -> None:
     body = orjson.dumps({"error": f"method not allowed: use {allowed}", "kind": "MethodNotAllowed"})
     await send(send_, 405, body, extra=[(b"allow", allowed.encode())])
-
-
-def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
-    """Build the app from FERRY_* settings (uvicorn's factory: each worker process calls it; a Ray Serve
-    ingress replica passes the reconciler that runs models on their deployments)."""
-    from ferry.control.store import Store
-    from ferry.db import make_engine
-    from ferry.grpc import address
-    from ferry.metrics.collectors import Metrics
-    from ferry.registry.artifacts import ArtifactStore
-    from ferry.registry.models import ModelRegistry
-    from ferry.settings import Settings
-
-    settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Nothing here may need the store: it can be down when a worker starts (the reconciler waits for it).
-    store = Store(make_engine(settings.store_url(), create_tables=False))
-    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
-    registry = ModelRegistry(store.engine, artifacts)
-    plane = DataPlane(request_timeout_s=settings.request_timeout_s, metrics=Metrics() if settings.metrics else None)
-    reconciler = reconciler_cls(
-        plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
-    )
-    reconciler.drain_timeout = settings.drain_timeout_s
-    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
-    grpc_address = address(settings.host, settings.grpc_port) if settings.grpc_port else None
-    max_body = int(settings.max_body_mb * (1 << 20))
-    return FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens, grpc_address)

@@ -79,7 +79,7 @@ class Inflater:
     def _step(self) -> None:
         if self.zlib.eof:
             return self._next_member()
-        data = self.pending
+        data: bytes | memoryview = self.pending
         if not data:
             data = self.view[self.position : self.position + SLICE]
             self.position += len(data)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import re
 import uuid
 from typing import Any
 
 import orjson
 
-from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Timeout
+from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Timeout, strip_paths
 from ferry.rest.encoding import inflate
 
 log = logging.getLogger(__name__)
@@ -113,20 +110,3 @@ def _failure(error: FerryError, kind: str) -> dict:
 
 def _plain(details: dict) -> dict:
     return {k: v for k, v in details.items() if isinstance(v, (str, int, float, bool))}
-
-
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])(?:file://)?/([\w.+~@%-]+)(?:/[\w.+~@%-]+)*/([\w.+~@%-]+)")
-"""An absolute path with a directory, not inside a URL (group 1: its top directory, group 2: its file name)."""
-
-
-@functools.cache
-def _root_entries() -> frozenset[str]:
-    try:
-        return frozenset(os.listdir("/"))
-    except OSError:
-        return frozenset()
-
-
-def strip_paths(text: str) -> str:
-    """``text`` with the directories cut from local paths (those under a top directory of this machine)."""
-    return ABSOLUTE_PATH.sub(lambda m: m.group(2) if m.group(1) in _root_entries() else m.group(0), text)

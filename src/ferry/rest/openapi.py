@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ferry import __version__
-from ferry.serving.routing import RouteTable
+from ferry.serving.request.routing import RouteTable
 
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 ERROR_STATUSES = {

@@ -1,87 +1,123 @@
-"""uvicorn's httptools protocol with one change on the request path: an answer goes out in one write.
+"""uvicorn's httptools protocol on a transport that joins each write to the next: an answer in one write.
 
-uvicorn writes an answer's head and body in two ``transport.write`` calls (two syscalls on an idle
-socket) and checks every header against two regular expressions. Every answer ferry sends has a
-``content-length`` and one body message (rest/http.py ``send``), and only ferry makes its headers,
-so ``OneWriteCycle`` holds the head back until the body comes and writes both at once. Anything
-else (a streamed body, no content-length, an access log, a HEAD request) takes uvicorn's own path.
+Why: uvicorn writes an answer's head and its body in two ``transport.write`` calls, two syscalls on an idle
+socket. On the sklearn job one worker's event loop bounds the rate, and those two writes were 16 % of the
+loop's samples (bench/README "one write per answer"). Every ferry answer has a content-length and one body
+(rest/http.py ``send``), and uvicorn's ``send`` does not yield between them, so its head and body come in one
+turn of the loop.
 
-Measured on the sklearn job (bench/README "one write per answer"): one worker's event loop bounds it on
-a cheap model, and the two writes were 16 % of the loop's samples.
+How: ``FerryHttpProtocol`` is uvicorn's own httptools protocol whose transport is a ``OneWriteTransport``. That
+holds a write back until the next write, which goes out joined to it, or until the loop's current turn ends
+(``call_soon``), whichever comes first; ``close`` and ``write_eof`` send what it holds first. The HTTP side stays
+uvicorn's whole: parsing, keep-alive, pipelining, flow control, 100-continue, header checks, streamed bodies,
+access log. A write that waits is only ever late by the rest of one turn (a 100-continue, a streamed part).
+
+Why this way: it uses uvicorn's public ``http=`` option (a protocol class), the class that ``http="httptools"``
+names (``uvicorn.protocols.http.httptools_impl:HttpToolsProtocol``), built as uvicorn builds every protocol, and
+asyncio's ``Protocol.connection_made``; it relies only on that class writing through the transport it is given.
+No private attribute, method or class of uvicorn is read or replaced. The version before subclassed uvicorn's
+``RequestResponseCycle`` and swapped each cycle's class at run time, which tied ferry to uvicorn's internals of
+one minor release. Against it, answers now also pass uvicorn's header checks, and an app that fails after
+sending a head gets uvicorn's handling (the head goes out, the connection closes) where the head used to be
+dropped for a 500. What it adds, a ``call_soon`` for each held write, did not show in the speed (bench/README,
+2026-12-05).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["FerryHttpProtocol", "OneWriteCycle"]
-
-CONTENT_LENGTH = b"content-length"
+__all__ = ["FerryHttpProtocol", "OneWriteTransport"]
 
 
-class OneWriteCycle(RequestResponseCycle):
-    """A request-response cycle that sends a content-length answer's head and body in one write."""
+class OneWriteTransport(asyncio.Transport):
+    """A transport that joins consecutive writes: each goes out with the next, or when the loop's turn ends."""
 
-    _head: dict | None = None
-    """The held ``http.response.start`` message, until its body comes."""
+    __slots__ = ("_transport", "_loop", "_held", "_flush_due")
 
-    async def send(self, message: Any) -> None:
-        if self._head is None:
-            if message["type"] == "http.response.start" and self._can_hold():
-                self._head = message  # written with the body: one syscall, not two
-                return
-            return await super().send(message)
-        head, self._head = self._head, None
-        if message["type"] == "http.response.start":  # a second head (uvicorn's 500 after an app error)
-            return await self.send(message)  # replaces the first, which was never written
-        if (
-            message["type"] != "http.response.body"
-            or message.get("more_body", False)
-            or not self._one_write(head, message)
-        ):
-            await super().send(head)
-            await super().send(message)
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._flush_due = False
 
-    def _can_hold(self) -> bool:
-        return not (self.response_started or self.disconnected or self.access_log or self.scope["method"] == "HEAD")
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            self._held = data if type(data) is bytes else bytes(data)  # a caller may reuse its buffer
+            if not self._flush_due:
+                self._flush_due = True
+                self._loop.call_soon(self._flush_later)
+        else:
+            self._held = None
+            self._transport.write(b"".join((held, data)))  # an answer's head and body: one syscall
 
-    def _one_write(self, head: dict, message: dict) -> bool:
-        """Write head and body at once and complete the answer; False (nothing written) when it does not fit."""
-        body = message.get("body", b"")
-        headers = head.get("headers", ())
-        parts = [STATUS_LINE[head["status"]]]
-        length = None
-        for name, value in (*self.default_headers, *headers):
-            if name == CONTENT_LENGTH:
-                length = value
-            elif name.lower() in (b"connection", b"transfer-encoding", CONTENT_LENGTH):
-                return False  # uvicorn's path reads these
-            parts += (name, b": ", value, b"\r\n")
-        if length is None or length != str(len(body)).encode():
-            return False
-        if self.flow.write_paused or self.disconnected:
-            return False
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", body)
-        self.response_started = True
-        self.waiting_for_100_continue = False
-        self.transport.write(b"".join(parts))
-        self.response_complete = True
-        self.message_event.set()
-        if not self.keep_alive:
-            self.transport.close()
-        self.on_response()
-        return True
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def flush(self) -> None:
+        """Write what is held now."""
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():  # a lost connection takes no more writes
+            self._transport.write(held)
+
+    def _flush_later(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
 
 
 class FerryHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose request cycles are ``OneWriteCycle``: ``--http`` for ``ferry serve``."""
+    """uvicorn's httptools protocol on a ``OneWriteTransport``: ``http=`` for ``ferry serve`` (cli/serve.py)."""
 
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and type(cycle) is RequestResponseCycle:
-            cycle.__class__ = OneWriteCycle  # the same state; its one added field has a class default
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+        super().connection_made(OneWriteTransport(transport, asyncio.get_running_loop()))

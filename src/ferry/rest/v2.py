@@ -15,7 +15,7 @@ from ferry import __version__
 from ferry.errors import FerryError, InvalidInput, NotFound
 from ferry.rest.http import header, read_body, send
 from ferry.serving import v2
-from ferry.serving.dataplane import DataPlane
+from ferry.serving.request.dataplane import DataPlane
 
 PREFIX = "/v2"
 MODELS = "/v2/models/"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ferry.control.spec import TensorSpec
 from ferry.engines.tensor import Feeds, RowBatching, TensorEngine
 from ferry.errors import EngineError, FerryError, InputMismatch, InvalidInput
-from ferry.serving.pipeline import EndpointRuntime
+from ferry.serving.request.pipeline import EndpointRuntime
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -61,12 +61,13 @@ class Signature:
     feed_names: tuple[str, ...]
     """The engine's name for each input, in ``inputs`` order (row engines call theirs "input")."""
 
-    def input_names(self) -> list[str]:
+    def input_names(self) -> list[str | None]:
+        """None for an input a Triton spec leaves unnamed (its engine's ``inputs``)."""
         return [t.name for t in self.inputs]
 
     def output_names(self, count: int) -> list[str]:
         """Names for ``count`` model outputs: the signature's, then ``output__<i>`` for any beyond them."""
-        names = [t.name for t in self.outputs]
+        names = [cast(str, t.name) for t in self.outputs]  # named by ``_output_spec`` and ``_row_signature``
         return names[:count] + [f"output__{i}" for i in range(len(names), count)]
 
 
@@ -140,7 +141,7 @@ def _tensor_outputs(runtime: EndpointRuntime) -> tuple[TensorSpec, ...]:
 
 
 def _session_outputs(engine: Any) -> list[Any]:
-    session = getattr(engine, "session", None)
+    session: Any = getattr(engine, "session", None)
     return list(session.get_outputs()) if hasattr(session, "get_outputs") else []
 
 
@@ -171,7 +172,10 @@ def feeds(runtime: EndpointRuntime, inputs: Mapping[str, np.ndarray], outputs: S
         raise InputMismatch(f"endpoint {key} {problem}: its inputs are {expected} (GET /v2/models/{runtime.spec.name})")
     if outputs:
         check_outputs(runtime, outputs)
-    checked = {feed: _checked(inputs[t.name], t, key) for t, feed in zip(sig.inputs, sig.feed_names, strict=True)}
+    # every input name is in ``inputs`` (no ``missing`` above), so none is None here
+    checked = {
+        feed: _checked(inputs[cast(str, t.name)], t, key) for t, feed in zip(sig.inputs, sig.feed_names, strict=True)
+    }
     _check_rows(runtime, checked)
     return checked
 

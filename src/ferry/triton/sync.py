@@ -177,7 +177,8 @@ def triton_endpoints(config: ServiceConfig) -> dict[str, EndpointSpec]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = exc.message() if callable(getattr(exc, "message", None)) else str(exc)  # tritonclient's, without prefix
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)  # tritonclient's, without prefix
     return " ".join(str(text or type(exc).__name__).split())[:ERROR_CHARS]
 
 
@@ -241,7 +242,8 @@ def watch(
     first, so the caller waits for this in a thread it may abandon (`ferry triton sync --watch` does).
     """
     stop = stop or threading.Event()
-    head, last, recheck_at, problem = None, {}, 0.0, ""
+    last: dict[str, Outcome] = {}
+    head, recheck_at, problem = None, 0.0, ""
     while not stop.is_set():
         try:
             new_head = store.head(service_id)

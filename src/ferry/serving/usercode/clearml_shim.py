@@ -66,6 +66,5 @@ def install() -> None:
     if "clearml" in sys.modules or importlib.util.find_spec("clearml") is not None:
         return
     module = types.ModuleType("clearml", __doc__)
-    module.StorageManager = StorageManager
-    module.__ferry_stand_in__ = True
+    module.__dict__.update(StorageManager=StorageManager, __ferry_stand_in__=True)  # a ModuleType names no fields
     sys.modules["clearml"] = module

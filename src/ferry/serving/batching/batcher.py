@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,8 @@ from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
 from ferry.errors import NotReady, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
-from ferry.serving.inline import INLINE_BUDGET_S, CostMeter
-from ferry.serving.padding import cut_by_length
+from ferry.serving.batching.padding import cut_by_length
+from ferry.serving.request.inline import INLINE_BUDGET_S, CostMeter
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class BatchPolicy:
     pad_value: float = 0
     instances: int = 1
     group_by_length: bool = False
-    """Run a batch of ragged requests as a few model calls of similar lengths (``serving/padding.py``)."""
+    """Run a batch of ragged requests as a few model calls of similar lengths (``serving/batching/padding.py``)."""
 
     @classmethod
     def from_spec(cls, spec: EndpointSpec, default_instances: int = 1) -> BatchPolicy:
         """The policy ``spec`` asks for; ``default_instances`` where it names no ``instances``."""
         aux = spec.aux_config
-        triton = aux.get("dynamic_batching") if isinstance(aux.get("dynamic_batching"), dict) else {}
+        triton = given if isinstance(given := aux.get("dynamic_batching"), dict) else {}
         delay_ms = aux.get("max_queue_delay_ms")
         if delay_ms is None and "max_queue_delay_microseconds" in triton:
             delay_ms = float(triton["max_queue_delay_microseconds"]) / 1000
@@ -61,7 +62,7 @@ class _Pending:
     feeds: Feeds
     rows: int
     arrived: float
-    future: asyncio.Future = field(repr=False)
+    future: asyncio.Future[list[np.ndarray]] = field(repr=False)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Axes:
     outputs: tuple[frozenset[int], ...] | None = None
     """Per output (in order), the axes declared -1 that are cut back to the request's own length; None: none."""
 
-    def stack_key(self, feeds: Feeds) -> tuple:
+    def stack_key(self, feeds: Feeds) -> tuple[Any, ...]:
         """Requests with equal keys can be stacked: same inputs, dtypes, ranks and sizes on fixed axes."""
         key = []
         for name, array in feeds.items():
@@ -112,9 +113,9 @@ class DynamicBatcher:
         self.batched_rows = 0
         self._queue: deque[_Pending] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._dispatcher: asyncio.Task | None = None
+        self._wakeup: asyncio.Event  # both set by _start, which runs before anything reads them
+        self._slots: asyncio.Semaphore
+        self._dispatcher: asyncio.Task[None] | None = None
         self._running = 0
         """Batches running now (at most ``policy.instances``)."""
         self._executor = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"ferry-batch-{key}")
@@ -226,7 +227,7 @@ class DynamicBatcher:
         """Outputs per request (or the exception that request caused), in batch order; what was padding."""
         self.batches += 1
         self.batched_rows += sum(p.rows for p in batch)
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple[Any, ...], list[int]] = {}
         for index, pending in enumerate(batch):
             groups.setdefault(self.axes.stack_key(pending.feeds), []).append(index)
         results: list[Any] = [None] * len(batch)
@@ -325,7 +326,7 @@ class DynamicBatcher:
         return NotReady(f"endpoint {self.key} was unloaded while this request waited; retry", retry_after=1.0)
 
 
-def _unpad(output: np.ndarray, axes: frozenset[int], lengths: dict[int, list[int]], index: int) -> np.ndarray:
+def _unpad(output: np.ndarray, axes: Iterable[int], lengths: dict[int, list[int]], index: int) -> np.ndarray:
     """Cut the output's declared -1 axes that were padded back to this request's own length."""
     for axis in axes:
         sizes = lengths.get(axis)
@@ -341,7 +342,7 @@ def _rows(feeds: Feeds, key: str) -> int:
     return counts.pop()
 
 
-def _resolve(future: asyncio.Future, result: Any) -> None:
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
     if isinstance(result, BaseException):
         future.set_exception(result)
     else:

@@ -17,12 +17,12 @@ from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, load_engine
 from ferry.engines.tensor import RowBatching, TensorEngine
 from ferry.errors import EngineError, FerryError, UserCodeError
-from ferry.serving.batching import BatchPolicy, DynamicBatcher, batch_axes
-from ferry.serving.inline import INLINE_BUDGET_S
-from ferry.serving.instances import default_instances
-from ferry.serving.userclass import Hook, UserCode, load_user_code
+from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.instances import default_instances
+from ferry.serving.request.inline import INLINE_BUDGET_S
+from ferry.serving.usercode.userclass import Hook, UserCode, load_user_code
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ferry.serving.assembly")  # the name from before serving/ had subpackages: users' log filters
 
 
 class Parts(NamedTuple):

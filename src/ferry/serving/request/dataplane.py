@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -19,12 +20,12 @@ from ferry.errors import FerryError, NotReady
 from ferry.metrics.collectors import NULL_METER, Metrics
 from ferry.metrics.custom import CustomStats
 from ferry.serving import v2
-from ferry.serving.drain import Retired
-from ferry.serving.pipeline import EndpointRuntime
-from ferry.serving.routing import RouteTable, version_order
-from ferry.serving.shadow import ShadowSender
+from ferry.serving.request.drain import Retired
+from ferry.serving.request.pipeline import EndpointRuntime
+from ferry.serving.request.routing import RouteTable, version_order
+from ferry.serving.request.shadow import ShadowSender
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ferry.serving.dataplane")  # the name from before serving/ had subpackages: users' log filters
 
 REQUEST_TIMEOUT_S = 60.0
 """A request with no answer after this long gets 504 (FERRY_REQUEST_TIMEOUT_S; aux request_timeout_ms per endpoint)."""
@@ -143,7 +144,7 @@ class DataPlane:
             log.warning("send_request to %s failed: %s", endpoint, exc)
             return None
 
-    def send_request_for(self, engine: str):
+    def send_request_for(self, engine: str) -> Callable[..., Any]:
         """The send_request a Preprocess of ``engine`` gets: awaitable under custom_async."""
         return self.send_request_async if engine == "custom_async" else self.send_request_sync
 

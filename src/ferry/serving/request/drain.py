@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ferry.errors import Overloaded
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ferry.serving.drain")  # the name from before serving/ had subpackages: users' log filters
+T = TypeVar("T")
 
 
 class Retired(Exception):
@@ -25,7 +26,6 @@ class Retired(Exception):
 class Drain:
     """Counts of what runs in one endpoint version, and the wait for them to end (see the module's text)."""
 
-    key: str
     meter: Any
     max_queue_size: int
     inflight: int
@@ -33,6 +33,11 @@ class Drain:
     retiring: bool
     _idle: threading.Condition
     _threads: int
+
+    if TYPE_CHECKING:  # the runtime's (a property there): declared for the checker only, never shadowing it
+
+        @property
+        def key(self) -> str: ...
 
     def close(self) -> None:  # the runtime's
         raise NotImplementedError
@@ -57,14 +62,14 @@ class Drain:
             if self.inflight == 0:
                 self._idle.notify_all()
 
-    def _in_thread(self, work: Future) -> Future:
+    def _in_thread(self, work: Future[T]) -> Future[T]:
         """Count ``work`` until it ends: a request that timed out leaves its thread running, and the drain waits."""
         with self._idle:
             self._threads += 1
         work.add_done_callback(self._thread_done)
         return work
 
-    def _thread_done(self, _: Future) -> None:
+    def _thread_done(self, _: Future[Any]) -> None:
         with self._idle:
             self._threads -= 1
             if self._threads == 0:

@@ -18,13 +18,13 @@ from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import Store
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
-from ferry.serving.dataplane import DataPlane
-from ferry.serving.heap import settle
-from ferry.serving.instances import resident_bytes
-from ferry.serving.pipeline import EndpointRuntime
-from ferry.serving.routing import RouteTable
+from ferry.serving.batching.instances import resident_bytes
+from ferry.serving.request.dataplane import DataPlane
+from ferry.serving.request.pipeline import EndpointRuntime
+from ferry.serving.request.routing import RouteTable
+from ferry.serving.revisions.heap import settle
 
-log = logging.getLogger("ferry.serving.reconciler")  # the name users' log filters know these lines by
+log = logging.getLogger("ferry.serving.reconciler")  # the reconciler's name: users' log filters know these lines by it
 
 
 class RevisionSwap:

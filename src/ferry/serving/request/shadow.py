@@ -17,10 +17,10 @@ import orjson
 
 from ferry.control.spec import ShadowSpec
 from ferry.errors import NotReady
-from ferry.serving.drain import Retired
-from ferry.serving.routing import RouteTable
+from ferry.serving.request.drain import Retired
+from ferry.serving.request.routing import RouteTable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ferry.serving.shadow")  # the name from before serving/ had subpackages: users' log filters
 
 MAX_INFLIGHT = 8
 """Shadow requests one shadow may have running; a sampled request beyond that is dropped (and counted)."""
@@ -91,7 +91,7 @@ class ShadowSender:
         self.rng = rng or random.Random()
         self.stats: dict[str, ShadowStats] = {}
         self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="ferry-shadow")
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def sample(
         self, shadows: Mapping[str, ShadowSpec], endpoint: str, version: str | None, body: Any

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ferry.serving.userclass import UserCode
+from ferry.serving.usercode.userclass import UserCode
 
 
 def on_loop(coroutine: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
@@ -27,6 +27,7 @@ class _WaitFor:
 
     async def __aenter__(self) -> None:
         task = asyncio.current_task()
+        assert task is not None  # ``async with`` runs in a task
         self._handle = asyncio.get_running_loop().call_later(self.seconds, task.cancel)
 
     async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> bool:

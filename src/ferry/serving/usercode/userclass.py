@@ -20,8 +20,8 @@ from typing import Any
 
 from ferry.control.spec import EndpointSpec
 from ferry.errors import UserCodeError
-from ferry.serving import clearml_shim
-from ferry.serving.endpoint_view import ModelEndpointView
+from ferry.serving.usercode import clearml_shim
+from ferry.serving.usercode.endpoint_view import ModelEndpointView
 
 ENTRY_FILE = "preprocess.py"
 HOOK_NAMES = ("preprocess", "process", "postprocess", "load", "unload")
@@ -149,7 +149,9 @@ class UserPackage:
         stem = entry.stem if entry.stem.isidentifier() else "preprocess"
         name = f"{self.name}.{stem}"
         loader = UserSourceLoader(name, str(entry))
-        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, entry, loader=loader))
+        spec = importlib.util.spec_from_file_location(name, entry, loader=loader)
+        assert spec is not None  # None only when no loader is given or found: this one is given
+        module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         setattr(self.module, stem, module)
         loader.exec_module(module)
@@ -199,6 +201,7 @@ class _UserFinder:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and type(spec.loader) is importlib.machinery.SourceFileLoader:
+            assert spec.origin is not None  # a SourceFileLoader's spec has its file as origin
             spec.loader = UserSourceLoader(fullname, spec.origin)
         return spec
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from ferry.control.spec import CanarySpec, ShadowSpec
 from ferry.errors import NotFound, NotReady
-from ferry.serving.canary import canary_choices, version_order
-from ferry.serving.pipeline import EndpointRuntime
+from ferry.serving.request.canary import CanaryChoice, canary_choices, version_order
+from ferry.serving.request.pipeline import EndpointRuntime
 
 __all__ = ["RouteTable", "version_order"]
 
@@ -27,7 +28,11 @@ class RouteTable:
     canaries: Mapping[str, CanarySpec] = field(default_factory=dict)
     """Canary name -> spec; resolved against ``runtimes`` once, here (a canary wins over an endpoint's name)."""
     shadows: Mapping[str, ShadowSpec] = field(default_factory=dict)
-    """Shadowed endpoint -> shadow spec; ``serving/shadow.py`` samples and sends the copies."""
+    """Shadowed endpoint -> shadow spec; ``serving/request/shadow.py`` samples and sends the copies."""
+
+    if TYPE_CHECKING:  # derived in __post_init__, not fields: declared for the checker only
+        _newest: dict[str, str] = field(init=False)
+        _canaries: dict[str, CanaryChoice] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtimes", MappingProxyType(dict(self.runtimes)))

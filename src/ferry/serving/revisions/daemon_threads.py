@@ -9,7 +9,9 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class DaemonThreads:
@@ -42,15 +44,16 @@ class DaemonThreads:
 THREADS = DaemonThreads("ferry-reconciler")
 
 
-def in_daemon_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+def in_daemon_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     """A future of ``loop`` settled with ``fn(*args)``, run in one of ``THREADS``."""
-    future = loop.create_future()
+    future: asyncio.Future[T] = loop.create_future()
 
     def settle(ok: bool, value: Any) -> None:
         if not future.done():
             future.set_result(value) if ok else future.set_exception(value)
 
     def work() -> None:
+        value: T | BaseException
         try:
             value, ok = fn(*args), True
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -62,7 +65,7 @@ def in_daemon_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *a
     return future
 
 
-def retrieve(future: asyncio.Future) -> None:
+def retrieve(future: asyncio.Future[Any]) -> None:
     """Retrieve what an abandoned step raised, so asyncio does not report it as never retrieved."""
     if not future.cancelled():
         future.exception()

@@ -8,25 +8,27 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn
-from ferry.engines.tensor import Feeds
+from ferry.engines.tensor import AsyncTensorEngine, Feeds, TensorEngine
 from ferry.errors import EngineError, FerryError, NotReady, Timeout, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.metrics.custom import CustomStats
-from ferry.serving.assembly import inline_budget, load_parts, release
-from ferry.serving.batching import DynamicBatcher
-from ferry.serving.blocking import BlockingPath
-from ferry.serving.crossing import calls_other_endpoints, marking
-from ferry.serving.deadline import Deadline
-from ferry.serving.drain import Drain, Retired
-from ferry.serving.inline import CostMeter
-from ferry.serving.userclass import Hook, UserCode
+from ferry.serving.batching.batcher import DynamicBatcher
+from ferry.serving.request.blocking import BlockingPath
+from ferry.serving.request.crossing import calls_other_endpoints, marking
+from ferry.serving.request.deadline import Deadline
+from ferry.serving.request.drain import Drain, Retired
+from ferry.serving.request.inline import CostMeter
+from ferry.serving.revisions.assembly import inline_budget, load_parts, release
+from ferry.serving.usercode.userclass import Hook, UserCode
+
+T = TypeVar("T")
 
 
 class EndpointRuntime(BlockingPath, Drain):
@@ -112,12 +114,12 @@ class EndpointRuntime(BlockingPath, Drain):
 
     async def _counted(
         self,
-        work: Coroutine[Any, Any, Any],
+        work: Coroutine[Any, Any, T],
         timeout_s: float | None,
         inline: bool,
         custom: CustomStats | None = None,
-        collected: list | None = None,
-    ) -> Any:
+        collected: list[Any] | None = None,
+    ) -> T:
         """``work`` counted in flight, under the request timeout unless it runs inline (nothing to time out),
         then its answer counted on the meter with its status code.
 
@@ -142,7 +144,9 @@ class EndpointRuntime(BlockingPath, Drain):
                 raise  # the caller went away: no answer to count
             self.errors += 1
             self.meter.timed_out.inc()
-            error = Timeout(f"endpoint {self.key}: no answer within {limit:g} s (aux config request_timeout_ms)")
+            error: Exception = Timeout(
+                f"endpoint {self.key}: no answer within {limit:g} s (aux config request_timeout_ms)"
+            )
             self._failed(error, started, custom, collected)
             raise error from None
         except Exception as exc:
@@ -162,15 +166,17 @@ class EndpointRuntime(BlockingPath, Drain):
         self._count(200, perf_counter() - started, custom, collected)
         return answer
 
-    def _failed(self, exc: BaseException, started: float, custom: CustomStats | None, collected: list | None) -> None:
+    def _failed(
+        self, exc: BaseException, started: float, custom: CustomStats | None, collected: list[Any] | None
+    ) -> None:
         """Count a request that ended in ``exc`` by its status code (Retired: resolved again, not an answer)."""
         if not isinstance(exc, Retired):
             self._count(getattr(exc, "status_code", 500), perf_counter() - started, custom, collected)
 
-    def _count(self, code: int, seconds: float, custom: CustomStats | None, collected: list | None) -> None:
+    def _count(self, code: int, seconds: float, custom: CustomStats | None, collected: list[Any] | None) -> None:
         """One answered request on this version's meter; on the event loop's thread, as every record."""
         self.meter.request(code, seconds)
-        if collected:
+        if collected and custom is not None:  # collected comes from custom.sample(): never without custom
             custom.record(collected)
 
     def _stage_times(self, times: list[float]) -> None:
@@ -194,10 +200,10 @@ class EndpointRuntime(BlockingPath, Drain):
         try:
             if self.batcher is not None:
                 outputs = await self.batcher.submit(feeds)
-            elif self.engine.is_async:
-                outputs = await self.engine.run_tensors(feeds)
+            elif self.engine.is_async:  # V2 reaches only tensor engines (``v2.signature`` refuses the others)
+                outputs = await cast(AsyncTensorEngine, self.engine).run_tensors(feeds)
             else:
-                outputs = await self._sync("model", self.engine.run_tensors, pool, feeds)
+                outputs = await self._sync("model", cast(TensorEngine, self.engine).run_tensors, pool, feeds)
         except FerryError:
             raise
         except Exception as exc:
@@ -205,7 +211,7 @@ class EndpointRuntime(BlockingPath, Drain):
         self.meter.model.observe(perf_counter() - started)
         return outputs
 
-    async def run_model(self, data: Any, state: dict, collect: StatsFn, pool: Executor) -> Any:
+    async def run_model(self, data: Any, state: dict[str, Any], collect: StatsFn, pool: Executor) -> Any:
         """Only the model stage, batched (a model replica under ``ferry serve --ray``: the ingress runs pre/post)."""
         return await self._model(data, state, collect, pool)
 
@@ -240,7 +246,7 @@ class EndpointRuntime(BlockingPath, Drain):
         """Whether ``hook`` runs inline on the loop now: there is none, or it is sync code known to be cheap."""
         return hook.fn is None or (not hook.is_async and self._cost[stage].cheap)
 
-    def _hook_here(self, stage: str, hook: Hook, data: Any, state: dict, collect: StatsFn) -> Any:
+    def _hook_here(self, stage: str, hook: Hook, data: Any, state: dict[str, Any], collect: StatsFn) -> Any:
         """``_hook`` for a hook that ``_here`` lets run inline, without a coroutine."""
         if hook.fn is None:
             return data
@@ -274,7 +280,9 @@ class EndpointRuntime(BlockingPath, Drain):
             return meter.call(fn, *args)
         return await asyncio.wrap_future(self._in_thread(pool.submit(meter.call, fn, *args)))
 
-    async def _hook(self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict, collect: StatsFn) -> Any:
+    async def _hook(
+        self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict[str, Any], collect: StatsFn
+    ) -> Any:
         if hook.fn is None:
             return data
         try:
@@ -286,11 +294,12 @@ class EndpointRuntime(BlockingPath, Drain):
         except Exception as exc:
             raise self._user_error(stage, exc) from exc
 
-    async def _model(self, data: Any, state: dict, collect: StatsFn, pool: Executor) -> Any:
+    async def _model(self, data: Any, state: dict[str, Any], collect: StatsFn, pool: Executor) -> Any:
         try:
-            if self.batcher is not None:
-                outputs = await self.batcher.submit(self.engine.prepare(data))
-                return self.engine.unwrap(outputs)
+            batcher = self.batcher
+            if batcher is not None:  # batcher.engine: the runtime's engine, as the TensorEngine it is
+                outputs = await batcher.submit(batcher.engine.prepare(data))
+                return batcher.engine.unwrap(outputs)
             if self.engine.is_async:
                 return await self.engine.run(data, state, collect)
             return await self._sync("model", self.engine.run, pool, data, state, collect)
@@ -299,7 +308,7 @@ class EndpointRuntime(BlockingPath, Drain):
         except Exception as exc:
             raise self._engine_error(exc) from exc
 
-    def _call_sync(self, stage: str, hook: Hook, data: Any, state: dict, collect: StatsFn) -> Any:
+    def _call_sync(self, stage: str, hook: Hook, data: Any, state: dict[str, Any], collect: StatsFn) -> Any:
         if hook.fn is None:
             return data
         try:

@@ -10,17 +10,51 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferry.engines import StatsFn
 from ferry.errors import FerryError, NotReady
-from ferry.serving.crossing import on_loop
-from ferry.serving.drain import Retired
-from ferry.serving.userclass import Hook
+from ferry.serving.request.crossing import on_loop
+from ferry.serving.request.drain import Retired
+from ferry.serving.usercode.userclass import Hook
+
+if TYPE_CHECKING:
+    from ferry.engines import Engine
+    from ferry.errors import UserCodeError
+    from ferry.metrics.custom import CustomStats
+    from ferry.serving.batching.batcher import DynamicBatcher
+    from ferry.serving.usercode.userclass import UserCode
 
 
 class BlockingPath:
     """``EndpointRuntime.run_blocking`` and its helpers (the attributes and methods it uses are the runtime's)."""
+
+    custom: CustomStats | None
+    user: UserCode
+    engine: Engine
+    batcher: DynamicBatcher | None
+    closed: bool
+    errors: int
+
+    if TYPE_CHECKING:  # the runtime's methods (``pipeline``, ``drain``): declared for the checker, never shadowing
+
+        def _enter(self) -> None: ...
+
+        def _leave(self) -> None: ...
+
+        def _count(
+            self, code: int, seconds: float, custom: CustomStats | None, collected: list[Any] | None
+        ) -> None: ...
+
+        def _stage_times(self, times: list[float]) -> None: ...
+
+        def _call_sync(self, stage: str, hook: Hook, data: Any, state: dict[str, Any], collect: StatsFn) -> Any: ...
+
+        def _user_error(self, stage: str, exc: Exception) -> UserCodeError: ...
+
+        def _engine_error(self, exc: Exception) -> FerryError: ...
+
+        def _unloaded(self) -> NotReady: ...
 
     def run_blocking(self, body: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
         """The pipeline in the calling thread (blocking send_request); async parts and the batcher run on ``loop``.
@@ -28,7 +62,8 @@ class BlockingPath:
         Sync stages run right here, never in the shared pool: a pool full of callers waiting for their
         callees' stages could never drain.
         """
-        started, custom, times = perf_counter(), self.custom, []
+        started, custom = perf_counter(), self.custom
+        times: list[float] = []
         collected = custom.sample() if custom is not None else None
         code: int | None = 200
         try:
@@ -44,14 +79,17 @@ class BlockingPath:
                 seconds = perf_counter() - started
                 _on_loop(loop, self._count_blocking, code, seconds, times, custom, collected)
 
-    def _count_blocking(self, code: int, seconds: float, times: list, custom: Any, collected: list | None) -> None:
+    def _count_blocking(
+        self, code: int, seconds: float, times: list[float], custom: CustomStats | None, collected: list[Any] | None
+    ) -> None:
         self._stage_times(times)
         self._count(code, seconds, custom, collected)
 
     def _run_blocking(self, body: Any, loop: Any, collect: StatsFn, times: list[float]) -> Any:
         self._enter()
         try:
-            started, state = perf_counter(), {}
+            started = perf_counter()
+            state: dict[str, Any] = {}
             data = self._blocking_hook("preprocess", self.user.preprocess, loop, body, state, collect)
             times.append((pre_done := perf_counter()) - started)
             data = self._blocking_model(data, state, loop, collect)
@@ -69,7 +107,9 @@ class BlockingPath:
         finally:
             self._leave()
 
-    def _blocking_hook(self, stage: str, hook: Hook, loop: Any, data: Any, state: dict, collect: StatsFn) -> Any:
+    def _blocking_hook(
+        self, stage: str, hook: Hook, loop: Any, data: Any, state: dict[str, Any], collect: StatsFn
+    ) -> Any:
         if hook.fn is None:
             return data
         if not hook.is_async:
@@ -81,10 +121,11 @@ class BlockingPath:
         except Exception as exc:
             raise self._user_error(stage, exc) from exc
 
-    def _blocking_model(self, data: Any, state: dict, loop: Any, collect: StatsFn) -> Any:
+    def _blocking_model(self, data: Any, state: dict[str, Any], loop: Any, collect: StatsFn) -> Any:
         try:
-            if self.batcher is not None and loop is not None:
-                return self.engine.unwrap(on_loop(self.batcher.submit(self.engine.prepare(data)), loop))
+            batcher = self.batcher
+            if batcher is not None and loop is not None:  # batcher.engine: the runtime's engine, as a TensorEngine
+                return batcher.engine.unwrap(on_loop(batcher.submit(batcher.engine.prepare(data)), loop))
             if self.engine.is_async:
                 return on_loop(self.engine.run(data, state, collect), loop)
             return self.engine.run(data, state, collect)

@@ -16,13 +16,14 @@ from typing import Any
 from ferry.control.autoupdate import reconcile_service
 from ferry.control.store import Store
 from ferry.errors import FerryError
+from ferry.metrics.targets import targets
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
-from ferry.serving.daemon_threads import in_daemon_thread, retrieve
-from ferry.serving.dataplane import DataPlane
-from ferry.serving.swap import RevisionSwap
+from ferry.serving.request.dataplane import DataPlane
+from ferry.serving.revisions.daemon_threads import in_daemon_thread, retrieve
+from ferry.serving.revisions.swap import RevisionSwap
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ferry.serving.reconciler")  # the name from before serving/ had subpackages: users' log filters
 
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
@@ -305,6 +306,7 @@ class Reconciler(RevisionSwap):
     # heartbeats ---------------------------------------------------------------------------------
 
     def _heartbeat_safely(self) -> None:
+        assert self.instance_id is not None  # beats start once ``_register`` set it
         try:
             if not self.store.heartbeat(self.instance_id, self.applied, self.state()):
                 # Pruned as dead after a long silence (a paused process): come back as a new instance.
@@ -334,8 +336,6 @@ class Reconciler(RevisionSwap):
     def metrics_targets(self) -> list[dict[str, Any]]:
         """Prometheus http_sd groups: every live instance of the service that reports its own metrics address
         (the replicas of ``ferry serve --ray``); [] for plain ``ferry serve``, scraped at its HTTP port."""
-        from ferry.rayserve.metrics import targets  # no Ray import: the module imports it only when asked
-
         return targets(self.service_id, [i.state for i in self.store.list_instances(self.service_id)])
 
     def _shutdown(self) -> None:

@@ -30,6 +30,7 @@ class ModelEndpointView:
     """
 
     __slots__ = ("_spec",)
+    _spec: EndpointSpec
 
     def __init__(self, spec: EndpointSpec) -> None:
         object.__setattr__(self, "_spec", spec)

@@ -1,0 +1,46 @@
+"""The server, assembled: store, registry, metrics, data plane and reconciler from FERRY_* settings, with
+its faces (HTTP, and gRPC when asked). ``ferry serve`` (uvicorn's factory, in each worker process) and a
+Ray Serve ingress replica (with the reconciler that runs models on their deployments) both call
+``create_app``; nothing else builds one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from ferry.control.store import Store
+from ferry.db import make_sql_engine
+from ferry.metrics.collectors import Metrics
+from ferry.registry.artifacts import ArtifactStore
+from ferry.registry.models import ModelRegistry
+from ferry.rest.app import FerryApp
+from ferry.rest.auth import load_tokens
+from ferry.serving.request.dataplane import DataPlane
+from ferry.serving.revisions.reconciler import Reconciler
+from ferry.settings import Settings
+
+
+def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
+    """The app for this process, from FERRY_* settings. Nothing here may need the store: it can be down when
+    a worker starts (the reconciler waits for it)."""
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Store(make_sql_engine(settings.store_url(), create_tables=False))
+    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
+    registry = ModelRegistry(store.sql, artifacts)
+    plane = DataPlane(request_timeout_s=settings.request_timeout_s, metrics=Metrics() if settings.metrics else None)
+    reconciler = reconciler_cls(
+        plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
+    )
+    reconciler.drain_timeout = settings.drain_timeout_s
+    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
+    max_body = int(settings.max_body_mb * (1 << 20))
+    app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens)
+    if settings.grpc_port:
+        from ferry.grpc import address
+        from ferry.grpc.server import GrpcFace  # grpcio and tritonclient: the ferry[triton] extra
+
+        where = address(settings.host, settings.grpc_port)
+        app.faces.append(GrpcFace(plane, where, app.auth, app.readiness, max_body))
+    return app

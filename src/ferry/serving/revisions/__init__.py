@@ -1,0 +1,1 @@
+"""Revisions and their lifecycle: poll the store, build and warm what changed, swap, drain, unload."""
