@@ -33,7 +33,7 @@ def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
     reconciler = reconciler_cls(
         plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
     )
-    reconciler.drain_timeout = settings.drain_timeout_s
+    reconciler.swap.drain_timeout = settings.drain_timeout_s
     tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
     max_body = int(settings.max_body_mb * (1 << 20))
     app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens)

@@ -14,7 +14,7 @@ pytest.importorskip("ray", reason="needs pip install 'ferry[ray]'")
 from ray.exceptions import RayActorError  # noqa: E402
 
 from ferry.errors import NotReady, Timeout  # noqa: E402
-from ferry.rayserve.engine import RETRIES, RayEngine, RayReconciler  # noqa: E402
+from ferry.rayserve.engine import RETRIES, RayEngine, RayReconciler, RaySwap  # noqa: E402
 from ferry.serving.revisions.reconciler import Reconciler  # noqa: E402
 from ferry.serving.revisions.swap import RevisionSwap  # noqa: E402
 
@@ -93,17 +93,17 @@ def test_a_call_with_no_answer_is_a_504_within_the_request_timeout():
 def test_the_application_of_a_replaced_version_stays_reported_while_its_requests_drain(monkeypatch):
     """The launcher deletes a model application once no ingress reports it: one a replaced version's requests
     still use (they drain inside ``apply``) stays reported until ``apply`` returns."""
+    plane = SimpleNamespace(table=SimpleNamespace(runtimes={"m": SimpleNamespace(engine=engine(app="old"))}))
     reconciler = RayReconciler.__new__(RayReconciler)  # no cluster, no store: only what the heartbeat reports
-    reconciler.plane = SimpleNamespace(table=SimpleNamespace(runtimes={"m": SimpleNamespace(engine=engine(app="old"))}))
-    reconciler.report, reconciler.bridges, reconciler.draining = {}, {}, {}
+    reconciler.report, reconciler.swap = {}, RaySwap(plane, None, None, None, "service")
     monkeypatch.setattr(Reconciler, "state", lambda self: {})
     reported = []
 
     def swap_then_drain(self, number):
         self.plane.table = SimpleNamespace(runtimes={"m": SimpleNamespace(engine=engine(app="new"))})
-        reported.append(self.state()["ray_apps"])  # the old version's requests drain now
+        reported.append(reconciler.state()["ray_apps"])  # the old version's requests drain now
 
     monkeypatch.setattr(RevisionSwap, "apply", swap_then_drain)
-    reconciler.apply(2)
+    reconciler.swap.apply(2)
     assert reported == [["new", "old"]]
     assert reconciler.state()["ray_apps"] == ["new"]

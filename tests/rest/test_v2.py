@@ -31,7 +31,7 @@ CUSTOM_CODE = "class Preprocess:\n    def process(self, d, s, c=None):\n        
 @pytest.fixture
 def service(service):
     service.plane = DataPlane(metrics=Metrics())
-    service.reconciler.plane = service.plane
+    service.reconciler.plane = service.reconciler.swap.plane = service.plane
     return service
 
 

@@ -57,7 +57,7 @@ class Service:
         )
 
     def apply(self) -> None:
-        self.reconciler.apply(self.store.head(self.id))
+        self.reconciler.swap.apply(self.store.head(self.id))
 
     def close(self) -> None:
         self.plane.close()

@@ -358,7 +358,7 @@ def test_requests_past_the_drain_timeout_get_503_with_retry_after(service, caplo
     )
     service.add("d", code=slow)
     service.apply()
-    service.reconciler.drain_timeout = 0.3
+    service.reconciler.swap.drain_timeout = 0.3
 
     async def go():
         service.plane.loop = asyncio.get_running_loop()
@@ -408,7 +408,7 @@ def test_a_timed_out_request_still_holds_its_version_until_its_thread_ends(servi
     )
     service.add("t", code=slow, aux_config={"request_timeout_ms": 100, "inline_budget_ms": 0})
     service.apply()
-    service.reconciler.drain_timeout = 5.0
+    service.reconciler.swap.drain_timeout = 5.0
 
     async def go():
         service.plane.loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from ferry.errors import EngineError, FerryError, NotReady, Timeout
 from ferry.rayserve.apps import MODEL_DEPLOYMENT, bridged, colocated, model_app
 from ferry.serving.request.pipeline import EndpointRuntime
 from ferry.serving.revisions.reconciler import Reconciler
+from ferry.serving.revisions.swap import RevisionSwap
 from ferry.serving.usercode.userclass import load_user_code
 from ferry.serving.v2 import Signature
 
@@ -191,13 +192,11 @@ def _preload_quietly(engine: str) -> None:
         log.debug("preloading engine %s failed: %s", engine, exc)
 
 
-class RayReconciler(Reconciler):
-    """A ``Reconciler`` whose runtimes run pre/post here and the model on the version's model deployment."""
+class RaySwap(RevisionSwap):
+    """A ``RevisionSwap`` whose runtimes run pre/post here and the model on the version's model deployment."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.report: dict[str, Any] = {"role": ROLE}
-        """Added to every heartbeat: the role, and where this replica's metrics are served."""
         self.bridges: dict[str, EndpointRuntime] = {}
         """Endpoint version -> the runtime loaded here while its model deployment starts (aux ``ray.bridge``)."""
         self.preloaded: set[str] = set()
@@ -245,10 +244,10 @@ class RayReconciler(Reconciler):
 
     def outdated(self) -> bool:
         """Whether a bridge's model deployment now runs (a call to Serve's controller per bridge serving)."""
-        self.bridges = self._serving_bridges()
+        self.bridges = self.serving_bridges()
         return any(self._crossed(runtime) for runtime in self.bridges.values())
 
-    def _serving_bridges(self) -> dict[str, EndpointRuntime]:
+    def serving_bridges(self) -> dict[str, EndpointRuntime]:
         served = self.plane.table.runtimes
         return {key: runtime for key, runtime in self.bridges.items() if served.get(key) is runtime}
 
@@ -258,7 +257,7 @@ class RayReconciler(Reconciler):
         return self.bridges.get(key) is runtime and app_status(model_app(self.service_id, runtime.spec))[0] == "RUNNING"
 
     def apply(self, number: int) -> None:
-        """``Reconciler.apply``, the runtimes it starts from reported as routed to (``state``) until it returns:
+        """``RevisionSwap.apply``, the runtimes it starts from reported as routed to (``state``) until it returns:
         those it replaces drain within it, and the launcher deleting their model application meanwhile would
         leave a request Ray has not yet given a replica waiting for one that never comes."""
         before = {id(runtime): runtime for runtime in self.plane.table.runtimes.values()}
@@ -268,12 +267,28 @@ class RayReconciler(Reconciler):
         finally:
             self.draining = {k: v for k, v in self.draining.items() if k not in before}
 
+    def routed_runtimes(self) -> list[EndpointRuntime]:
+        """The runtimes requests may still reach: those served, and those an ``apply`` in progress drains."""
+        return [*self.plane.table.runtimes.values(), *self.draining.values()]
+
+
+class RayReconciler(Reconciler):
+    """A ``Reconciler`` with a ``RaySwap``, whose heartbeat reports the model applications it routes to."""
+
+    swap_cls = RaySwap
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report: dict[str, Any] = {"role": ROLE}
+        """Added to every heartbeat: the role, and where this replica's metrics are served."""
+
     def state(self) -> dict[str, Any]:
         """``Reconciler.state`` plus the model applications this replica routes to, draining runtimes' included
         (the launcher keeps those)."""
         state = {**super().state(), **self.report}
-        runtimes = [*self.plane.table.runtimes.values(), *self.draining.values()]
-        engines = [runtime.engine for runtime in runtimes]
+        swap = self.swap
+        assert isinstance(swap, RaySwap)  # swap_cls
+        engines = [runtime.engine for runtime in swap.routed_runtimes()]
         state["ray_apps"] = sorted({e.app for e in engines if isinstance(e, RayEngine)})
-        state["bridged"] = sorted(self._serving_bridges())
+        state["bridged"] = sorted(swap.serving_bridges())
         return state

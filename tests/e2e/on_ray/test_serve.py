@@ -280,7 +280,9 @@ def test_a_second_launcher_on_another_port_is_told_the_port_is_the_clusters(
     on_ray: Server, cluster: Cluster, e2e_ferry: Ferry, e2e_service: str
 ):
     other = str(free_port())
-    refused = e2e_ferry("--id", e2e_service, "serve", "--ray", "--address", cluster.address, "--port", other, ok=False)
+    refused = e2e_ferry(
+        "--id", e2e_service, "serve", "--ray", "--address", cluster.address, "--port", other, ok=False, process=True
+    )
     assert f"already answers HTTP on 127.0.0.1:{on_ray.port}" in refused.err and f"--port {on_ray.port}" in refused.err
     assert on_ray.serve("sklearn/1", {"x0": 1, "x1": 2}).status_code == 200  # the running service is untouched
 

@@ -1,22 +1,21 @@
 """The admission and drain of an endpoint version: requests and threads counted in flight, waited for when retired.
 
-A mixin of ``EndpointRuntime`` (whose ``__init__`` sets the attributes used here): ``_enter`` admits a request
-or refuses it (retiring: resolve again; over ``max_queue_size``: 503), ``_leave`` ends it, ``_in_thread``
-counts a sync stage's thread until it ends (a timed-out request leaves it running), and ``retire`` waits for
-all of them before the version closes.
+``enter`` admits a request or refuses it (retiring: resolve again; over ``max_queue_size``: 503), ``leave`` ends
+it, ``track`` counts a sync stage's pool thread until it ends (a timed-out request leaves it running), and
+``wait`` takes no new requests and waits for all of them, before the version closes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from ferry.errors import Overloaded
 
 log = logging.getLogger("ferry.serving.drain")  # the name from before serving/ had subpackages: users' log filters
-T = TypeVar("T")
 
 
 class Retired(Exception):
@@ -26,28 +25,26 @@ class Retired(Exception):
 class Drain:
     """Counts of what runs in one endpoint version, and the wait for them to end (see the module's text)."""
 
-    meter: Any
-    max_queue_size: int
-    inflight: int
-    requests: int
-    retiring: bool
-    _idle: threading.Condition
-    _threads: int
+    def __init__(self, key: str, max_queue_size: int, overloaded: Callable[[], None]) -> None:
+        self.key = key
+        self.max_queue_size = max_queue_size
+        """Requests this version holds (running or waiting) before it answers 503 (aux ``max_queue_size``)."""
+        self.overloaded = overloaded
+        """Called for each request refused over ``max_queue_size`` (the endpoint's meter counts them)."""
+        self.inflight = 0
+        self.requests = 0
+        self.retiring = False
+        """Set when the version is retired: requests that resolved it resolve again."""
+        self._idle = threading.Condition()
+        self._threads = 0
+        """Sync stages running in the pool, counted until they end (even after their request timed out)."""
 
-    if TYPE_CHECKING:  # the runtime's (a property there): declared for the checker only, never shadowing it
-
-        @property
-        def key(self) -> str: ...
-
-    def close(self) -> None:  # the runtime's
-        raise NotImplementedError
-
-    def _enter(self) -> None:
+    def enter(self) -> None:
         with self._idle:
             if self.retiring:
                 raise Retired(self.key)
             if self.inflight >= self.max_queue_size:
-                self.meter.overloaded.inc()
+                self.overloaded()
                 raise Overloaded(
                     f"endpoint {self.key}: {self.inflight} requests are already waiting (aux config max_queue_size "
                     f"{self.max_queue_size}); retry shortly",
@@ -56,13 +53,13 @@ class Drain:
             self.inflight += 1
             self.requests += 1
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         with self._idle:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.notify_all()
 
-    def _in_thread(self, work: Future[T]) -> Future[T]:
+    def track(self, work: Future[Any]) -> Future[Any]:
         """Count ``work`` until it ends: a request that timed out leaves its thread running, and the drain waits."""
         with self._idle:
             self._threads += 1
@@ -75,11 +72,8 @@ class Drain:
             if self._threads == 0:
                 self._idle.notify_all()
 
-    def retire(self, timeout: float = 30.0) -> bool:
-        """Take no new requests, wait for those in flight, then close; False when some were still running.
-
-        Requests that still run at the timeout are answered 503 with Retry-After once the runtime closes.
-        """
+    def wait(self, timeout: float) -> bool:
+        """Take no new requests, wait up to ``timeout`` for those in flight; False when some still run."""
         with self._idle:
             self.retiring = True
             drained = self._idle.wait_for(lambda: self.inflight == 0 and self._threads == 0, timeout)
@@ -91,5 +85,4 @@ class Drain:
                 stragglers,
                 timeout,
             )
-        self.close()
         return drained

@@ -1,37 +1,38 @@
-"""EndpointRuntime: one endpoint version's Preprocess + Engine, run as pre -> engine -> post."""
+"""EndpointRuntime: one loaded endpoint version: its stages (``stages.StageRunner``), its admission and drain
+(``drain.Drain``), and the count of every request on its meter, under its request timeout."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from pathlib import Path
 from time import perf_counter
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn
-from ferry.engines.tensor import AsyncTensorEngine, Feeds, TensorEngine
-from ferry.errors import EngineError, FerryError, NotReady, Timeout, UserCodeError
+from ferry.engines.tensor import Feeds
+from ferry.errors import NotReady, Timeout
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.metrics.custom import CustomStats
 from ferry.serving.batching.batcher import DynamicBatcher
-from ferry.serving.request.blocking import BlockingPath
 from ferry.serving.request.crossing import calls_other_endpoints, marking
 from ferry.serving.request.deadline import Deadline
 from ferry.serving.request.drain import Drain, Retired
 from ferry.serving.request.inline import CostMeter
+from ferry.serving.request.stages import StageRunner
 from ferry.serving.revisions.assembly import inline_budget, load_parts, release
-from ferry.serving.usercode.userclass import Hook, UserCode
+from ferry.serving.usercode.userclass import UserCode
 
 T = TypeVar("T")
 
 
-class EndpointRuntime(BlockingPath, Drain):
+class EndpointRuntime:
     """A loaded endpoint version. Built off the request path; shared by every request it serves."""
 
     def __init__(self, spec: EndpointSpec, user: UserCode, engine: Engine, batcher: DynamicBatcher | None = None):
@@ -39,22 +40,15 @@ class EndpointRuntime(BlockingPath, Drain):
         self.user = user
         self.engine = engine
         self.batcher = batcher
-        self.inflight = 0
-        self.requests = 0
         self.errors = 0
-        self.retiring = False
-        """Set when the reconciler retires this version: requests that resolved it resolve again."""
         self.closed = False
-        self._idle = threading.Condition()
-        self._threads = 0
-        """Sync stages running in the pool, counted until they end (even after their request timed out)."""
         pre, post = user.preprocess, user.postprocess
         self.all_sync = batcher is None and not (pre.is_async or post.is_async or engine.is_async)
         budget = inline_budget(spec)
         self._cost = {stage: CostMeter(budget) for stage in ("pipeline", "preprocess", "model", "postprocess")}
         limits = queue_limits(spec.engine, spec.aux_config)
-        self.max_queue_size = limits.max_queue_size
-        """Requests this version holds (running or waiting) before it answers 503 (aux ``max_queue_size``)."""
+        self.drain = Drain(spec.key, limits.max_queue_size, self._overloaded)
+        self.runner = StageRunner(spec, user, engine, batcher, self._cost, self.drain.track)
         self.timeout_s = limits.request_timeout_s
         """This endpoint's request timeout; None: the service default."""
         self.meter: EndpointMeter | NullMeter = NULL_METER
@@ -92,6 +86,21 @@ class EndpointRuntime(BlockingPath, Drain):
         pre, post = self.user.preprocess.fn is not None, self.user.postprocess.fn is not None
         return ("preprocess",) * pre + ("model",) + ("postprocess",) * post
 
+    @property
+    def inflight(self) -> int:
+        return self.drain.inflight
+
+    @property
+    def requests(self) -> int:
+        return self.drain.requests
+
+    @requests.setter
+    def requests(self, value: int) -> None:  # the warmup's are not counted (RevisionSwap.warm)
+        self.drain.requests = value
+
+    def _overloaded(self) -> None:
+        self.meter.overloaded.inc()
+
     def attach(self, meter: EndpointMeter | NullMeter) -> None:
         """Record this version's requests (and batches) on ``meter`` from now on."""
         self.meter = meter
@@ -110,7 +119,14 @@ class EndpointRuntime(BlockingPath, Drain):
         collected = custom.sample() if custom is not None else None
         collect = None if collected is None else collected.append
         inline = self.all_sync and self._cost["pipeline"].cheap
-        return self._counted(self._stages(body, collect, pool), timeout_s, inline, custom, collected)
+        state: dict[str, Any] = {}
+        times: list[float] = []
+        runner = self.runner
+        if self.all_sync:  # the whole run right here when cheap, else in one pool hop
+            work = runner.sync("pipeline", runner.run_here, pool, body, state, collect, times)
+        else:
+            work = runner.run(body, state, collect, pool, times)
+        return self._counted(work, timeout_s, inline, custom, collected, times)
 
     async def _counted(
         self,
@@ -119,6 +135,7 @@ class EndpointRuntime(BlockingPath, Drain):
         inline: bool,
         custom: CustomStats | None = None,
         collected: list[Any] | None = None,
+        times: list[float] | None = None,
     ) -> T:
         """``work`` counted in flight, under the request timeout unless it runs inline (nothing to time out),
         then its answer counted on the meter with its status code.
@@ -128,7 +145,7 @@ class EndpointRuntime(BlockingPath, Drain):
         """
         started = perf_counter()
         try:
-            self._enter()
+            self.drain.enter()
         except BaseException as exc:
             work.close()  # never started
             self._failed(exc, started, custom, collected)
@@ -162,7 +179,9 @@ class EndpointRuntime(BlockingPath, Drain):
         finally:
             if deadline is not None:
                 deadline.disarm()
-            self._leave()
+            self.drain.leave()
+            if times:  # the stages' seconds, as far as they got
+                self._stage_times(times)
         self._count(200, perf_counter() - started, custom, collected)
         return answer
 
@@ -196,152 +215,64 @@ class EndpointRuntime(BlockingPath, Drain):
         return await self._counted(self._tensors(prepare, pool), timeout_s, inline)
 
     async def _tensors(self, prepare: Callable[[], Feeds], pool: Executor) -> list[np.ndarray]:
-        feeds, started = prepare(), perf_counter()
-        try:
-            if self.batcher is not None:
-                outputs = await self.batcher.submit(feeds)
-            elif self.engine.is_async:  # V2 reaches only tensor engines (``v2.signature`` refuses the others)
-                outputs = await cast(AsyncTensorEngine, self.engine).run_tensors(feeds)
-            else:
-                outputs = await self._sync("model", cast(TensorEngine, self.engine).run_tensors, pool, feeds)
-        except FerryError:
-            raise
-        except Exception as exc:
-            raise self._engine_error(exc) from exc
+        feeds, started = prepare(), perf_counter()  # prepare's refusal (400) is counted like any answer
+        outputs = await self.runner.tensors(feeds, pool)
         self.meter.model.observe(perf_counter() - started)
         return outputs
 
     async def run_model(self, data: Any, state: dict[str, Any], collect: StatsFn, pool: Executor) -> Any:
         """Only the model stage, batched (a model replica under ``ferry serve --ray``: the ingress runs pre/post)."""
-        return await self._model(data, state, collect, pool)
+        return await self.runner.model(data, state, collect, pool)
 
     async def run_model_tensors(self, feeds: Feeds, pool: Executor) -> list[np.ndarray]:
         """Only the model on checked arrays, batched (the V2 protocol on a ``ferry serve --ray`` model replica)."""
         return await self._tensors(lambda: feeds, pool)
 
-    async def _stages(self, body: Any, collect: StatsFn, pool: Executor) -> Any:
-        state: dict[str, Any] = {}
-        if self.all_sync:
-            times: list[float] = []
-            try:
-                return await self._sync("pipeline", self._run_here, pool, body, state, collect, times)
-            finally:
-                self._stage_times(times)
-        meter, started, pre, post = self.meter, perf_counter(), self.user.preprocess, self.user.postprocess
-        if self._here("preprocess", pre):  # no coroutine for a hook that runs right here
-            data = self._hook_here("preprocess", pre, body, state, collect)
-        else:
-            data = await self._hook("preprocess", pre, pool, body, state, collect)
-        meter.preprocess.observe((pre_done := perf_counter()) - started)
-        data = await self._model(data, state, collect, pool)
-        meter.model.observe((model_done := perf_counter()) - pre_done)
-        if self._here("postprocess", post):
-            answer = self._hook_here("postprocess", post, data, state, collect)
-        else:
-            answer = await self._hook("postprocess", post, pool, data, state, collect)
-        meter.postprocess.observe(perf_counter() - model_done)
-        return answer
+    def run_blocking(self, body: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
+        """The stages in the calling thread (a blocking ``send_request``); async parts and the batcher on ``loop``.
 
-    def _here(self, stage: str, hook: Hook) -> bool:
-        """Whether ``hook`` runs inline on the loop now: there is none, or it is sync code known to be cheap."""
-        return hook.fn is None or (not hook.is_async and self._cost[stage].cheap)
-
-    def _hook_here(self, stage: str, hook: Hook, data: Any, state: dict[str, Any], collect: StatsFn) -> Any:
-        """``_hook`` for a hook that ``_here`` lets run inline, without a coroutine."""
-        if hook.fn is None:
-            return data
+        Counted like ``run``, on the loop's thread where every other record happens.
+        """
+        started, custom = perf_counter(), self.custom
+        times: list[float] = []
+        collected = custom.sample() if custom is not None else None
+        collect = None if collected is None else collected.append
+        code: int | None = 200
+        self.drain.enter()
         try:
-            return self._cost[stage].call(hook.fn, data, state, collect)
-        except FerryError:
+            answer = self.runner.run_blocking(body, {}, collect, loop, times)
+            if self.closed:
+                raise self._unloaded()
+            return answer
+        except Retired:
+            code = None
             raise
         except Exception as exc:
-            raise self._user_error(stage, exc) from exc
-
-    def _run_here(self, body: Any, state: dict[str, Any], collect: StatsFn, times: list[float]) -> Any:
-        """The whole sync pipeline in this thread, without batching; appends each stage's time to ``times``."""
-        started = perf_counter()
-        data = self._call_sync("preprocess", self.user.preprocess, body, state, collect)
-        times.append((pre_done := perf_counter()) - started)
-        try:
-            data = self.engine.run(data, state, collect)
-        except FerryError:
+            self.errors += 1
+            code = getattr(exc, "status_code", 500)
+            if self.closed and not isinstance(exc, NotReady):
+                code = 503
+                raise self._unloaded() from exc
             raise
-        except Exception as exc:
-            raise self._engine_error(exc) from exc
-        times.append((model_done := perf_counter()) - pre_done)
-        answer = self._call_sync("postprocess", self.user.postprocess, data, state, collect)
-        times.append(perf_counter() - model_done)
-        return answer
-
-    async def _sync(self, what: str, fn: Callable[..., Any], pool: Executor, *args: Any) -> Any:
-        """Run sync ``fn`` inline when it is known to be cheap (a thread hop would cost more), else in pool."""
-        meter = self._cost[what]
-        if meter.cheap:
-            return meter.call(fn, *args)
-        return await asyncio.wrap_future(self._in_thread(pool.submit(meter.call, fn, *args)))
-
-    async def _hook(
-        self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict[str, Any], collect: StatsFn
-    ) -> Any:
-        if hook.fn is None:
-            return data
-        try:
-            if hook.is_async:
-                return await hook.fn(data, state, collect)
-            return await self._sync(stage, hook.fn, pool, data, state, collect)
-        except FerryError:
+        except BaseException as exc:
+            code = getattr(exc, "status_code", 500)
             raise
-        except Exception as exc:
-            raise self._user_error(stage, exc) from exc
+        finally:
+            self.drain.leave()
+            if code is not None:
+                _on_loop(loop, self._count_blocking, code, perf_counter() - started, times, custom, collected)
 
-    async def _model(self, data: Any, state: dict[str, Any], collect: StatsFn, pool: Executor) -> Any:
-        try:
-            batcher = self.batcher
-            if batcher is not None:  # batcher.engine: the runtime's engine, as the TensorEngine it is
-                outputs = await batcher.submit(batcher.engine.prepare(data))
-                return batcher.engine.unwrap(outputs)
-            if self.engine.is_async:
-                return await self.engine.run(data, state, collect)
-            return await self._sync("model", self.engine.run, pool, data, state, collect)
-        except FerryError:
-            raise
-        except Exception as exc:
-            raise self._engine_error(exc) from exc
-
-    def _call_sync(self, stage: str, hook: Hook, data: Any, state: dict[str, Any], collect: StatsFn) -> Any:
-        if hook.fn is None:
-            return data
-        try:
-            return hook.fn(data, state, collect)
-        except FerryError:
-            raise
-        except Exception as exc:
-            raise self._user_error(stage, exc) from exc
-
-    def _user_error(self, stage: str, exc: Exception) -> UserCodeError:
-        return UserCodeError(
-            f"endpoint {self.key}: {stage} raised {type(exc).__name__}: {exc}", endpoint=self.key, stage=stage
-        )
-
-    def _engine_error(self, exc: Exception) -> FerryError:
-        if self.spec.engine in ("custom", "custom_async"):
-            return self._user_error("process", exc)
-        if isinstance(exc, (ValueError, TypeError, KeyError, IndexError, ArithmeticError)):
-            # The model refused what preprocess produced from this request: the request is what to fix.
-            return UserCodeError(
-                f"endpoint {self.key}: the {self.spec.engine} model rejected its input: {type(exc).__name__}: {exc}",
-                endpoint=self.key,
-                stage="model",
-            )
-        return EngineError(
-            f"endpoint {self.key}: the {self.spec.engine} engine failed: {type(exc).__name__}: {exc}",
-            endpoint=self.key,
-            stage="model",
-        )
+    def _count_blocking(
+        self, code: int, seconds: float, times: list[float], custom: CustomStats | None, collected: list[Any] | None
+    ) -> None:
+        self._stage_times(times)
+        self._count(code, seconds, custom, collected)
 
     def _unloaded(self) -> NotReady:
         """What a request still running when its runtime was unloaded (drain timeout) gets, whatever broke."""
         return NotReady(f"endpoint {self.key} was unloaded while this request ran; retry", retry_after=1.0)
+
+    # lifetime -----------------------------------------------------------------------------------
 
     # lifetime -----------------------------------------------------------------------------------
 
@@ -350,7 +281,25 @@ class EndpointRuntime(BlockingPath, Drain):
         for meter in self._cost.values():
             meter.forbid_inline()
 
+    def retire(self, timeout: float = 30.0) -> bool:
+        """Take no new requests, wait for those in flight, then close; False when some were still running.
+
+        Requests that still run at the timeout are answered 503 with Retry-After once the runtime closes.
+        """
+        drained = self.drain.wait(timeout)
+        self.close()
+        return drained
+
     def close(self) -> None:
         """Call the user's ``unload`` and release the engine and batcher; errors are reported, not raised."""
-        self.retiring = self.closed = True
+        self.drain.retiring = self.closed = True
         release(self.spec, self.user, self.engine, self.batcher)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn`` on ``loop``'s thread (None: this thread is the loop's, or there is no loop)."""
+    if loop is None:
+        fn(*args)
+        return
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the server is stopping
+        loop.call_soon_threadsafe(fn, *args)

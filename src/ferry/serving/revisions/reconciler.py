@@ -97,8 +97,11 @@ def _kept_info(message: str) -> bool:
     return message.startswith("store reachable again") or (message.startswith("revision ") and " live: " in message)
 
 
-class Reconciler(RevisionSwap):
-    """Keeps one instance's RouteTable equal to its service's newest revision (``apply``), and heartbeats."""
+class Reconciler:
+    """Keeps one instance's RouteTable equal to its service's newest revision (through its ``swap``), and
+    heartbeats. ``swap_cls`` makes the swap (the Ray ingress's builds runtimes that call model deployments)."""
+
+    swap_cls: type[RevisionSwap] = RevisionSwap
 
     def __init__(
         self,
@@ -115,14 +118,13 @@ class Reconciler(RevisionSwap):
         self.plane = plane
         self.store = store
         self.registry = registry
-        self.artifacts = artifacts
         self.service_id = service_id
+        self.swap = self.swap_cls(plane, store, registry, artifacts, service_id)
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.retry = retry or Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         self.connect_retry = connect_retry or Backoff(CONNECT_FIRST_S, CONNECT_MAX_S)
         self.instance_id: str | None = None
-        self.applied: int | None = None
         self.loading_revision: int | None = None
         self.store_error: str | None = None
         """What is wrong with the store while it fails ("store unreachable: ..."), for /health/ready."""
@@ -274,19 +276,19 @@ class Reconciler(RevisionSwap):
             self._store_down(exc)
             return
         self._store_up()
-        if head != self.applied:
+        if head != self.swap.applied:
             self.retry.reset()
         elif time.monotonic() < self._retry_at:
             return
         elif self.plane.table.failed:  # a load may have failed for a passing reason (artifact store down)
             log.info("retrying %s endpoint(s) that failed to load", len(self.plane.table.failed))
-        elif not await self._blocking(self.outdated):
+        elif not await self._blocking(self.swap.outdated):
             return
         self.loading_revision = head
         try:
-            await self._blocking(self.apply, head)  # on stop, a load in progress is left to finish alone
+            await self._blocking(self.swap.apply, head)  # on stop, a load in progress is left to finish alone
         except Exception:
-            log.exception("reconcile of service %s failed; serving revision %s", self.service_id, self.applied)
+            log.exception("reconcile of service %s failed; serving revision %s", self.service_id, self.swap.applied)
             return
         self._retry_at = time.monotonic() + self.retry.next()
         await self._blocking(self._heartbeat_safely)  # `ferry status` shows the change now, not a beat later
@@ -294,7 +296,8 @@ class Reconciler(RevisionSwap):
     def _store_down(self, exc: Exception) -> None:
         problem = _store_problem(exc)
         if problem != self.store_error:  # once per outage, not once per poll
-            serving = f"serving revision {self.applied} until it is back" if self.applied else "retrying"
+            applied = self.swap.applied
+            serving = f"serving revision {applied} until it is back" if applied else "retrying"
             log.warning("%s; %s", problem, serving)
         self.store_error = problem
 
@@ -308,7 +311,7 @@ class Reconciler(RevisionSwap):
     def _heartbeat_safely(self) -> None:
         assert self.instance_id is not None  # beats start once ``_register`` set it
         try:
-            if not self.store.heartbeat(self.instance_id, self.applied, self.state()):
+            if not self.store.heartbeat(self.instance_id, self.swap.applied, self.state()):
                 # Pruned as dead after a long silence (a paused process): come back as a new instance.
                 self.instance_id = self.store.register_instance(self.service_id, socket.gethostname(), os.getpid())
         except Exception as exc:
@@ -345,7 +348,7 @@ class Reconciler(RevisionSwap):
                 self.store.remove_instance(self.instance_id)
             except Exception:
                 log.exception("could not deregister instance %s", self.instance_id)
-        drain_until = time.monotonic() + min(self.drain_timeout, STOP_DRAIN_S)
+        drain_until = time.monotonic() + min(self.swap.drain_timeout, STOP_DRAIN_S)
         for runtime in self.plane.table.runtimes.values():
             try:
                 runtime.retire(round(max(0.0, drain_until - time.monotonic()), 2))

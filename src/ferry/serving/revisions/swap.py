@@ -1,7 +1,7 @@
 """RevisionSwap: make one service revision live in this process: build and warm what changed, swap, retire.
 
-A mixin of ``Reconciler`` (whose ``__init__`` sets ``plane``, ``store``, ``registry``, ``artifacts``,
-``service_id`` and ``applied``); the Ray ingress's ``RayReconciler`` overrides ``build``, ``keeps`` and
+The ``Reconciler`` holds one (``reconciler.swap``) and calls ``apply`` when the head revision changes or
+``outdated`` says a version should be rebuilt; the Ray ingress's ``RaySwap`` overrides ``build``, ``keeps`` and
 ``outdated``. Everything here blocks: the reconciler runs ``apply`` in a thread, requests flow meanwhile.
 """
 
@@ -30,15 +30,18 @@ log = logging.getLogger("ferry.serving.reconciler")  # the reconciler's name: us
 class RevisionSwap:
     """``apply(number)`` and the steps it takes (see the module's text)."""
 
-    drain_timeout = 30.0
-    """Seconds a retired version's requests may take to finish; the rest are answered 503 when it unloads."""
-
-    plane: DataPlane
-    store: Store
-    registry: ModelRegistry
-    artifacts: ArtifactStore
-    service_id: str
-    applied: int | None
+    def __init__(
+        self, plane: DataPlane, store: Store, registry: ModelRegistry, artifacts: ArtifactStore, service_id: str
+    ) -> None:
+        self.plane = plane
+        self.store = store
+        self.registry = registry
+        self.artifacts = artifacts
+        self.service_id = service_id
+        self.applied: int | None = None
+        """The revision this process serves (None: none yet)."""
+        self.drain_timeout = 30.0
+        """Seconds a retired version's requests may take to finish; the rest are answered 503 when it unloads."""
 
     def apply(self, number: int) -> None:
         """Make revision ``number`` live: build what changed, swap tables, retire what left."""
