@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,10 +24,29 @@ from tests import cli_runner
 FERRY_BIN = str(Path(sys.executable).with_name("ferry"))
 
 
+PORTS = range(20000, 32768)
+"""Where ``free_port`` picks: below Linux's ephemeral range (32768-60999), which the kernel also hands out as the
+source port of every outgoing connection, so a port found free there could be taken by a connection before
+the server binds it (a CI run failed "Address already in use" so)."""
+_given_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 free now, picked at random outside the ephemeral range and never twice in this process
+    (pytest-xdist workers pick from the same range at random: a clash needs the same pick within one server's
+    start)."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.choice(PORTS)
+        if port in _given_ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ferry.control.aux_config import AUX_MODELS, aux_keys, queue_limits, validate_aux_config
+from ferry.control.aux_config import aux_keys, queue_limits, validate_aux_config
+from ferry.control.aux_models import AUX_MODELS
 from ferry.control.pbtxt import parse_pbtxt
 from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import Store

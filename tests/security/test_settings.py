@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ferry.control.aux_config import MAX_BATCH, MAX_DELAY_MS, MAX_INSTANCES, validate_aux_config
+from ferry.control.aux_config import validate_aux_config
+from ferry.control.aux_models import MAX_BATCH, MAX_DELAY_MS, MAX_INSTANCES
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
 from ferry.rest.auth import load_tokens

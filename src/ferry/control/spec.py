@@ -145,8 +145,8 @@ class EndpointSpec(Frozen):
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     aux_config: dict[str, Any] = Field(default_factory=dict)
-    """Engine settings; typed per engine in ``control/aux_config.py`` and checked there when written (stored
-    revisions load as they were written)."""
+    """Engine settings; typed per engine in ``control/aux_models.py``, checked by ``control/aux_config.py`` when
+    written (stored revisions load as they were written)."""
     aux_config_text: str | None = None
     auto_update: str | None = None
     """Name of the auto-update rule that created this endpoint, if any."""

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.control.aux_config import RayAux
+from ferry.control.aux_models import RayAux
 from ferry.control.spec import EndpointSpec
 
 QUIET = {"enable_access_log": False}

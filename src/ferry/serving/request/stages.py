@@ -59,28 +59,36 @@ class StageRunner:
         self.track = track
         """Counts a pool thread until it ends (the drain waits for it, even after its request timed out)."""
         self.hooks: dict[str, Hook] = {"preprocess": user.preprocess, "postprocess": user.postprocess}
+        self.pre, self.post = user.preprocess, user.postprocess
+        self.pre_cost, self.post_cost = cost["preprocess"], cost["postprocess"]
 
     # the drivers ----------------------------------------------------------------------------------
 
     async def run(self, body: Any, state: dict[str, Any], collect: StatsFn, pool: Executor, times: list[float]) -> Any:
-        """The stages on the event loop; each stage's seconds appended to ``times``."""
-        data, stage = body, STAGES[0]
+        """The stages on the event loop; each stage's seconds appended to ``times``. Written out stage by stage:
+        it runs for every request, and a loop over ``STAGES`` with its lookups cost ~3 % of sklearn's rate."""
+        stage = "preprocess"
         try:
-            for stage in STAGES:
-                started = perf_counter()
-                if stage == "model":
-                    data = await self._model(data, state, collect, pool)
-                else:
-                    hook, cost = self.hooks[stage], self.cost[stage]
-                    if hook.fn is None:
-                        pass
-                    elif hook.is_async:
-                        data = await hook.fn(data, state, collect)
-                    elif cost.cheap:  # no coroutine and no thread hop for code that runs right here
-                        data = cost.call(hook.fn, data, state, collect)
-                    else:
-                        data = await self.in_pool(stage, hook.fn, pool, data, state, collect)
-                times.append(perf_counter() - started)
+            started = perf_counter()
+            pre = self.pre
+            if pre.fn is None:
+                data = body
+            elif not pre.is_async and self.pre_cost.cheap:  # no coroutine and no thread hop for cheap code
+                data = self.pre_cost.call(pre.fn, body, state, collect)
+            else:
+                data = await self._hook(stage, pre, pool, body, state, collect)
+            times.append((model_started := perf_counter()) - started)
+            stage = "model"
+            data = await self._model(data, state, collect, pool)
+            times.append((post_started := perf_counter()) - model_started)
+            stage, post = "postprocess", self.post
+            if post.fn is None:
+                pass
+            elif not post.is_async and self.post_cost.cheap:
+                data = self.post_cost.call(post.fn, data, state, collect)
+            else:
+                data = await self._hook(stage, post, pool, data, state, collect)
+            times.append(perf_counter() - post_started)
         except FerryError:
             raise
         except Exception as exc:
@@ -167,6 +175,15 @@ class StageRunner:
         if cost.cheap:
             return cost.call(fn, *args)
         return await self.in_pool(stage, fn, pool, *args)
+
+    async def _hook(
+        self, stage: str, hook: Hook, pool: Executor, data: Any, state: dict[str, Any], collect: StatsFn
+    ) -> Any:
+        """A hook that does not run right here: awaited when ``async def``, else in the pool."""
+        assert hook.fn is not None  # the caller passed a hook it has
+        if hook.is_async:
+            return await hook.fn(data, state, collect)
+        return await self.in_pool(stage, hook.fn, pool, data, state, collect)
 
     async def in_pool(self, stage: str, fn: Callable[..., Any], pool: Executor, *args: Any) -> Any:
         return await asyncio.wrap_future(self.track(pool.submit(self.cost[stage].call, fn, *args)))
