@@ -125,6 +125,25 @@ class Stop:
             raise outcome["error"]
         return outcome["value"]
 
+    def follow(self, work: Callable[[], object], name: str, drain_s: float) -> tuple[bool, BaseException | None]:
+        """``work()`` (a command's following, which ends once it sees ``requested``) in a daemon thread while the
+        main thread waits for it or for a stop; then up to ``drain_s`` more for it to end. Whether it ended, and
+        what it raised (for the caller to raise after its cleanup)."""
+        raised: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                raised.append(exc)
+
+        worker = threading.Thread(target=run, name=name, daemon=True)
+        worker.start()
+        while worker.is_alive() and not self.requested.wait(0.5):
+            pass
+        worker.join(drain_s)
+        return not worker.is_alive(), (raised[0] if raised else None)
+
 
 def _name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum is not None else "the signal"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,27 +79,17 @@ def _watch(ctx: Context, sid: str, syncer: RepositorySync, interval: float, stop
     details = {"repository": str(syncer.repository), "triton_url": syncer.control.url}
     status = stop.call(StatusReport, ctx.store, sid, details, ctx.settings.heartbeat_interval)
     stop.interrupt = False  # from here the main thread only waits
-    crashed: list[BaseException] = []
-
-    def follow() -> None:
-        try:
-            watch(syncer, ctx.store, sid, interval, _line, status, stop.requested)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            crashed.append(exc)
-
-    following = threading.Thread(target=follow, name="ferry triton sync", daemon=True)
     console.print(
         f"syncing {syncer.repository} with Triton at {syncer.control.url} ({syncer.control.protocol}); Ctrl-C stops",
         highlight=False,
     )
-    following.start()
-    while following.is_alive() and not stop.requested.wait(0.5):
-        pass
-    following.join(DRAIN_S)
+    ended, crashed = stop.follow(
+        lambda: watch(syncer, ctx.store, sid, interval, _line, status, stop.requested), "ferry triton sync", DRAIN_S
+    )
     call_bounded("deregistering", status.close, DEREGISTER_S)
-    if crashed:
-        raise crashed[0]
-    _line("stopped" if not following.is_alive() else "stopped (a pass in progress was left: the next sync takes it up)")
+    if crashed is not None:
+        raise crashed
+    _line("stopped" if ended else "stopped (a pass in progress was left: the next sync takes it up)")
     stop.done()
 
 

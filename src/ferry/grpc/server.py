@@ -171,7 +171,6 @@ class GrpcFace:
     def __init__(
         self, plane: DataPlane, address: str, gate: Gate | None, readiness: Readiness, max_message: int
     ) -> None:
-        self.address = address
         self._bind = functools.partial(bind, plane, address, gate, readiness, max_message)
         self._server: grpc.aio.Server | None = None
 

@@ -218,26 +218,22 @@ def serve_on_ray(
     logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
     proxy_timeout = stop.call(_proxy_timeout, store, service_id, settings)
     launcher: Launcher | None = None
-    failed: list[BaseException] = []
+    failed: BaseException | None = None
     try:
         stop.call(ray.init, address, logging_level=logging.WARNING, log_to_driver=False)
         options = {"host": host, "port": port, "request_timeout_s": proxy_timeout}
         guard = proxy_guard.start_options(serve.start)  # a lost request answered 503, not Ray's bare 500
         stop.call(serve.start, http_options=options, logging_config=QUIET, **guard)
         stop.call(_check_http, host, port)
-        launcher = Launcher(store, service_id, settings, ingress, host)
+        launcher = running = Launcher(store, service_id, settings, ingress, host)
         stop.interrupt = False  # from here the main thread only waits
-        stop.actions.append(lambda signum: launcher.stop())
-        following = threading.Thread(target=_follow, args=(launcher, failed), name="ferry launcher", daemon=True)
-        following.start()
-        while following.is_alive() and not stop.requested.wait(0.5):
-            pass
-        following.join(DRAIN_S)
+        stop.actions.append(lambda signum: running.stop())
+        _, failed = stop.follow(lambda: _follow(running), "ferry launcher", DRAIN_S)
     finally:  # a failure, a stop while connecting, or the stop asked for: the applications go, bounded
         closing = (lambda: _close(launcher)) if launcher is not None else ray.shutdown
         closed = call_bounded("deleting the applications" if launcher else "disconnecting", closing, DELETE_S)
-    if failed:
-        raise failed[0]
+    if failed is not None:
+        raise failed
     if not closed:
         stop.exit(stop.status, "stopped, though Ray did not confirm the deletes in time: see `serve status`")
     stop.done()
@@ -258,12 +254,12 @@ def _proxy_timeout(store: Store, service_id: str, settings: Settings) -> float |
     return longest + PROXY_MARGIN_S if longest else None
 
 
-def _follow(launcher: Launcher, failed: list[BaseException]) -> None:
+def _follow(launcher: Launcher) -> None:
     try:
         launcher.run()
-    except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
-        failed.append(exc)
+    except BaseException:
         launcher.stop()
+        raise
 
 
 def _close(launcher: Launcher) -> None:

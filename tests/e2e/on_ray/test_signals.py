@@ -66,13 +66,10 @@ def test_serve_on_ray_stops_within_5_s_of_a_signal_and_deletes_its_applications(
     ferry("model", "add", "--engine", "custom", "--endpoint", "echo", "--preprocess", str(tmp_path / "echo.py"),
           "--aux-config", "ray.num_cpus=0.5")  # fmt: skip
     rng = random.Random(SEED)
-    first = rng.choice((signal.SIGINT, signal.SIGTERM))
+    both = rng.sample((signal.SIGINT, signal.SIGTERM), 2)  # the first two runs: one of each signal, in random order
     for index in range(RUNS):
         starting = index % 2 == 0
-        if index < 2:  # the first two: one of each signal
-            sig = first if index == 0 else ({signal.SIGINT, signal.SIGTERM} - {first}).pop()
-        else:
-            sig = rng.choice((signal.SIGINT, signal.SIGTERM))
+        sig = both[index] if index < 2 else rng.choice(both)
         serve.shutdown()  # Serve's HTTP address is the cluster's: each run brings its own port
         port = free_port()
         argv = ["--id", sid, "serve", "--ray", "--address", cluster.address, "--port", str(port)]

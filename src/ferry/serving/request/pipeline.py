@@ -167,8 +167,7 @@ class EndpointRuntime:
             self._failed(error, started, custom, collected)
             raise error from None
         except Exception as exc:
-            self.errors += 1
-            error = self._unloaded() if self.closed and not isinstance(exc, NotReady) else exc
+            error = self._failure(exc)
             self._failed(error, started, custom, collected)
             if error is not exc:
                 raise error from exc
@@ -199,7 +198,7 @@ class EndpointRuntime:
             custom.record(collected)
 
     def _stage_times(self, times: list[float]) -> None:
-        """Stage times measured in another thread (preprocess, model, postprocess, as far as it got)."""
+        """Stage times (preprocess, model, postprocess, as far as it got) on the meter, on the loop's thread."""
         meter = self.meter
         for recorder, seconds in zip((meter.preprocess, meter.model, meter.postprocess), times, strict=False):
             recorder.observe(seconds)
@@ -238,27 +237,27 @@ class EndpointRuntime:
         collected = custom.sample() if custom is not None else None
         collect = None if collected is None else collected.append
         code: int | None = 200
-        self.drain.enter()
         try:
-            answer = self.runner.run_blocking(body, {}, collect, loop, times)
-            if self.closed:
-                raise self._unloaded()
-            return answer
+            self.drain.enter()
+            try:
+                answer = self.runner.run_blocking(body, {}, collect, loop, times)
+                if self.closed:
+                    raise self._unloaded()
+                return answer
+            except Exception as exc:
+                error = self._failure(exc)
+                if error is not exc:
+                    raise error from exc
+                raise
+            finally:
+                self.drain.leave()
         except Retired:
-            code = None
+            code = None  # resolved again: not an answer
             raise
-        except Exception as exc:
-            self.errors += 1
-            code = getattr(exc, "status_code", 500)
-            if self.closed and not isinstance(exc, NotReady):
-                code = 503
-                raise self._unloaded() from exc
-            raise
-        except BaseException as exc:
+        except BaseException as exc:  # an admission refused (503) is counted too, as ``run`` counts it
             code = getattr(exc, "status_code", 500)
             raise
         finally:
-            self.drain.leave()
             if code is not None:
                 _on_loop(loop, self._count_blocking, code, perf_counter() - started, times, custom, collected)
 
@@ -268,11 +267,15 @@ class EndpointRuntime:
         self._stage_times(times)
         self._count(code, seconds, custom, collected)
 
+    def _failure(self, exc: Exception) -> Exception:
+        """Count a failed request on this version; what to raise for it (``exc``, or 503 to retry when the version
+        was unloaded under it: what it computed may rest on freed state)."""
+        self.errors += 1
+        return self._unloaded() if self.closed and not isinstance(exc, NotReady) else exc
+
     def _unloaded(self) -> NotReady:
         """What a request still running when its runtime was unloaded (drain timeout) gets, whatever broke."""
         return NotReady(f"endpoint {self.key} was unloaded while this request ran; retry", retry_after=1.0)
-
-    # lifetime -----------------------------------------------------------------------------------
 
     # lifetime -----------------------------------------------------------------------------------
 
