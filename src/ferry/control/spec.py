@@ -55,6 +55,10 @@ DTYPE_ALIASES = {
 }
 
 
+RESERVED_NAMES = {"openai": "the OpenAI API (chat, completions, models, embeddings) of the LLM endpoints"}
+"""Endpoint names taken by ferry's own routes under /serve/."""
+
+
 def check_name(value: str, what: str = "endpoint name", stored: bool = False) -> str:
     """Return ``value`` stripped of surrounding slashes, or raise ValueError naming the rule."""
     name = value.strip().strip("/")
@@ -66,6 +70,8 @@ def check_name(value: str, what: str = "endpoint name", stored: bool = False) ->
                 f"--endpoint {parts[0]} --version {parts[1]}"
             )
         raise ValueError(f"invalid {what} {value!r}: use letters, digits, '_', '.' or '-' (no '/', no spaces)")
+    if what == "endpoint name" and name in RESERVED_NAMES and not stored:
+        raise ValueError(f"the endpoint name {name!r} is reserved: /serve/{name}/ is {RESERVED_NAMES[name]}")
     if len(name) > NAME_MAX:
         _over_limit(f"{what} {name[:40]!r}... is {len(name)} characters long: at most {NAME_MAX}", stored)
     return name

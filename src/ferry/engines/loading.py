@@ -23,6 +23,8 @@ ENGINES: dict[str, str | None] = {
     "triton": "ferry.engines.triton:TritonEngine",
     "custom": "ferry.engines.custom:CustomEngine",
     "custom_async": "ferry.engines.custom:CustomAsyncEngine",
+    "llm": "ferry.engines.llm:LLMEngine",
+    "vllm": "ferry.engines.llm:LLMEngine",
 }
 """Engine name -> "module:Class" (None: not implemented in this version)."""
 
@@ -33,6 +35,8 @@ REQUIREMENTS = {
     "onnxruntime": ("onnxruntime", "pip install 'ferry[onnx]'"),
     "torchscript": ("torch", "pip install 'ferry[torch]'"),
     "triton": ("tritonclient", "pip install 'ferry[triton]'"),
+    "llm": ("torch and transformers", "pip install 'ferry[llm]'"),
+    "vllm": ("torch and transformers", "pip install 'ferry[llm]'"),
 }
 """Engine name -> (the library it needs, how to install it)."""
 

@@ -18,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from ferry.metrics import MULTIPROC_ENV
 from ferry.metrics.custom import CustomFamilies
 from ferry.metrics.fast import Accumulators
+from ferry.metrics.llm import LLMFamilies
 from ferry.metrics.process import ProcessStats
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -89,6 +90,7 @@ class Metrics:
         self.fast = Accumulators()
         """Where the request path records (on the event loop); ``flush`` moves it into the series above."""
         self.custom = CustomFamilies(r, self.fast)
+        self.llm = LLMFamilies(r)
         self.process = ProcessStats(self.multiprocess_dir)
         if self.multiprocess_dir is None:
             r.register(self.process)

@@ -15,10 +15,12 @@ import orjson
 from ferry.errors import EngineError, FerryError, NotFound, NotReady, UserCodeError
 from ferry.rest.auth import BearerAuth
 from ferry.rest.http import decode_body, header, read_body, send, send_error
+from ferry.rest.openai import OpenAIRoutes, is_openai, stream_events
 from ferry.rest.openapi import DOCS_CSP, DOCS_HTML, openapi
 from ferry.rest.v2 import V2Routes, is_v2
 from ferry.serving.request.dataplane import DataPlane, dumps
 from ferry.serving.revisions.reconciler import Reconciler
+from ferry.streams import Stream
 
 log = logging.getLogger(__name__)
 SERVE = "/serve/"
@@ -63,6 +65,7 @@ class FerryApp:
         self.reconciler = reconciler
         self.max_body = max_body
         self.v2 = V2Routes(plane, self.readiness, max_body)
+        self.openai = OpenAIRoutes(plane, max_body)
         self._task: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Any, send_: Any) -> None:
@@ -76,6 +79,8 @@ class FerryApp:
         path, method = scope["path"], scope["method"]
         try:
             if path.startswith(SERVE):
+                if is_openai(path):
+                    return await self.openai.handle(scope, receive, send_)
                 if method != "POST":
                     return await _method_not_allowed(send_, "POST")
                 return await self._serve(scope, receive, send_, path[len(SERVE) :])
@@ -105,6 +110,8 @@ class FerryApp:
             self.plane.unrouted(endpoint, exc.status_code)
             raise
         result = await self.plane.infer(endpoint, version, body, header(scope, ROUTING_KEY) or None)
+        if type(result) is Stream:  # an LLM endpoint asked with "stream": server-sent events
+            return await stream_events(result, receive, send_)
         if isinstance(result, (bytes, bytearray)):
             return await send(send_, 200, bytes(result), b"application/octet-stream")
         try:

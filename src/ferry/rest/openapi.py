@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ferry import __version__
+from ferry.rest.openai_schema import OPENAI_ERROR, openai_paths
 from ferry.serving.request.routing import RouteTable
 
 ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -83,11 +84,12 @@ def openapi(table: RouteTable) -> dict[str, Any]:
     paths["/serve/{endpoint}"] = {"post": _operation("any endpoint", None, [endpoint])}
     paths["/serve/{endpoint}/{version}"] = {"post": _operation("any endpoint version", None, [endpoint, version])}
     paths.update(_v2_paths(sorted({s.name for s in specs}), sorted({s.version for s in specs if s.version})))
+    paths.update(openai_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "ferry", "version": __version__, "description": f"revision {table.revision}"},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA, **V2_SCHEMAS}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, "OpenAIError": OPENAI_ERROR, **V2_SCHEMAS}},
     }
 
 

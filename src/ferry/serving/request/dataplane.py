@@ -16,7 +16,8 @@ import orjson
 
 from ferry.control.metrics_config import log_freq, matching_metric_spec
 from ferry.control.spec import ServiceConfig
-from ferry.errors import FerryError, NotReady
+from ferry.errors import FerryError, InvalidInput, NotFound, NotReady
+from ferry.metrics import llm
 from ferry.metrics.collectors import NULL_METER, Metrics
 from ferry.metrics.custom import CustomStats
 from ferry.serving import v2
@@ -24,6 +25,7 @@ from ferry.serving.request.drain import Retired
 from ferry.serving.request.pipeline import EndpointRuntime
 from ferry.serving.request.routing import RouteTable, version_order
 from ferry.serving.request.shadow import ShadowSender
+from ferry.serving.usercode.answers import readable
 
 log = logging.getLogger("ferry.serving.dataplane")  # the name from before serving/ had subpackages: users' log filters
 
@@ -52,18 +54,24 @@ class DataPlane:
 
     # the request path ---------------------------------------------------------------------------
 
-    async def infer(self, endpoint: str, version: str | None, body: Any, routing_key: str | None = None) -> Any:
+    async def infer(
+        self, endpoint: str, version: str | None, body: Any, routing_key: str | None = None, route: str | None = None
+    ) -> Any:
         """Run ``body`` through ``endpoint[/version]``; raises FerryError kinds with status codes.
-        ``routing_key`` pins a canary's choice: the same key, the same target while the canary stays the same."""
+        ``routing_key`` pins a canary's choice: the same key, the same target while the canary stays the same.
+        ``route``: an OpenAI route ("chat/completions", "completions"): the endpoint must be an LLM's, and its
+        hooks get ClearML's envelope ``{"request": body, "route": route}``. Without it, an LLM endpoint's plain
+        body gets the same envelope. The answer may be a ``Stream`` (an LLM's, asked with ``stream``)."""
         shadow = self.shadows.sample(self.table.shadows, endpoint, version, body)  # copies body before the live run
         for _ in range(RESOLVE_ATTEMPTS):
             try:
                 runtime = self.table.resolve(endpoint, version, routing_key)
+                payload = runtime.envelope(endpoint, body, route) if route or runtime.generates else body
             except FerryError as exc:
                 self.unrouted(endpoint, exc.status_code)
                 raise
             try:
-                answer = await runtime.run(body, self.pool, self.request_timeout_s)
+                answer = await runtime.run(payload, self.pool, self.request_timeout_s)
             except Retired:
                 continue  # the reconciler swapped tables after we resolved: the new table has its successor
             self.shadows.send(shadow, answer)  # fire and forget, on a later loop turn
@@ -118,11 +126,14 @@ class DataPlane:
     def send_request_sync(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
         """Blocking call to another endpoint; safe from any thread; the JSON answer, or None on failure."""
         try:
-            name, version = _target(endpoint, version)
+            name, version, route = _call_target(endpoint, version, data)
             loop = None if _on_event_loop() else self.loop  # on the loop itself nothing may wait for the loop
             for _ in range(RESOLVE_ATTEMPTS):
                 try:
-                    return _as_json(self._blocking(self.table.resolve(name, version), data, loop))
+                    runtime = self.table.resolve(name, version)
+                    payload = runtime.envelope(name, data, route) if route else data
+                    answer = _as_json(self._blocking(runtime, payload, loop))
+                    return readable(answer) if route else answer
                 except Retired:
                     continue
             raise _swapping(name)
@@ -139,7 +150,9 @@ class DataPlane:
     async def send_request_async(self, endpoint: str, version: str | None = None, data: Any = None) -> Any:
         """Awaitable call to another endpoint (custom_async); the JSON answer, or None on failure."""
         try:
-            return _as_json(await self.infer(*_target(endpoint, version), data))
+            name, version, route = _call_target(endpoint, version, data)
+            answer = _as_json(await self.infer(name, version, data, route=route))
+            return readable(answer) if route else answer
         except Exception as exc:
             log.warning("send_request to %s failed: %s", endpoint, exc)
             return None
@@ -164,6 +177,8 @@ class DataPlane:
         if runtime.meter is NULL_METER:
             batching = runtime.batcher is not None
             runtime.attach(self.metrics.endpoint(spec.name, spec.version, batching=batching, stages=runtime.stages))
+            if runtime.generates:
+                llm.attach(runtime.engine, self.metrics.llm.meter(spec.name, spec.version))
         metric_spec = matching_metric_spec(config, runtime.key)
         if metric_spec is None:
             runtime.custom = None
@@ -190,6 +205,8 @@ class DataPlane:
         self._metered = dict(table.runtimes)
         for runtime in self._metered.values():
             runtime.meter.in_flight.set(runtime.inflight)
+            if runtime.generates:
+                llm.refresh(runtime.engine)
             self._report_drops(runtime)
         self.metrics.revision.set(table.revision)
         self.metrics.flush()
@@ -245,6 +262,25 @@ def _target(endpoint: str, version: str | None) -> tuple[str, str | None]:
     if version is None and "/" in name:
         name, version = name.split("/", 1)
     return name, (str(version) if version not in (None, "") else None)
+
+
+OPENAI_CALLS = {"chat/completions": "chat/completions", "completions": "completions"}
+"""send_request's endpoint names for the OpenAI routes (also with ``v1/`` or ``openai/v1/`` before them): the
+endpoint is then the ``model`` of ``data``, as ClearML's vllm readme calls it."""
+
+
+def _call_target(endpoint: str, version: str | None, data: Any) -> tuple[str, str | None, str | None]:
+    """(name, version, OpenAI route or None) of a send_request call."""
+    path = endpoint.strip("/").removeprefix("openai/").removeprefix("v1/")
+    route = OPENAI_CALLS.get(path)
+    if route is None:
+        return (*_target(endpoint, version), None)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model.strip():
+        raise NotFound(f"send_request to {endpoint} needs data['model']: the LLM endpoint to ask")
+    if data.get("stream"):
+        raise InvalidInput(f"send_request to {endpoint} returns whole answers: leave out stream (or set it false)")
+    return (*_target(model, None), route)
 
 
 def _as_json(value: Any) -> Any:

@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
+from functools import partial
 from pathlib import Path
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ferry.control.aux_config import queue_limits
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn
 from ferry.engines.tensor import Feeds
-from ferry.errors import NotReady, Timeout
+from ferry.errors import NotFound, NotReady, Timeout
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.metrics.custom import CustomStats
 from ferry.serving.batching.batcher import DynamicBatcher
@@ -28,8 +29,11 @@ from ferry.serving.request.inline import CostMeter
 from ferry.serving.request.stages import StageRunner
 from ferry.serving.revisions.assembly import inline_budget, load_parts, release
 from ferry.serving.usercode.userclass import UserCode
+from ferry.streams import Stream, status_of
 
 T = TypeVar("T")
+GENERATIVE = ("llm", "vllm")
+"""Engines whose versions generate text: the OpenAI routes serve them."""
 
 
 class EndpointRuntime:
@@ -51,6 +55,8 @@ class EndpointRuntime:
         self.runner = StageRunner(spec, user, engine, batcher, self._cost, self.drain.track)
         self.timeout_s = limits.request_timeout_s
         """This endpoint's request timeout; None: the service default."""
+        self.generates = spec.engine in GENERATIVE
+        """An LLM's version: OpenAI bodies in, answers or streams of chunks out (the OpenAI routes serve it)."""
         self.meter: EndpointMeter | NullMeter = NULL_METER
         """Its Prometheus series, attached once it is warm (warmup requests are not counted)."""
         self.custom: CustomStats | None = None
@@ -97,6 +103,20 @@ class EndpointRuntime:
     @requests.setter
     def requests(self, value: int) -> None:  # the warmup's are not counted (RevisionSwap.warm)
         self.drain.requests = value
+
+    def envelope(self, endpoint: str, body: Any, route: str | None) -> Any:
+        """What an LLM version's hooks get: ClearML's ``{"request": <the OpenAI body>, "route": ...}``; NotFound for a
+        version that is not an LLM's (the OpenAI routes, and send_request to them, name only LLM endpoints)."""
+        if not self.generates:
+            raise NotFound(
+                f"model {endpoint!r} is not an LLM endpoint (its engine is {self.spec.engine}): the OpenAI routes "
+                "serve endpoints added with --engine llm or vllm"
+            )
+        if isinstance(body, dict) and "request" in body and route is None:
+            return body  # already an envelope (a send_request from another endpoint's hooks)
+        if route is None and isinstance(body, dict) and "model" not in body:
+            body = {**body, "model": endpoint}  # /serve/<endpoint>: the endpoint is the model
+        return {"request": body, "raw_request": None, "route": route}
 
     def _overloaded(self) -> None:
         self.meter.overloaded.inc()
@@ -152,10 +172,15 @@ class EndpointRuntime:
             raise
         limit = self.timeout_s or timeout_s
         deadline = None if limit is None or inline else Deadline(limit)
+        streaming = False
         try:
             answer = await work
             if self.closed:  # unloaded under it (drain timeout): what it computed may rest on freed state
                 raise self._unloaded()
+            if type(answer) is Stream:  # counted, and held in flight, until its last chunk
+                streaming, stream = True, cast(Stream, answer)
+                stream.idle_timeout_s = limit
+                stream.at_end(partial(self._stream_ended, started, custom, collected))
         except asyncio.CancelledError:
             if deadline is None or not deadline.expired():
                 raise  # the caller went away: no answer to count
@@ -178,11 +203,22 @@ class EndpointRuntime:
         finally:
             if deadline is not None:
                 deadline.disarm()
-            self.drain.leave()
+            if not streaming:
+                self.drain.leave()
             if times:  # the stages' seconds, as far as they got
                 self._stage_times(times)
-        self._count(200, perf_counter() - started, custom, collected)
+        if not streaming:
+            self._count(200, perf_counter() - started, custom, collected)
         return answer
+
+    def _stream_ended(
+        self, started: float, custom: CustomStats | None, collected: list[Any] | None, error: BaseException | None
+    ) -> None:
+        """A streamed answer's last chunk went out (or it failed, or its client left): now it is counted."""
+        self.drain.leave()
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            self.errors += 1
+        self._count(status_of(error), perf_counter() - started, custom, collected)
 
     def _failed(
         self, exc: BaseException, started: float, custom: CustomStats | None, collected: list[Any] | None

@@ -19,6 +19,7 @@ from ferry.control.spec import ShadowSpec
 from ferry.errors import NotReady
 from ferry.serving.request.drain import Retired
 from ferry.serving.request.routing import RouteTable
+from ferry.streams import Stream
 
 log = logging.getLogger("ferry.serving.shadow")  # the name from before serving/ had subpackages: users' log filters
 
@@ -135,9 +136,11 @@ class ShadowSender:
         try:
             try:
                 answer = await self._run_target(sampled.spec.target, sampled.body)
+                if type(answer) is Stream:  # an LLM's streamed answer: read to its end, which frees its version
+                    answer = [chunk async for chunk in answer]
             finally:  # failures count their latency too: a timing-out shadow shows as slow
                 stats.latencies.append(time.perf_counter() - started)
-            same = self.encode(answer) == self.encode(live)
+            same = type(live) is not Stream and self.encode(_comparable(answer)) == self.encode(_comparable(live))
         except Exception as exc:
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -153,8 +156,9 @@ class ShadowSender:
         name, _, version = target.partition("/")
         for _ in range(3):
             runtime = self.table().resolve(name, version or None)
+            payload = runtime.envelope(name, body, None) if runtime.generates else body
             try:
-                return await runtime.run(body, self.pool, self.timeout_s)
+                return await runtime.run(payload, self.pool, self.timeout_s)
             except Retired:
                 continue  # swapped under us: the next table has the successor
         raise NotReady(f"shadow target {target} kept being replaced", retry_after=1.0)
@@ -166,6 +170,14 @@ class ShadowSender:
             if keep:
                 self.stats[spec.endpoint] = stats
         return stats
+
+
+def _comparable(answer: Any) -> Any:
+    """What two answers must share to agree: an OpenAI answer's choices' texts (its id and time always differ)."""
+    if isinstance(answer, dict) and answer.get("object") in ("chat.completion", "text_completion"):
+        choices = answer.get("choices") or []
+        return [c.get("text", (c.get("message") or {}).get("content")) for c in choices if isinstance(c, dict)]
+    return answer
 
 
 def _copy(body: Any) -> Any:

@@ -33,6 +33,7 @@ from ferry.serving.batching.batcher import DynamicBatcher
 from ferry.serving.request.crossing import on_loop
 from ferry.serving.request.inline import CostMeter
 from ferry.serving.usercode.userclass import Hook, UserCode
+from ferry.streams import Stream
 
 STAGES = ("preprocess", "model", "postprocess")
 MODEL_REFUSALS = (ValueError, TypeError, KeyError, IndexError, ArithmeticError)
@@ -60,6 +61,7 @@ class StageRunner:
         """Counts a pool thread until it ends (the drain waits for it, even after its request timed out)."""
         self.hooks: dict[str, Hook] = {"preprocess": user.preprocess, "postprocess": user.postprocess}
         self.pre, self.post = user.preprocess, user.postprocess
+        self.post_chunk = user.postprocess_chunk
         self.pre_cost, self.post_cost = cost["preprocess"], cost["postprocess"]
 
     # the drivers ----------------------------------------------------------------------------------
@@ -82,7 +84,9 @@ class StageRunner:
             data = await self._model(data, state, collect, pool)
             times.append((post_started := perf_counter()) - model_started)
             stage, post = "postprocess", self.post
-            if post.fn is None:
+            if type(data) is Stream:  # postprocess sees whole answers; postprocess_chunk each chunk of a stream
+                data = self._per_chunk(data, state, collect)
+            elif post.fn is None:
                 pass
             elif not post.is_async and self.post_cost.cheap:
                 data = self.post_cost.call(post.fn, data, state, collect)
@@ -166,6 +170,26 @@ class StageRunner:
             raise
         except Exception as exc:
             raise self.error("model", exc) from exc
+
+    def _per_chunk(self, stream: Stream, state: dict[str, Any], collect: StatsFn) -> Stream:
+        """A streamed model result with the user's ``postprocess_chunk`` applied to each chunk (sync only: a chunk
+        must not wait for a thread), or as it is."""
+        hook = self.post_chunk
+        if hook.fn is None:
+            return stream
+        fn, key = hook.fn, self.spec.key
+        if hook.is_async:
+            raise UserCodeError(f"endpoint {key}: postprocess_chunk must be a plain def, not async def")
+
+        def chunk(data: Any) -> Any:
+            try:
+                return fn(data, state, collect)
+            except FerryError:
+                raise
+            except Exception as exc:
+                raise self.error("postprocess", exc) from exc
+
+        return stream.map(chunk)
 
     # one stage ------------------------------------------------------------------------------------
 

@@ -129,6 +129,14 @@ class RevisionSwap:
 
     def _retire(self, runtime: EndpointRuntime) -> None:
         """No new requests reach ``runtime``; those in flight finish (up to the drain timeout), then it unloads."""
+        if runtime.generates and runtime.inflight:
+            log.info(
+                "endpoint %s: %d request(s) still generate on the retired version, which stays in memory beside the "
+                "new one until they end (at most FERRY_DRAIN_TIMEOUT_S=%g s, then they end with finish_reason abort)",
+                runtime.key,
+                runtime.inflight,
+                self.drain_timeout,
+            )
         try:
             runtime.retire(self.drain_timeout)
         except Exception as exc:

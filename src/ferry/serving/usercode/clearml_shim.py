@@ -7,6 +7,7 @@ users' files run unchanged; with ``pip install clearml`` the real one is used.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -67,4 +68,7 @@ def install() -> None:
         return
     module = types.ModuleType("clearml", __doc__)
     module.__dict__.update(StorageManager=StorageManager, __ferry_stand_in__=True)  # a ModuleType names no fields
+    # A spec, as every imported module has: importlib.util.find_spec("clearml") (transformers asks it while
+    # loading a GGUF file) raises ValueError for a module in sys.modules without one.
+    module.__spec__ = importlib.machinery.ModuleSpec("clearml", None)
     sys.modules["clearml"] = module

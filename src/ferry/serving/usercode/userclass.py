@@ -24,7 +24,7 @@ from ferry.serving.usercode import clearml_shim
 from ferry.serving.usercode.endpoint_view import ModelEndpointView
 
 ENTRY_FILE = "preprocess.py"
-HOOK_NAMES = ("preprocess", "process", "postprocess", "load", "unload")
+HOOK_NAMES = ("preprocess", "process", "postprocess", "postprocess_chunk", "load", "unload")
 NUMPY_ALIASES = {"float": "float or np.float64", "int": "int or np.int64", "bool": "bool or np.bool_"}
 NUMPY_ALIAS_ERROR = re.compile(r"module 'numpy' has no attribute '(\w+)'")
 PACKAGE_PREFIX = "ferry_user_"
@@ -54,6 +54,8 @@ class UserCode:
     preprocess: Hook = MISSING
     process: Hook = MISSING
     postprocess: Hook = MISSING
+    postprocess_chunk: Hook = MISSING
+    """Applied to each chunk of a streamed answer (an LLM's); ``postprocess`` sees whole answers only."""
     load: Hook = MISSING
     unload: Hook = MISSING
     package: UserPackage | None = None

@@ -1,0 +1,520 @@
+"""OpenAI request bodies checked and turned into generation requests (the answers: ``openai_answers``).
+
+Nothing here knows HTTP or a model: ferry's OpenAI routes and ``send_request`` call in with parsed JSON; errors
+are ``InvalidRequest`` naming the field, shaped as the OpenAI API reference (and vLLM's OpenAI server for its
+extras).
+
+Every body field is HONOURED, ACCEPTED WITHOUT EFFECT (it changes nothing; its name is kept in
+``accepted_without_effect`` for the log) or REFUSED with ``InvalidRequest`` naming it. A known field sent as
+``null`` is the same as one left out. Any other field: ``InvalidRequest("unknown field X")``.
+
+/chat/completions and /completions, honoured:
+
+- ``model`` (required), ``stream``, ``n`` (1..16), ``temperature`` (0..2, default 1), ``top_p`` (above 0, at most 1),
+  ``seed`` (64-bit), ``stop`` (a string or a list of up to 4 non-empty strings), ``presence_penalty`` and
+  ``frequency_penalty`` (-2..2), ``max_tokens`` (at least 1);
+- ``stream_options`` with only ``include_usage`` (only with ``stream`` true): a last chunk carries the usage;
+- vLLM's extras: ``top_k`` (-1 or 0: off), ``min_p`` (0..1), ``min_tokens`` (at most max_tokens),
+  ``ignore_eos``, ``repetition_penalty`` (above 0), ``stop_token_ids``.
+
+Chat only, honoured: ``messages`` (below), ``max_completion_tokens`` (wins over ``max_tokens`` when both are sent,
+as in vLLM), ``logprobs`` (bool) with ``top_logprobs`` (0..20; refused without ``logprobs`` true).
+Completions only, honoured: ``prompt`` (a string, a list of strings, a list of token ids or a list of lists of
+token ids; none empty), ``logprobs`` (0..20: the chosen token's and the top k), ``echo`` (the prompt is put before
+each answer; refused together with ``logprobs``, as prompt log-probabilities are not computed).
+
+Accepted without effect: ``user`` (also kept on the request for the log), ``logit_bias`` only empty,
+``skip_special_tokens`` only true (ferry's decoder always skips special tokens), ``include_stop_str_in_output``
+only false. Chat also: ``store``, ``metadata``, ``parallel_tool_calls``, ``service_tier``, ``tools`` only empty,
+``tool_choice`` only "none", ``response_format`` only ``{"type": "text"}``, ``modalities`` only ["text"].
+Completions also: ``best_of`` only 1.
+
+Refused: any other value of the fields just named (``response_format`` json_object / json_schema: not supported
+yet), and ``functions``, ``function_call``, ``audio``, ``prediction``, ``web_search_options`` (chat), ``suffix``
+(completions).
+
+``messages``: a non-empty list of objects with a role among system, developer (kept as "system"), user, assistant
+and tool, and a ``content`` that is a string or a list of ``{"type": "text", "text": ...}`` parts, joined with ""
+in order (vLLM joins them with "\\n"); an assistant's may be null (kept as ""). ``name`` and ``tool_call_id`` are
+accepted without effect, as are an assistant's null ``refusal``, ``audio``, ``function_call`` and ``tool_calls``
+and its ``annotations``; an assistant's ``tool_calls`` are refused, and so are image, audio and file parts.
+
+/embeddings: ``model``, ``input`` (a non-empty string or list of non-empty strings; token ids refused),
+``encoding_format`` ("float" or "base64": little-endian float32 bytes, as OpenAI sends), ``user``; ``dimensions``
+refused unless null.
+
+Answers: usage counts each prompt's tokens once however many choices it has (as OpenAI does) and sums the
+generated tokens. A sequence ended by an abort has finish_reason "abort" in answers and chunks alike, as vLLM
+sends (the official client reads it as a plain string). Log-probabilities of -inf are sent as -9999.0 (JSON has no
+infinity), as vLLM does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ferry.llm.params import SamplingParams
+
+MAX_N = 16
+"""The most choices one request may ask for (``n``)."""
+MAX_LOGPROBS = 20
+"""The most alternatives per token (chat ``top_logprobs``, completions ``logprobs``)."""
+MAX_STOP = 4
+"""The most stop strings, as OpenAI allows."""
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_INT64 = (-(2**63), 2**63 - 1)
+
+# ---- errors ----------------------------------------------------------------------------------------------------
+
+
+class InvalidRequest(ValueError):
+    """A body the API refuses: answered 400 with OpenAI's error body naming ``param``."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The error body to answer with (status 400)."""
+        return error_body(self.message, param=self.param, code=self.code)
+
+
+def error_body(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# ---- field checks ----------------------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A value as the client sent it (JSON), cut short so an error message stays one line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool) -> str:
+    if lo_open:
+        return f"greater than {lo}" + (f" and at most {hi}" if hi is not None else "")
+    if lo is not None and hi is not None:
+        return f"between {lo} and {hi}"
+    return f"at least {lo}" if lo is not None else f"at most {hi}"
+
+
+def _number(
+    body: dict[str, Any],
+    name: str,
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    integer: bool = False,
+    lo_open: bool = False,
+) -> Any:
+    """``body[name]`` checked to be a number (an integer if asked) in range; ``default`` when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise InvalidRequest(f"{name} must be {'an integer' if integer else 'a number'}, got {_show(value)}", name)
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    if (isinstance(value, float) and not math.isfinite(value)) or too_low or (hi is not None and value > hi):
+        raise InvalidRequest(f"{name} must be {_range_text(lo, hi, lo_open)}, got {_show(value)}", name)
+    return value if integer else float(value)
+
+
+def _bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false, got {_show(value)}", name)
+    return value
+
+
+def _object(body: Any, where: str | None = None) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{where or 'the request body'} must be a JSON object, got {_show(body)}", where)
+    return body
+
+
+def _known_fields(body: dict[str, Any], known: frozenset[str]) -> None:
+    for name in body:
+        if name not in known:
+            raise InvalidRequest(f"unknown field {name!r}", name)
+
+
+def _model(body: dict[str, Any]) -> str:
+    value = body.get("model")
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"model must be a non-empty string, got {_show(value)}", "model")
+    return value
+
+
+def _user(body: dict[str, Any]) -> str | None:
+    value = body.get("user")
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"user must be a string, got {_show(value)}", "user")
+    return value
+
+
+# ---- fields accepted without effect, or refused ----------------------------------------------------------------
+
+_Rule = Callable[[Any], str | None]
+"""A non-null field's value -> None when accepted without effect, else why it is refused."""
+
+
+def _only(accepted: Any, refusal: str) -> _Rule:
+    return lambda value: None if value == accepted and type(value) is type(accepted) else refusal
+
+
+def _never(refusal: str) -> _Rule:
+    return lambda value: refusal
+
+
+def _response_format(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text" and len(value) == 1:
+        return None
+    if kind in ("json_object", "json_schema"):
+        return f'response_format {kind} is not supported yet; only {{"type": "text"}} is accepted'
+    return f'response_format must be {{"type": "text"}}, got {_show(value)}'
+
+
+_COMMON_RULES: dict[str, _Rule] = {
+    "user": lambda value: None if isinstance(value, str) else f"user must be a string, got {_show(value)}",
+    "logit_bias": _only({}, "logit_bias is not supported yet; only an empty object is accepted"),
+    "skip_special_tokens": _only(True, "skip_special_tokens false is not supported yet"),
+    "include_stop_str_in_output": _only(False, "include_stop_str_in_output true is not supported yet"),
+}
+_CHAT_RULES: dict[str, _Rule] = {
+    **_COMMON_RULES,
+    "store": lambda value: None if isinstance(value, bool) else "store must be true or false",
+    "metadata": lambda value: None if isinstance(value, dict) else "metadata must be an object",
+    "parallel_tool_calls": lambda value: None if isinstance(value, bool) else "parallel_tool_calls must be a boolean",
+    "service_tier": lambda value: None if isinstance(value, str) else "service_tier must be a string",
+    "tools": _only([], "tools are not supported yet"),
+    "tool_choice": _only("none", 'tool_choice is not supported yet; only "none" is accepted'),
+    "response_format": _response_format,
+    "modalities": _only(["text"], 'modalities other than ["text"] are not supported'),
+    "functions": _never("functions are not supported"),
+    "function_call": _never("function_call is not supported"),
+    "audio": _never("audio output is not supported"),
+    "prediction": _never("prediction (predicted outputs) is not supported"),
+    "web_search_options": _never("web_search_options is not supported"),
+}
+_COMPLETION_RULES: dict[str, _Rule] = {
+    **_COMMON_RULES,
+    "suffix": _never("suffix is not supported"),
+    "best_of": _only(1, "best_of other than 1 is not supported"),
+}
+
+
+def _apply_rules(body: dict[str, Any], rules: dict[str, _Rule]) -> tuple[str, ...]:
+    """The names of the fields present and accepted without effect; InvalidRequest for the first refused one."""
+    accepted = []
+    for name, rule in rules.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        refusal = rule(value)
+        if refusal is not None:
+            raise InvalidRequest(refusal, name)
+        accepted.append(name)
+    return tuple(accepted)
+
+
+# ---- sampling parameters ---------------------------------------------------------------------------------------
+
+# One line per group beats ruff's one name per line.
+_SAMPLING_FIELDS = (  # noqa: SIM905
+    "model stream stream_options n max_tokens temperature top_p seed stop presence_penalty frequency_penalty "
+    "logprobs top_k min_p min_tokens ignore_eos repetition_penalty stop_token_ids"
+).split()
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or len(items) > MAX_STOP or not all(isinstance(s, str) and s for s in items):
+        raise InvalidRequest(
+            f"stop must be a non-empty string or a list of up to {MAX_STOP} non-empty strings, got {_show(value)}",
+            "stop",
+        )
+    return tuple(items)
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
+def _stop_token_ids(body: dict[str, Any]) -> tuple[int, ...]:
+    value = body.get("stop_token_ids")
+    if value is None:
+        return ()
+    if not _token_ids(value):
+        raise InvalidRequest(
+            f"stop_token_ids must be a list of token ids (integers >= 0), got {_show(value)}", "stop_token_ids"
+        )
+    return tuple(value)
+
+
+def _top_k(body: dict[str, Any]) -> int:
+    value = _number(body, "top_k", 0, integer=True)
+    if value < -1:
+        raise InvalidRequest(f"top_k must be -1 or 0 (off) or at least 1, got {value}", "top_k")
+    return max(value, 0)
+
+
+def _min_tokens(body: dict[str, Any], max_tokens: int | None) -> int:
+    value = _number(body, "min_tokens", 0, 0, integer=True)
+    if max_tokens is not None and value > max_tokens:
+        raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens}), got {value}", "min_tokens")
+    return value
+
+
+def _sampling(body: dict[str, Any], max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        min_tokens=_min_tokens(body, max_tokens),
+        temperature=_number(body, "temperature", 1.0, 0, 2),
+        top_p=_number(body, "top_p", 1.0, 0, 1, lo_open=True),
+        top_k=_top_k(body),
+        min_p=_number(body, "min_p", 0.0, 0, 1),
+        seed=_number(body, "seed", None, *_INT64, integer=True),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2, 2),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2, 2),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0, lo_open=True),
+        stop=_stop(body),
+        stop_token_ids=_stop_token_ids(body),
+        ignore_eos=_bool(body, "ignore_eos"),
+        logprobs=logprobs,
+    )
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise InvalidRequest("stream_options is only allowed when stream is true", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise InvalidRequest(f'stream_options may only hold "include_usage", got {_show(options)}', "stream_options")
+    return _bool(options, "include_usage")
+
+
+# ---- requests --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationRequest:
+    """A checked /chat/completions or /completions body: what to generate, how, and how to answer."""
+
+    kind: Literal["chat", "completion"]
+    model: str
+    messages: list[dict[str, Any]] | None
+    """Chat: ``[{"role", "content": str}]``, text parts joined with "" in order, "developer" kept as "system"."""
+    prompts: list[str | list[int]]
+    """Completions: one per prompt (a string or token ids); [] for chat."""
+    params: SamplingParams
+    n: int
+    stream: bool
+    include_usage: bool
+    """``stream_options.include_usage``: end the stream with a chunk that holds the usage."""
+    echo: bool
+    """Completions only: put the prompt before each answer's text."""
+    user: str | None
+    accepted_without_effect: tuple[str, ...]
+    """The names of the fields present in the body that are accepted without effect (for the log)."""
+
+
+_CHAT_FIELDS = frozenset([*_SAMPLING_FIELDS, "messages", "max_completion_tokens", "top_logprobs", *_CHAT_RULES])
+_COMPLETION_FIELDS = frozenset([*_SAMPLING_FIELDS, "prompt", "echo", *_COMPLETION_RULES])
+
+
+def parse_chat(body: Any) -> GenerationRequest:
+    """A /chat/completions body checked field by field (see the module docstring); InvalidRequest names the field."""
+    body = _object(body)
+    _known_fields(body, _CHAT_FIELDS)
+    accepted = _apply_rules(body, _CHAT_RULES)
+    model = _model(body)
+    messages = _messages(body.get("messages"))
+    legacy_max = _number(body, "max_tokens", None, 1, integer=True)
+    max_tokens = _number(body, "max_completion_tokens", legacy_max, 1, integer=True)
+    params = _sampling(body, max_tokens, _chat_logprobs(body))
+    stream = _bool(body, "stream")
+    return GenerationRequest(
+        kind="chat",
+        model=model,
+        messages=messages,
+        prompts=[],
+        params=params,
+        n=_number(body, "n", 1, 1, MAX_N, integer=True),
+        stream=stream,
+        include_usage=_include_usage(body, stream),
+        echo=False,
+        user=_user(body),
+        accepted_without_effect=accepted,
+    )
+
+
+def parse_completion(body: Any) -> GenerationRequest:
+    """A /completions body checked field by field (see the module docstring); InvalidRequest names the field."""
+    body = _object(body)
+    _known_fields(body, _COMPLETION_FIELDS)
+    accepted = _apply_rules(body, _COMPLETION_RULES)
+    model = _model(body)
+    prompts = _prompts(body.get("prompt"))
+    logprobs = _number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    echo = _bool(body, "echo")
+    if echo and logprobs is not None:
+        raise InvalidRequest("echo together with logprobs is not supported yet", "echo")
+    params = _sampling(body, _number(body, "max_tokens", None, 1, integer=True), logprobs)
+    stream = _bool(body, "stream")
+    return GenerationRequest(
+        kind="completion",
+        model=model,
+        messages=None,
+        prompts=prompts,
+        params=params,
+        n=_number(body, "n", 1, 1, MAX_N, integer=True),
+        stream=stream,
+        include_usage=_include_usage(body, stream),
+        echo=echo,
+        user=_user(body),
+        accepted_without_effect=accepted,
+    )
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    wanted = _bool(body, "logprobs")
+    top = _number(body, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    if top is not None and not wanted:
+        raise InvalidRequest("top_logprobs needs logprobs set to true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    shape = "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids"
+    if isinstance(value, str) or (_token_ids(value) and value):
+        items = [value]
+    elif isinstance(value, list) and (all(isinstance(p, str) for p in value) or all(_token_ids(p) for p in value)):
+        items = value
+    else:
+        raise InvalidRequest(f"{shape}, got {_show(value)}", "prompt")
+    if not items or not all(items):
+        raise InvalidRequest(f"prompt must not be empty (nor any of its prompts), got {_show(value)}", "prompt")
+    return items
+
+
+# ---- chat messages ---------------------------------------------------------------------------------------------
+
+_MESSAGE_FIELDS = frozenset(["role", "content", "name", "tool_call_id"])
+_ASSISTANT_NULL_FIELDS = frozenset(["refusal", "audio", "function_call", "tool_calls"])
+_REFUSED_PARTS = {"image_url": "image", "input_image": "image", "input_audio": "audio", "file": "file"}
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(f"messages must be a non-empty list of messages, got {_show(value)}", "messages")
+    return [_message(message, f"messages[{i}]") for i, message in enumerate(value)]
+
+
+def _message(message: Any, where: str) -> dict[str, Any]:
+    message = _object(message, where)
+    role = message.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {_show(role)}", f"{where}.role")
+    _message_fields(message, role, where)
+    content = message.get("content")
+    if content is None and role != "assistant":
+        raise InvalidRequest(f"{where}.content is required for a {role} message", f"{where}.content")
+    text = "" if content is None else _content_text(content, f"{where}.content")
+    return {"role": "system" if role == "developer" else role, "content": text}
+
+
+def _message_fields(message: dict[str, Any], role: str, where: str) -> None:
+    for name, value in message.items():
+        if name in _MESSAGE_FIELDS or (role == "assistant" and name == "annotations"):
+            continue
+        if role == "assistant" and name in _ASSISTANT_NULL_FIELDS:
+            if value is None or value == []:
+                continue
+            raise InvalidRequest(
+                f"{where}.{name} is not supported (tool and function calls are not)", f"{where}.{name}"
+            )
+        raise InvalidRequest(f"unknown field {name!r} in {where}", f"{where}.{name}")
+
+
+def _content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where} must be a string or a list of text parts, got {_show(content)}", where)
+    return "".join(_part_text(part, f"{where}[{i}]") for i, part in enumerate(content))
+
+
+def _part_text(part: Any, where: str) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if isinstance(kind, str) and kind in _REFUSED_PARTS:
+        raise InvalidRequest(f"{_REFUSED_PARTS[kind]} content parts are not supported, only text", f"{where}.type")
+    if kind != "text" or not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
+        raise InvalidRequest(f'{where} must be {{"type": "text", "text": "..."}}, got {_show(part)}', where)
+    return part["text"]
+
+
+# ---- embeddings ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingRequest:
+    """A checked /embeddings body."""
+
+    model: str
+    inputs: list[str]
+    encoding_format: Literal["float", "base64"]
+    dimensions: int | None
+    """Always None: any other value is refused."""
+    user: str | None
+
+
+_EMBEDDING_FIELDS = frozenset(["model", "input", "encoding_format", "dimensions", "user"])
+
+
+def parse_embeddings(body: Any) -> EmbeddingRequest:
+    """An /embeddings body checked field by field (see the module docstring); InvalidRequest names the field."""
+    body = _object(body)
+    _known_fields(body, _EMBEDDING_FIELDS)
+    model = _model(body)
+    inputs = _embedding_inputs(body.get("input"))
+    sent = body.get("encoding_format")
+    if sent not in (None, "float", "base64"):
+        raise InvalidRequest(f'encoding_format must be "float" or "base64", got {_show(sent)}', "encoding_format")
+    encoding: Literal["float", "base64"] = "base64" if sent == "base64" else "float"
+    if body.get("dimensions") is not None:
+        raise InvalidRequest("dimensions is not supported yet", "dimensions")
+    return EmbeddingRequest(model=model, inputs=inputs, encoding_format=encoding, dimensions=None, user=_user(body))
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and items and all(isinstance(x, str) and x for x in items):
+        return items
+    if isinstance(items, list) and items and (_token_ids(items) or all(_token_ids(x) for x in items)):
+        raise InvalidRequest("token-id inputs are not supported; send text", "input")
+    raise InvalidRequest(
+        f"input must be a non-empty string or a list of non-empty strings, got {_show(value)}", "input"
+    )

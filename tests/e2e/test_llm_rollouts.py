@@ -1,0 +1,140 @@
+"""An LLM endpoint is an endpoint: a new version swaps in live while a stream finishes on the one it began on,
+and a canary splits OpenAI requests by weight between two versions."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Ferry
+from tests.e2e.conftest import FAST_POLL
+from tests.llm.tiny import build_tiny_llama
+from tests.server import Server
+
+pytestmark = [pytest.mark.e2e]
+SLOW = {"hidden": 512, "layers": 8, "context": 4096}
+GREEDY = {"prompt": "The quick brown", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def models(e2e_ferry: Ferry, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Uploaded: tiny0 and tiny1 (different weights), and slow, a larger random Llama whose streams last seconds
+    (10-40 ms a token on two cores)."""
+    for name, seed, size in (("tiny0", 0, {}), ("tiny1", 1, {}), ("slow", 0, SLOW)):
+        folder = build_tiny_llama(tmp_path_factory.mktemp(name) / name, seed=seed, **size)
+        e2e_ferry("model", "upload", "--name", name, "--project", "llm", "--path", str(folder))
+    return ["tiny0", "tiny1", "slow"]
+
+
+@pytest.fixture(scope="module")
+def server(e2e_home: Path, e2e_service: str) -> Iterator[Server]:
+    srv = Server(e2e_home.parent, "--id", e2e_service, env=FAST_POLL)
+    try:
+        srv.wait_ready(timeout=60)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _add(ferry: Ferry, service: str, endpoint: str, model: str, *extra: str) -> None:
+    ferry("--id", service, "model", "add", "--engine", "llm", "--endpoint", endpoint, "--name", model,
+          "--project", "llm", *extra)  # fmt: skip
+
+
+def _text(server: Server, model: str) -> str:
+    answer = server.post("/serve/openai/v1/completions", {"model": model, **GREEDY})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["choices"][0]["text"]
+
+
+def _wait_text(server: Server, model: str, unlike: str | None = None) -> str:
+    texts: list[str] = []
+
+    def answered() -> bool:
+        answer = server.post("/serve/openai/v1/completions", {"model": model, **GREEDY})
+        if answer.status_code != 200:
+            return False
+        texts.append(answer.json()["choices"][0]["text"])
+        return texts[-1] != unlike
+
+    server.wait_for(answered, 60, f"{model} answering" + (f" other than {unlike!r}" if unlike else ""))
+    return texts[-1]
+
+
+def test_a_stream_in_progress_finishes_on_its_version_while_the_new_one_takes_new_requests(
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: list[str]
+) -> None:
+    _add(e2e_ferry, e2e_service, "swap", "slow")
+    first = _wait_text(server, "swap")
+    events, reader = _stream(server, "swap", 300)
+    _add(e2e_ferry, e2e_service, "swap", "tiny1")  # the same endpoint, another model: a new revision
+    second = _wait_text(server, "swap", unlike=first)
+    swapped_at = time.monotonic()
+    reader.join(120)
+    assert second != first
+    finish = [e["choices"][0]["finish_reason"] for _, e in events if e["choices"]]
+    assert finish[-1] == "length" and not any(finish[:-1])
+    assert events[-1][1]["usage"]["completion_tokens"] == 300  # all of them, from the version it began on
+    assert events[-1][0] > swapped_at, "the stream ended before the new version answered: no overlap was tested"
+    assert "still generate on the retired version, which stays in memory beside the new one" in server.log()
+
+
+def test_a_stream_past_the_drain_limit_ends_with_finish_reason_abort(
+    e2e_home: Path, e2e_ferry: Ferry, models: list[str]
+) -> None:
+    service = e2e_ferry.service("short drain")
+    _add(e2e_ferry, service, "long", "slow")
+    srv = Server(e2e_home.parent, "--id", service, env={**FAST_POLL, "FERRY_DRAIN_TIMEOUT_S": "1"})
+    try:
+        srv.wait_ready(timeout=60)
+        _wait_text(srv, "long")
+        events, reader = _stream(srv, "long", 3000)
+        _add(e2e_ferry, service, "long", "tiny0")
+        reader.join(120)
+        finish = [e["choices"][0]["finish_reason"] for _, e in events if e["choices"]]
+        assert finish[-1] == "abort" and not any(finish[:-1]), finish[-3:]
+        assert events[-1][1]["usage"]["completion_tokens"] < 3000
+    finally:
+        srv.stop()
+
+
+def _stream(server: Server, model: str, tokens: int) -> tuple[list[tuple[float, dict]], threading.Thread]:
+    """Start streaming ``tokens`` tokens from ``model`` in a thread; returns its (arrival time, event) list (filled
+    as they come) and the thread, once the first event arrived."""
+    body = {"model": model, "prompt": "Once upon", "max_tokens": tokens, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    events: list[tuple[float, dict]] = []
+    started = threading.Event()
+
+    def read() -> None:
+        with httpx.stream("POST", f"{server.url}/serve/openai/v1/completions", json=body, timeout=120) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data: {"):
+                    events.append((time.monotonic(), json.loads(line[len("data: ") :])))
+                    started.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert started.wait(30)
+    return events, reader
+
+
+def test_a_canary_splits_chat_requests_by_weight_between_two_versions(
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: list[str]
+) -> None:
+    _add(e2e_ferry, e2e_service, "duo", "tiny0", "--version", "1")
+    _add(e2e_ferry, e2e_service, "duo", "tiny1", "--version", "2")
+    one, two = _wait_text(server, "duo/1"), _wait_text(server, "duo/2")
+    assert one != two
+    e2e_ferry("--id", e2e_service, "model", "canary", "--endpoint", "split", "--weights", "0.5", "0.5",
+              "--input-endpoints", "duo/1", "duo/2")  # fmt: skip
+    _wait_text(server, "split")
+    texts = [_text(server, "split") for _ in range(24)]
+    assert {one, two} == set(texts), texts
+    assert "split" in {m["id"] for m in server.client.get("/serve/openai/v1/models").json()["data"]}
