@@ -47,6 +47,10 @@ def test_token_file_locks_every_route_but_the_probes(ferry_sqlite: Ferry, tmp_pa
         assert r.status_code == 403 and r.json()["kind"] == "Forbidden"
         assert server.client.get("/openapi.json").status_code == 401
         assert authed.get("/openapi.json").status_code == 200
+        assert server.client.get("/serve/openai/v1/models").status_code == 401  # the OpenAI API is /serve too
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        assert server.post("/serve/openai/v1/chat/completions", chat).status_code == 401
+        assert authed.get("/serve/openai/v1/models").json() == {"object": "list", "data": []}
         log = server.log()
         assert "requests need one of 2 bearer token(s)" in log
         assert TOKEN not in log and WARNING not in log  # tokens are never printed; locked, 0.0.0.0 is fine

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.budget import examples
 from tests.conftest import Ferry
 from tests.e2e.conftest import FAST_POLL
 from tests.llm.tiny import build_tiny_llama
@@ -341,3 +344,40 @@ def test_postprocess_sees_whole_answers_and_postprocess_chunk_each_chunk(client)
     assert all("whole" not in c.model_extra for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content.upper()
+
+
+def test_schemathesis_over_the_openai_routes_finds_no_5xx_and_answers_as_documented(llm_server: Server, tmp_path):
+    """Generated requests to /serve/openai/v1 with LLM endpoints served: every answer is one the document declares
+    (no 5xx; OpenAI's error body), generation included for the bodies that are valid."""
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")), "run", f"{llm_server.url}/openapi.json",
+        "--include-path-regex", "^/serve/openai/", "--checks", "all",
+        "--exclude-checks", "positive_data_acceptance", "--max-examples", str(examples(20)), "--workers", "2",
+        "--seed", "1", "--suppress-health-check", "all",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert llm_server.client.get("/health/ready").status_code == 200
+
+
+def test_response_format_json_schema_is_followed_by_the_answer(client) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Lyon"]}, "rank": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "rank"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model="chat",
+        messages=[{"role": "user", "content": "Which city?"}],
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    parsed = json.loads(answer.choices[0].message.content)
+    assert parsed["city"] in ("Paris", "Lyon") and 1 <= parsed["rank"] <= 9 and set(parsed) == {"city", "rank"}
+    assert answer.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nope"}}},
+        )  # fmt: skip

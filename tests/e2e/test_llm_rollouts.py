@@ -138,3 +138,24 @@ def test_a_canary_splits_chat_requests_by_weight_between_two_versions(
     texts = [_text(server, "split") for _ in range(24)]
     assert {one, two} == set(texts), texts
     assert "split" in {m["id"] for m in server.client.get("/serve/openai/v1/models").json()["data"]}
+
+
+def test_a_shadow_of_an_llm_endpoint_gets_copies_and_reports_agreement(
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: list[str]
+) -> None:
+    _add(e2e_ferry, e2e_service, "twin0", "tiny0")
+    _add(e2e_ferry, e2e_service, "twin1", "tiny0")  # the same weights: greedy answers agree
+    _wait_text(server, "twin0"), _wait_text(server, "twin1")
+    e2e_ferry("--id", e2e_service, "model", "shadow", "--endpoint", "twin0", "--target", "twin1")
+    chat = {"model": "twin0", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0}
+
+    def counts() -> dict:
+        return json.loads(e2e_ferry("--id", e2e_service, "status", "--json").out)["instances"][0]["state"]["shadows"]
+
+    server.wait_for(lambda: counts().get("twin0", {}).get("target") == "twin1", 20, "the shadow served")
+    for stream in (False, False, True):
+        with server.client.stream("POST", "/serve/openai/v1/chat/completions", json={**chat, "stream": stream}) as a:
+            assert a.status_code == 200 and a.read()
+    server.wait_for(lambda: counts()["twin0"]["answered"] == 3, 20, "three shadow answers")
+    shadow = counts()["twin0"]
+    assert (shadow["sent"], shadow["errors"], shadow["compared"], shadow["agreement"]) == (3, 0, 2, 1.0), shadow

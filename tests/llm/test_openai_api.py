@@ -276,12 +276,6 @@ def test_best_of_one_is_accepted_by_completions() -> None:
         ("tool_choice", {"type": "function", "function": {"name": "f"}}, ["tool_choice"]),
         ("functions", [{"name": "f"}], ["functions"]),
         ("function_call", "auto", ["function_call"]),
-        ("response_format", {"type": "json_object"}, ["json_object", "not supported yet"]),
-        (
-            "response_format",
-            {"type": "json_schema", "json_schema": {"name": "x"}},
-            ["json_schema", "not supported yet"],
-        ),
         ("response_format", "text", ["response_format"]),
         ("logit_bias", {"50256": -100}, ["logit_bias", "not supported"]),
         ("audio", {"voice": "alloy", "format": "wav"}, ["audio"]),
@@ -320,6 +314,69 @@ def test_echo_with_logprobs_is_refused() -> None:
 )
 def test_an_unknown_field_is_refused(parse: Any, body: dict[str, Any], field: str) -> None:
     refused(parse, body, field, f"unknown field '{field}'")
+
+
+# ---- response_format ------------------------------------------------------------------------------------------
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_json_object_is_honoured() -> None:
+    request = parse_chat(chat(response_format={"type": "json_object"}))
+    assert json.loads(request.params.response_format) == {"type": "json_object"}
+    assert "response_format" not in request.accepted_without_effect
+
+
+def test_response_format_json_schema_is_honoured_with_its_properties_in_order() -> None:
+    value = {
+        "type": "json_schema",
+        "json_schema": {"name": "person-1", "description": "who", "schema": PERSON, "strict": True},
+    }
+    request = parse_chat(chat(response_format=value))
+    assert json.loads(request.params.response_format) == value
+    assert list(json.loads(request.params.response_format)["json_schema"]["schema"]["properties"]) == ["name", "age"]
+    assert "response_format" not in request.accepted_without_effect
+
+
+def test_response_format_text_changes_nothing() -> None:
+    request = parse_chat(chat(response_format={"type": "text"}))
+    assert request.params.response_format is None and request.accepted_without_effect == ("response_format",)
+
+
+def json_schema(**fields: Any) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON, **fields}}
+
+
+@pytest.mark.parametrize(
+    ("value", "param", "words"),
+    [
+        ({"type": "xml"}, "response_format", ["json_schema", "json_object"]),
+        ({"type": "json_object", "schema": PERSON}, "response_format", ["json_object"]),
+        ({"type": "json_schema"}, "response_format", ["json_schema"]),
+        ({"type": "json_schema", "json_schema": []}, "response_format.json_schema", ["JSON object"]),
+        ({"type": "json_schema", "json_schema": {"schema": PERSON}}, "response_format.json_schema.name", ["name"]),
+        (json_schema(name="a b"), "response_format.json_schema.name", ["letters"]),
+        ({"type": "json_schema", "json_schema": {"name": "p"}}, "response_format.json_schema.schema", ["schema"]),
+        (json_schema(schema=[1]), "response_format.json_schema.schema", ["schema object"]),
+        (json_schema(strict="yes"), "response_format.json_schema.strict", ["true or false"]),
+        (json_schema(examples=[]), "response_format.json_schema.examples", ["unknown field 'examples'"]),
+        (json_schema(schema={"type": "strng"}), "response_format", ["JSON schema", "strng"]),
+        (json_schema(schema={"type": "integer", "minimum": 3, "maximum": 1}), "response_format", ["minimum"]),
+    ],
+)
+def test_a_response_format_of_another_shape_or_a_bad_schema_is_refused(
+    value: Any, param: str, words: list[str]
+) -> None:
+    refused(parse_chat, chat(response_format=value), param, *words)
+
+
+def test_completions_take_no_response_format() -> None:
+    refused(parse_completion, completion(response_format={"type": "json_object"}), "response_format", "unknown")
 
 
 # ---- messages --------------------------------------------------------------------------------------------------

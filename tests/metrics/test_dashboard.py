@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ferry.control.spec import EndpointSpec, MetricSpec, MetricVariable, ServiceConfig
+from ferry.control.spec import CanarySpec, EndpointSpec, MetricSpec, MetricVariable, ServiceConfig
 from ferry.metrics.dashboard import build_dashboard, queries
 from tests.prometheus import Prometheus, prometheus_binary
 
@@ -29,6 +29,27 @@ SERIES = {
     "ferry_process_resident_memory_bytes",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 """Every series name of docs/metrics.md's contract (histograms as their _bucket, _sum and _count series)."""
+LLM_HISTOGRAMS = {
+    "ferry_llm_time_to_first_token_seconds",
+    "ferry_llm_inter_token_latency_seconds",
+    "ferry_llm_e2e_request_latency_seconds",
+}
+LLM_SERIES = {
+    "ferry_llm_num_requests_running",
+    "ferry_llm_num_requests_waiting",
+    "ferry_llm_prompt_tokens_total",
+    "ferry_llm_generation_tokens_total",
+    "ferry_llm_request_success_total",
+} | {f"{name}_{suffix}" for name in LLM_HISTOGRAMS for suffix in ("bucket", "sum", "count")}
+"""The LLM endpoints' series (docs/metrics.md, "LLM endpoints")."""
+LLM_PANELS = [
+    "Requests running and waiting",
+    "Time to first token p50 / p99",
+    "Inter-token latency p50 / p99",
+    "End-to-end latency p50 / p99",
+    "Prompt and generation tokens per second",
+    "Finish reasons per second",
+]
 CUSTOM = {
     "score": "ferry_custom_score_bucket",
     "label": "ferry_custom_label_total",
@@ -40,8 +61,9 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SERVICE_ID = "0ef309bad2e345289573d30c4bf72e96"
 
 
-def service(batching: bool = True) -> ServiceConfig:
-    """Two endpoints (one batching, one with a '.' to escape) and custom variables of all four kinds."""
+def service(batching: bool = True, llm: bool = False) -> ServiceConfig:
+    """Two endpoints (one batching, one with a '.' to escape) and custom variables of all four kinds; with ``llm``
+    also an llm endpoint, a vllm one with a version and a '.', and a canary over both."""
     aux = {"max_batch_size": 8} if batching else {}
     variables = {
         "sentiment": {
@@ -50,17 +72,37 @@ def service(batching: bool = True) -> ServiceConfig:
         },
         "ranker.v2/*": {"latency_ms": MetricVariable(kind="value"), "hits": MetricVariable(kind="counter")},
     }
+    endpoints = {
+        "sentiment": EndpointSpec(name="sentiment", engine="custom"),
+        "ranker.v2/1": EndpointSpec(name="ranker.v2", version="1", engine="custom", aux_config=aux),
+    }
+    canaries: dict[str, CanarySpec] = {}
+    if llm:
+        endpoints["chat"] = EndpointSpec(name="chat", engine="llm", model_id="m1")
+        endpoints["chat.big/2"] = EndpointSpec(name="chat.big", version="2", engine="vllm", model_id="m2")
+        canaries["assistant"] = CanarySpec(
+            endpoint="assistant", weights=(0.9, 0.1), input_endpoints=("chat", "chat.big/2")
+        )
     return ServiceConfig(
-        endpoints={
-            "sentiment": EndpointSpec(name="sentiment", engine="custom"),
-            "ranker.v2/1": EndpointSpec(name="ranker.v2", version="1", engine="custom", aux_config=aux),
-        },
+        endpoints=endpoints,
+        canaries=canaries,
         metrics={key: MetricSpec(endpoint=key, variables=v) for key, v in variables.items()},
     )
 
 
 def panels(dashboard: dict) -> list[dict]:
     return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def rows(dashboard: dict) -> dict[str, list[dict]]:
+    """Each row's title and the panels under it (rows are open: their panels follow them at the top level)."""
+    found: dict[str, list[dict]] = {}
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            current = found.setdefault(panel["title"], [])
+        else:
+            current.append(panel)
+    return found
 
 
 def metric_names(expr: str) -> set[str]:
@@ -116,6 +158,45 @@ def test_batch_panels_only_when_some_endpoint_batches():
     assert "ferry_batch" not in plain
 
 
+def test_an_llm_endpoint_adds_a_row_of_llm_panels_per_endpoint_and_version():
+    dashboard = build_dashboard(service(llm=True), "t", SERVICE_ID)
+    llm = rows(dashboard)["LLM generation"]
+    assert [panel["title"] for panel in llm] == LLM_PANELS
+    for panel in llm:
+        assert panel["datasource"] == DATASOURCE and panel["type"] == "timeseries", panel["title"]
+        for target in panel["targets"]:
+            assert metric_names(target["expr"]) <= LLM_SERIES, target["expr"]
+            # only the LLM endpoints: the canary's traffic is counted under the endpoint that served it
+            assert 'endpoint=~"chat|chat\\\\.big"' in target["expr"], target["expr"]
+            assert target["legendFormat"].startswith("{{endpoint}}/{{version}} "), target
+            assert "sum by (endpoint, version" in target["expr"], target["expr"]
+    by_title = {panel["title"]: panel for panel in llm}
+    ttft = [t["expr"] for t in by_title["Time to first token p50 / p99"]["targets"]]
+    assert [e.split(",")[0] for e in ttft] == ["histogram_quantile(0.5", "histogram_quantile(0.99"]
+    assert all("ferry_llm_time_to_first_token_seconds_bucket" in e for e in ttft)
+    [finished] = by_title["Finish reasons per second"]["targets"]
+    assert "by (endpoint, version, finished_reason)" in finished["expr"]
+    assert finished["legendFormat"].endswith("{{finished_reason}}")
+    tokens = {
+        t["legendFormat"].split()[-1]: t["expr"] for t in by_title["Prompt and generation tokens per second"]["targets"]
+    }
+    assert "rate(ferry_llm_prompt_tokens_total{" in tokens["prompt"]
+    assert "rate(ferry_llm_generation_tokens_total{" in tokens["generation"]
+    units = {panel["title"]: panel["fieldConfig"]["defaults"]["unit"] for panel in llm}
+    assert units["Inter-token latency p50 / p99"] == "s" and units["Requests running and waiting"] == "short"
+
+
+def test_no_llm_row_without_an_llm_endpoint():
+    dashboard = build_dashboard(service(), "t", SERVICE_ID)
+    assert "LLM generation" not in rows(dashboard)
+    assert not any("ferry_llm_" in expr for expr in queries(dashboard))
+    with_llm = build_dashboard(service(llm=True), "t", SERVICE_ID)
+    others = {
+        title: [p["title"] for p in found] for title, found in rows(with_llm).items() if title != "LLM generation"
+    }
+    assert others == {title: [p["title"] for p in found] for title, found in rows(dashboard).items()}
+
+
 def test_a_service_without_endpoints_gets_the_built_in_panels_for_any_endpoint():
     dashboard = build_dashboard(ServiceConfig(), "empty", "s1")
     titles = [panel["title"] for panel in panels(dashboard)]
@@ -125,15 +206,16 @@ def test_a_service_without_endpoints_gets_the_built_in_panels_for_any_endpoint()
     assert dashboard["uid"] == "ferry-s1"
 
 
-def test_panels_tile_the_grid_without_overlapping():
+@pytest.mark.parametrize("llm", [False, True])
+def test_panels_tile_the_grid_without_overlapping(llm: bool):
     cells: set[tuple[int, int]] = set()
-    for panel in build_dashboard(service(), "t", SERVICE_ID)["panels"]:
+    for panel in build_dashboard(service(llm=llm), "t", SERVICE_ID)["panels"]:
         pos = panel["gridPos"]
         assert pos["x"] + pos["w"] <= 24, panel["title"]
         mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
         assert not cells & mine, f"{panel['title']} overlaps another panel"
         cells |= mine
-    ids = [panel["id"] for panel in build_dashboard(service(), "t", SERVICE_ID)["panels"]]
+    ids = [panel["id"] for panel in build_dashboard(service(llm=llm), "t", SERVICE_ID)["panels"]]
     assert len(set(ids)) == len(ids)
 
 
@@ -144,7 +226,8 @@ def test_the_same_config_gives_the_same_dashboard():
 
 def test_prometheus_accepts_every_query():
     prometheus_binary()
-    exprs = queries(build_dashboard(service(), "t", SERVICE_ID))
+    exprs = queries(build_dashboard(service(llm=True), "t", SERVICE_ID))
+    assert any("ferry_llm_" in expr for expr in exprs)
     with Prometheus([]) as prom:
         for expr in exprs:
             prom.query(expr.replace("$__rate_interval", "1m"))  # raises with Prometheus' parse error

@@ -65,7 +65,7 @@ def test_folder_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
     ref = store.put(folder)
 
     assert (ref.is_dir, ref.filename) == (True, "bert")
-    assert ref.url.endswith(f"/{ref.sha256}/bert.tar.gz")
+    assert ref.url.endswith(f"/{ref.sha256}/bert.tar")
     stored = Path(url_to_fs(ref.url)[1])
     assert ref.size == stored.stat().st_size
     assert ref.sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()
@@ -73,6 +73,20 @@ def test_folder_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
     assert local == store.cache_dir / ref.sha256 / "bert"
     assert local.is_dir()
     assert _tree(local) == _tree(folder)
+
+
+def test_a_weights_folder_is_stored_as_a_plain_tar_without_compression(store: ArtifactStore, tmp_path: Path) -> None:
+    """Weights do not compress: a multi-GB model folder is not gzipped at upload nor gunzipped at each cache fill."""
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(os.urandom(8 << 20))
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    ref = store.put(folder)
+    stored = Path(url_to_fs(ref.url)[1])
+    with tarfile.open(stored, mode="r:") as tar:  # "r:" reads an uncompressed tar only
+        assert sorted(tar.getnames()) == ["config.json", "model.safetensors"]
+    assert ref.size < (8 << 20) + 16 * 1024  # the bytes plus tar's headers
+    assert _tree(store.fetch(ref)) == _tree(folder)
 
 
 def test_same_folder_packed_twice_has_same_sha256(store: ArtifactStore, tmp_path: Path) -> None:

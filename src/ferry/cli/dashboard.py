@@ -26,10 +26,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[common],
         help="print (or write) a Grafana dashboard for the service's current endpoints",
         description="Build a Grafana dashboard (request and error rate, latency quantiles and heatmap, time per "
-        "stage, batching, overload, processes, one panel per custom variable) for the endpoints of the service's "
-        "current revision. Its queries use a Prometheus data source variable, so it imports into any Grafana; "
-        "its uid comes from the service id, so exporting again replaces it. Export again after adding endpoints "
-        "or metrics.",
+        "stage, batching, overload, processes, one panel per custom variable; with an llm or vllm endpoint, its "
+        "requests running and waiting, time to first token, inter-token and end-to-end latency, tokens per second "
+        "and finish reasons) for the endpoints of the service's current revision. Its queries use a Prometheus "
+        "data source variable, so it imports into any Grafana; its uid comes from the service id, so exporting "
+        "again replaces it. Export again after adding endpoints or metrics.",
     )
     p.add_argument("--output", "-o", metavar="FILE", help="write the JSON to FILE (default: print it to stdout)")
     p.add_argument("--title", metavar="TEXT", help="the dashboard's title (default: ferry: <service name>)")

@@ -230,8 +230,9 @@ class Reader:
         except (OSError, ImportError, ValueError) as exc:
             self.fail(path + ("path",), f"cannot read {url} ({exc}): give a local path instead")
             return None
-        is_dir = name.endswith(".tar.gz")  # preprocess files end in .py; folders are stored packed
-        filename = name.removesuffix(".tar.gz")
+        # Preprocess files end in .py; folders are stored packed: .tar (and .tar.gz before ferry stopped compressing)
+        is_dir = name.endswith((".tar", ".tar.gz"))
+        filename = name.removesuffix(".gz").removesuffix(".tar") if is_dir else name
         return ArtifactRef(url=url, sha256=digest, size=size, filename=filename, is_dir=is_dir)
 
     def _local_preprocess(self, where: Path, path: tuple[Any, ...]) -> ArtifactRef | None:
@@ -345,7 +346,7 @@ def local_ref(local: Path, scratch: Path) -> ArtifactRef:
         return ArtifactRef(url="", sha256=_sha256(local), size=local.stat().st_size, filename=local.name)
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix=".pack-") as tmp:
-        archive = pack_folder(local, Path(tmp) / f"{local.name}.tar.gz")
+        archive = pack_folder(local, Path(tmp) / f"{local.name}.tar")
         return ArtifactRef(
             url="", sha256=_sha256(archive), size=archive.stat().st_size, filename=local.name, is_dir=True
         )

@@ -13,3 +13,6 @@ ENGINE_NAMES = (
     "vllm",
 )
 """Every engine an endpoint may name; ``ferry.engines`` registers one implementation per name."""
+
+GENERATIVE = ("llm", "vllm")
+"""Engines whose versions generate text: the OpenAI routes serve them, they record ``ferry_llm_*`` metrics."""

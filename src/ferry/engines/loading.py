@@ -7,6 +7,7 @@ wraps another) imports the protocol without a cycle back to the loader.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ ENGINES: dict[str, str | None] = {
     "custom": "ferry.engines.custom:CustomEngine",
     "custom_async": "ferry.engines.custom:CustomAsyncEngine",
     "llm": "ferry.engines.llm:LLMEngine",
-    "vllm": "ferry.engines.llm:LLMEngine",
+    "vllm": "ferry.engines.vllm:VLLMEngine",
 }
-"""Engine name -> "module:Class" (None: not implemented in this version)."""
+"""Engine name -> "module:Class" (None: not implemented in this version). ``vllm`` falls back to ``llm`` where
+vLLM's own engine cannot run (``vllm_unavailable``)."""
 
 REQUIREMENTS = {
     "sklearn": ("scikit-learn", "pip install scikit-learn"),
@@ -71,6 +73,8 @@ def load_engine(spec: EndpointSpec, model_path: Path | None, loaded: Any, proces
 def engine_class(name: str) -> type:
     """Import and return the class that implements engine ``name``."""
     target = ENGINES.get(name)
+    if name == "vllm" and vllm_unavailable() is not None:
+        target = ENGINES["llm"]  # its load logs why (LLMEngine)
     if target is None:
         raise EngineError(f"engine {name} is not available in this version of ferry")
     module_name, class_name = target.split(":")
@@ -80,6 +84,28 @@ def engine_class(name: str) -> type:
         library, install = REQUIREMENTS.get(name, (name, f"pip install {name}"))
         raise EngineError(f"the {name} engine needs {library}: {install} ({exc})") from exc
     return getattr(module, class_name)
+
+
+VLLM_FORCE_ENV = "FERRY_VLLM_FORCE"
+"""Set to 1: pick vLLM's engine without a GPU (a stand-in of vLLM in tests, or vLLM's CPU build)."""
+
+
+def vllm_unavailable() -> str | None:
+    """Why engine ``vllm`` is served by ferry's llm engine here, or None when vLLM's own engine runs it: vLLM must
+    import and torch must see a GPU (or ``FERRY_VLLM_FORCE=1``)."""
+    try:
+        importlib.import_module("vllm")
+    except Exception as exc:  # a broken install or driver too: the llm engine still serves
+        if isinstance(exc, ImportError) and exc.name == "vllm":
+            return "vLLM is not installed: pip install 'ferry[vllm]'"
+        return f"vLLM does not import: {type(exc).__name__}: {exc}"
+    if os.environ.get(VLLM_FORCE_ENV) == "1":
+        return None
+    import torch  # vLLM brings it
+
+    if not torch.cuda.is_available():
+        return "no GPU: torch.cuda.is_available() is False"
+    return None
 
 
 PRELOAD = {"sklearn": ("joblib", "sklearn.base")}

@@ -6,7 +6,9 @@ sequence (``DecodeBatch.step``), pick each one's next token, and hand each its `
 batch the step it ends; a new one joins before the next. Nothing here waits on a client: a ``Step`` goes to its
 sequence's sink (``Sink``), which must only hand it over (the llm engine's puts it on an asyncio queue).
 
-Past ``max_waiting`` queued sequences, ``submit`` refuses with ``Overloaded`` (503 with Retry-After).
+Past ``max_waiting`` queued sequences, ``submit`` refuses with ``Overloaded`` (503 with Retry-After). A sequence with
+a ``response_format`` gets its grammar's matcher in ``submit`` (compiled once per schema, ``llm/grammar.py``); its
+picks follow the grammar, and it ends with "stop" once the grammar is complete.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferry.errors import EngineError, Overloaded
+from ferry.errors import EngineError, InvalidInput, Overloaded
 from ferry.llm.batch import DecodeBatch
+from ferry.llm.grammar import GrammarCompiler, GrammarMatcher
 from ferry.llm.model import LoadedLM
 from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 from ferry.llm.sampling import Pick, Sampler
@@ -48,13 +51,22 @@ class LoopStats:
 class Sequence_:
     """One sequence: its prompt, what it generated, how it samples and detokenizes, where its steps go."""
 
-    def __init__(self, seq_id: int, prompt_ids: Sequence[int], params: SamplingParams, lm: LoadedLM, sink: Sink):
+    def __init__(
+        self,
+        seq_id: int,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        lm: LoadedLM,
+        sink: Sink,
+        grammar: GrammarMatcher | None = None,
+    ):
         self.id = seq_id
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sink = sink
         self.output_ids: list[int] = []
-        self.sampler = Sampler(params, prompt_ids, lm.eos_token_ids)
+        self.grammar = grammar
+        self.sampler = Sampler(params, prompt_ids, lm.eos_token_ids, grammar)
         self.detok = Detokenizer(lm.tokenizer, prompt_ids)
         self.stops = StopMatcher(params.stop)
         self.last_token = -1
@@ -72,6 +84,7 @@ class EngineLoop:
         self.max_waiting = max_waiting
         self.stats = LoopStats()
         self._batch = DecodeBatch(lm)
+        self._grammars = GrammarCompiler(lm.tokenizer, lm.eos_token_ids)
         self._waiting: deque[Sequence_] = deque()
         self._running: dict[int, Sequence_] = {}
         """Only the engine thread reads or changes it."""
@@ -88,7 +101,9 @@ class EngineLoop:
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> int:
         """Queue a sequence; its steps go to ``sink``. Returns its id (for ``abort``).
 
-        Raises Overloaded when ``max_waiting`` sequences wait already, EngineError once the loop is closed."""
+        Raises Overloaded when ``max_waiting`` sequences wait already, EngineError once the loop is closed,
+        InvalidInput (400) when ``params.response_format`` cannot be honoured for this model."""
+        grammar = self._grammar(params.response_format) if params.response_format else None
         with self._wake:
             if self._closed:
                 raise EngineError(f"endpoint {self.name}: the model was unloaded; retry", endpoint=self.name)
@@ -98,11 +113,18 @@ class EngineLoop:
                     f"{self.max_waiting}, max_num_seqs={self.max_num_seqs}); retry later",
                     endpoint=self.name,
                 )
-            seq = Sequence_(next(self._ids), prompt_ids, params, self.lm, sink)
+            seq = Sequence_(next(self._ids), prompt_ids, params, self.lm, sink, grammar)
             self._waiting.append(seq)
             self.stats.waiting = len(self._waiting)
             self._wake.notify()
             return seq.id
+
+    def _grammar(self, response_format: str) -> GrammarMatcher:
+        # outside the lock: a first compile of a large schema must not hold up the engine thread's turn
+        try:
+            return self._grammars.matcher(response_format)
+        except ValueError as exc:
+            raise InvalidInput(f"endpoint {self.name}: {exc}", param="response_format") from None
 
     def abort(self, seq_id: int) -> None:
         """End sequence ``seq_id`` at the next step (its client went away); its slot frees, counted as aborted."""
@@ -182,12 +204,13 @@ class EngineLoop:
         ending = len(seq.output_ids) > params.min_tokens
         if ending and (token in params.stop_token_ids or not params.ignore_eos and token in self.lm.eos_token_ids):
             return self._finish(seq, "stop", Step("", [token], logprobs))
+        complete = seq.grammar is not None and seq.grammar.consume(token)
         seq.last_token = token
         text = seq.detok.feed(token)
         if ending:  # stop strings count from min_tokens on, as end of sequence does
             text, seq.stop_matched = seq.stops.feed(text)
         step = Step(text, [token], logprobs)
-        if seq.stop_matched:
+        if seq.stop_matched or complete:
             return self._finish(seq, "stop", step)
         if self._at_length(seq):
             return self._finish(seq, "length", step)

@@ -18,7 +18,13 @@ Every body field is HONOURED, ACCEPTED WITHOUT EFFECT (it changes nothing; its n
   ``ignore_eos``, ``repetition_penalty`` (above 0), ``stop_token_ids``.
 
 Chat only, honoured: ``messages`` (below), ``max_completion_tokens`` (wins over ``max_tokens`` when both are sent,
-as in vLLM), ``logprobs`` (bool) with ``top_logprobs`` (0..20; refused without ``logprobs`` true).
+as in vLLM), ``logprobs`` (bool) with ``top_logprobs`` (0..20; refused without ``logprobs`` true), and
+``response_format`` ``{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`` (``name``
+and ``schema``, an object, required) or ``{"type": "json_object"}`` (any JSON object): constrained decoding with
+llguidance (``llm/grammar.py``) makes the answer JSON that the schema accepts, written without whitespace, ending
+with finish_reason "stop" where the JSON is complete (unless ``max_tokens`` or a stop string cut it first). The
+schema is enforced whether ``strict`` is true or not. A schema llguidance cannot honour is refused naming the problem,
+and so is either type on a server without llguidance (the message says ``pip install llguidance``).
 Completions only, honoured: ``prompt`` (a string, a list of strings, a list of token ids or a list of lists of
 token ids; none empty), ``logprobs`` (0..20: the chosen token's and the top k), ``echo`` (the prompt is put before
 each answer; refused together with ``logprobs``, as prompt log-probabilities are not computed).
@@ -26,12 +32,11 @@ each answer; refused together with ``logprobs``, as prompt log-probabilities are
 Accepted without effect: ``user`` (also kept on the request for the log), ``logit_bias`` only empty,
 ``skip_special_tokens`` only true (ferry's decoder always skips special tokens), ``include_stop_str_in_output``
 only false. Chat also: ``store``, ``metadata``, ``parallel_tool_calls``, ``service_tier``, ``tools`` only empty,
-``tool_choice`` only "none", ``response_format`` only ``{"type": "text"}``, ``modalities`` only ["text"].
+``tool_choice`` only "none", ``response_format`` ``{"type": "text"}``, ``modalities`` only ["text"].
 Completions also: ``best_of`` only 1.
 
-Refused: any other value of the fields just named (``response_format`` json_object / json_schema: not supported
-yet), and ``functions``, ``function_call``, ``audio``, ``prediction``, ``web_search_options`` (chat), ``suffix``
-(completions).
+Refused: any other value of the fields just named (``response_format`` of another type or shape), and
+``functions``, ``function_call``, ``audio``, ``prediction``, ``web_search_options`` (chat), ``suffix`` (completions).
 
 ``messages``: a non-empty list of objects with a role among system, developer (kept as "system"), user, assistant
 and tool, and a ``content`` that is a string or a list of ``{"type": "text", "text": ...}`` parts, joined with ""
@@ -53,10 +58,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ferry.llm import grammar
 from ferry.llm.params import SamplingParams
 
 MAX_N = 16
@@ -183,15 +190,6 @@ def _never(refusal: str) -> _Rule:
     return lambda value: refusal
 
 
-def _response_format(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text" and len(value) == 1:
-        return None
-    if kind in ("json_object", "json_schema"):
-        return f'response_format {kind} is not supported yet; only {{"type": "text"}} is accepted'
-    return f'response_format must be {{"type": "text"}}, got {_show(value)}'
-
-
 _COMMON_RULES: dict[str, _Rule] = {
     "user": lambda value: None if isinstance(value, str) else f"user must be a string, got {_show(value)}",
     "logit_bias": _only({}, "logit_bias is not supported yet; only an empty object is accepted"),
@@ -206,7 +204,6 @@ _CHAT_RULES: dict[str, _Rule] = {
     "service_tier": lambda value: None if isinstance(value, str) else "service_tier must be a string",
     "tools": _only([], "tools are not supported yet"),
     "tool_choice": _only("none", 'tool_choice is not supported yet; only "none" is accepted'),
-    "response_format": _response_format,
     "modalities": _only(["text"], 'modalities other than ["text"] are not supported'),
     "functions": _never("functions are not supported"),
     "function_call": _never("function_call is not supported"),
@@ -286,7 +283,9 @@ def _min_tokens(body: dict[str, Any], max_tokens: int | None) -> int:
     return value
 
 
-def _sampling(body: dict[str, Any], max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def _sampling(
+    body: dict[str, Any], max_tokens: int | None, logprobs: int | None, response_format: str | None = None
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         min_tokens=_min_tokens(body, max_tokens),
@@ -302,6 +301,7 @@ def _sampling(body: dict[str, Any], max_tokens: int | None, logprobs: int | None
         stop_token_ids=_stop_token_ids(body),
         ignore_eos=_bool(body, "ignore_eos"),
         logprobs=logprobs,
+        response_format=response_format,
     )
 
 
@@ -314,6 +314,63 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
         raise InvalidRequest(f'stream_options may only hold "include_usage", got {_show(options)}', "stream_options")
     return _bool(options, "include_usage")
+
+
+# ---- response_format -----------------------------------------------------------------------------------------
+
+_FORMAT_SHAPE = (
+    'response_format must be {"type": "text"}, {"type": "json_object"} or '
+    '{"type": "json_schema", "json_schema": {"name": "...", "schema": {...}}}'
+)
+_JSON_SCHEMA_FIELDS = frozenset(["name", "schema", "strict", "description"])
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _response_format(body: dict[str, Any]) -> str | None:
+    """``response_format`` json_object or json_schema as compact JSON text (for ``SamplingParams``), its schema
+    checked by llguidance; None when absent or ``{"type": "text"}``."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text" and len(value) == 1:
+        return None
+    if kind == "json_object" and len(value) == 1:
+        return _honoured_format(value)
+    if kind == "json_schema" and set(value) == {"type", "json_schema"}:
+        _json_schema(value["json_schema"])
+        return _honoured_format(value)
+    raise InvalidRequest(f"{_FORMAT_SHAPE}, got {_show(value)}", "response_format")
+
+
+def _json_schema(value: Any) -> None:
+    where = "response_format.json_schema"
+    value = _object(value, where)
+    for name in value:
+        if name not in _JSON_SCHEMA_FIELDS:
+            raise InvalidRequest(f"unknown field {name!r} in {where}", f"{where}.{name}")
+    name = value.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"{where}.name must be 1 to 64 letters, digits, _ or -, got {_show(name)}", f"{where}.name"
+        )
+    if not isinstance(value.get("schema"), dict):
+        raise InvalidRequest(
+            f"{where}.schema must be a JSON schema object, got {_show(value.get('schema'))}", f"{where}.schema"
+        )
+    if value.get("strict") is not None and not isinstance(value["strict"], bool):
+        raise InvalidRequest(f"{where}.strict must be true or false, got {_show(value['strict'])}", f"{where}.strict")
+    if value.get("description") is not None and not isinstance(value["description"], str):
+        raise InvalidRequest(f"{where}.description must be a string", f"{where}.description")
+
+
+def _honoured_format(value: dict[str, Any]) -> str:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        grammar.check(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "response_format") from None
+    return text
 
 
 # ---- requests --------------------------------------------------------------------------------------------------
@@ -341,7 +398,9 @@ class GenerationRequest:
     """The names of the fields present in the body that are accepted without effect (for the log)."""
 
 
-_CHAT_FIELDS = frozenset([*_SAMPLING_FIELDS, "messages", "max_completion_tokens", "top_logprobs", *_CHAT_RULES])
+_CHAT_FIELDS = frozenset(
+    [*_SAMPLING_FIELDS, "messages", "max_completion_tokens", "top_logprobs", "response_format", *_CHAT_RULES]
+)
 _COMPLETION_FIELDS = frozenset([*_SAMPLING_FIELDS, "prompt", "echo", *_COMPLETION_RULES])
 
 
@@ -354,7 +413,10 @@ def parse_chat(body: Any) -> GenerationRequest:
     messages = _messages(body.get("messages"))
     legacy_max = _number(body, "max_tokens", None, 1, integer=True)
     max_tokens = _number(body, "max_completion_tokens", legacy_max, 1, integer=True)
-    params = _sampling(body, max_tokens, _chat_logprobs(body))
+    response_format = _response_format(body)
+    if response_format is None and body.get("response_format") is not None:
+        accepted += ("response_format",)  # {"type": "text"}
+    params = _sampling(body, max_tokens, _chat_logprobs(body), response_format)
     stream = _bool(body, "stream")
     return GenerationRequest(
         kind="chat",

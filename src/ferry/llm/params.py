@@ -29,6 +29,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     """None: no log-probabilities; 0: the chosen token's; k (1..20): the chosen token's and the top k."""
+    response_format: str | None = None
+    """The JSON text of a ``json_schema`` or ``json_object`` response_format: tokens follow its grammar
+    (``llm/grammar.py``) and the sequence ends with "stop" where the grammar is complete. None: free text."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""One sequence's next token from its row of logits: penalties, EOS rules, temperature, top-k/p, min-p, seed."""
+"""One sequence's next token from its row of logits: penalties, EOS rules, a grammar, temperature, top-k/p, min-p,
+seed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ferry.llm.grammar import GrammarMatcher
 from ferry.llm.params import SamplingParams
 
 MAX_LOGPROBS = 20
@@ -31,14 +33,22 @@ class Sampler:
     """Picks one sequence's tokens, one call per decoding step, honouring its ``SamplingParams``.
 
     Processing order (as vLLM and Hugging Face do): repetition penalty (prompt and output tokens), frequency and
-    presence penalties (output tokens), min_tokens and ignore_eos masks, then greedy argmax at temperature 0, or
-    temperature, top-k, top-p, min-p and a draw from the sequence's own seeded generator. ``output_ids`` must
-    only grow by appending between calls (it usually ends with the previous pick); the penalty counts are kept
-    incrementally and recounted only when it got shorter.
+    presence penalties (output tokens), min_tokens and ignore_eos masks, the grammar's mask (a ``response_format``),
+    then greedy argmax at temperature 0, or temperature, top-k, top-p, min-p and a draw from the sequence's own
+    seeded generator. ``output_ids`` must only grow by appending between calls (it usually ends with the previous
+    pick); the penalty counts are kept incrementally and recounted only when it got shorter. ``grammar`` is only
+    read here: the engine loop consumes each pick.
     """
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], eos_token_ids: Collection[int]) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt_ids: Sequence[int],
+        eos_token_ids: Collection[int],
+        grammar: GrammarMatcher | None = None,
+    ) -> None:
         self.params = params
+        self.grammar = grammar
         self._prompt_ids = list(prompt_ids)
         self._eos_ids = sorted(set(eos_token_ids))
         self._min_tokens_ids = sorted(set(self._eos_ids) | set(params.stop_token_ids))
@@ -54,7 +64,10 @@ class Sampler:
         if logits.dim() != 1:
             raise ValueError(f"logits must be one row of shape (vocab,), got shape {tuple(logits.shape)}")
         scores = self._penalized(logits, output_ids)
-        scores = self._masked(scores, len(output_ids))
+        if self.grammar is None:
+            scores = self._masked(scores, len(output_ids))
+        else:
+            scores = self._constrained(scores, len(output_ids), self.grammar)
         greedy = self.params.temperature == 0.0
         token_id = int(torch.argmax(scores)) if greedy else self._sample(_upcast(scores))
         return self._with_logprobs(token_id, logits)
@@ -96,18 +109,35 @@ class Sampler:
         seen[_in_vocab(self._prompt_ids, vocab, device)] = True
         return seen
 
-    def _masked(self, scores: torch.Tensor, generated: int) -> torch.Tensor:
-        """-inf for EOS while ignore_eos, and for EOS and stop_token_ids before min_tokens tokens were generated."""
+    def _blocked(self, generated: int) -> list[int]:
+        """EOS while ignore_eos; EOS and stop_token_ids before min_tokens tokens were generated."""
         if generated < self.params.min_tokens:
-            blocked = self._min_tokens_ids
-        elif self.params.ignore_eos:
-            blocked = self._eos_ids
-        else:
+            return self._min_tokens_ids
+        return self._eos_ids if self.params.ignore_eos else []
+
+    def _masked(self, scores: torch.Tensor, generated: int) -> torch.Tensor:
+        """-inf for the blocked ids (``_blocked``)."""
+        blocked = self._blocked(generated)
+        if not blocked:
             return scores
         ids = _in_vocab(blocked, scores.shape[0], scores.device)
         if ids.numel() == 0:
             return scores
         return scores.index_fill(0, ids, -math.inf)
+
+    def _constrained(self, scores: torch.Tensor, generated: int, grammar: GrammarMatcher) -> torch.Tensor:
+        """-inf wherever the grammar forbids the token, and for the blocked ids unless the grammar allows only them:
+        a grammar that may only end wins over min_tokens and ignore_eos (the answer stays valid)."""
+        vocab = scores.shape[0]
+        allowed = grammar.allowed(vocab)  # on the CPU, so that deciding needs no device sync
+        blocked = _in_vocab(self._blocked(generated), vocab, allowed.device)
+        if blocked.numel():
+            narrowed = allowed.index_fill(0, blocked, False)
+            if bool(narrowed.any()):
+                allowed = narrowed
+        if not bool(allowed.any()):
+            return scores  # a broken grammar allows nothing: the loop ends the sequence once it consumes the pick
+        return scores.masked_fill(~allowed.to(scores.device), -math.inf)
 
     def _sample(self, scores: torch.Tensor) -> int:
         """Temperature, top-k, top-p and min-p, then one draw from the sequence's generator."""

@@ -18,6 +18,7 @@ from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSou
 from grafana_foundation_sdk.models.heatmap import HeatmapColorMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from ferry.control.engine_names import GENERATIVE
 from ferry.control.spec import MetricVariable, ServiceConfig
 from ferry.metrics.custom import metric_name
 
@@ -29,6 +30,7 @@ BY = "endpoint, version"
 LEGEND = "{{endpoint}}/{{version}}"
 PROCESS_LEGEND = "{{instance}} pid {{pid}}"
 QUANTILES = (0.5, 0.9, 0.99)
+LLM_QUANTILES = (0.5, 0.99)
 CUSTOM_UNITS = {"scalar": "none", "enum": "cps", "value": "none", "counter": "cps"}
 Query = tuple[str, str]
 """A PromQL expression and its legend."""
@@ -81,6 +83,12 @@ def dashboard_uid(service_id: str) -> str:
     return "ferry-" + hashlib.sha256(service_id.encode()).hexdigest()[:20]
 
 
+def llm_endpoint_names(config: ServiceConfig) -> list[str]:
+    """The ``endpoint`` label values of the ``ferry_llm_*`` series: the endpoints whose engine is llm or vllm (no
+    canary names: a canary's requests are counted under the endpoint that served them)."""
+    return sorted({spec.name for spec in config.endpoints.values() if spec.engine in GENERATIVE})
+
+
 def batching(config: ServiceConfig) -> bool:
     """Whether some endpoint has dynamic batching on (``max_batch_size`` over 1, as BatchPolicy reads it)."""
     return any(_max_batch_size(spec.aux_config) > 1 for spec in config.endpoints.values())
@@ -127,8 +135,10 @@ def _mean(histogram: str, matchers: str, by: str = BY) -> str:
     return f"{_sum_rate(histogram + '_sum', matchers, by)} / {_sum_rate(histogram + '_count', matchers, by)}"
 
 
-def _quantiles(histogram: str, matchers: str, by: str = BY, legend: str = LEGEND) -> list[Query]:
-    return [(_quantile(q, histogram, matchers, by), f"{legend} p{q * 100:g}") for q in QUANTILES]
+def _quantiles(
+    histogram: str, matchers: str, by: str = BY, legend: str = LEGEND, quantiles: tuple[float, ...] = QUANTILES
+) -> list[Query]:
+    return [(_quantile(q, histogram, matchers, by), f"{legend} p{q * 100:g}") for q in quantiles]
 
 
 # --- panels ------------------------------------------------------------------------------------------------
@@ -136,9 +146,11 @@ def _quantiles(histogram: str, matchers: str, by: str = BY, legend: str = LEGEND
 
 def _sections(config: ServiceConfig) -> list[tuple[str, list[Builder]]]:
     sel = selector(endpoint_names(config))
+    llm_names = llm_endpoint_names(config)
     sections = [
         ("Traffic", _traffic(sel)),
         ("Latency", _latency(sel)),
+        ("LLM generation", _llm(selector(llm_names))) if llm_names else None,
         ("Batching", _batching(sel)) if batching(config) else None,
         ("Overload and model loads", _overload(sel)),
         ("Processes", _processes()),
@@ -182,6 +194,38 @@ def _batching(sel: str) -> list[Builder]:
         _timeseries("Batch size (rows per model call)", "short", sizes),
         _timeseries("Batch queue wait", "s", _quantiles("ferry_batch_queue_wait_seconds", sel)),
     ]
+
+
+def _llm(sel: str) -> list[Builder]:
+    by_reason = f"{BY}, finished_reason"
+    tokens = [
+        (_sum_rate("ferry_llm_prompt_tokens_total", sel), f"{LEGEND} prompt"),
+        (_sum_rate("ferry_llm_generation_tokens_total", sel), f"{LEGEND} generation"),
+    ]
+    return [
+        _timeseries("Requests running and waiting", "short", _llm_queue(sel), 8),
+        _timeseries("Time to first token p50 / p99", "s", _llm_quantiles("time_to_first_token_seconds", sel), 8),
+        _timeseries("Inter-token latency p50 / p99", "s", _llm_quantiles("inter_token_latency_seconds", sel), 8),
+        _timeseries("End-to-end latency p50 / p99", "s", _llm_quantiles("e2e_request_latency_seconds", sel), 8),
+        _timeseries("Prompt and generation tokens per second", "count:tok/s", tokens, 8),
+        _timeseries(
+            "Finish reasons per second",
+            "count:seq/s",
+            [(_sum_rate("ferry_llm_request_success_total", sel, by_reason), f"{LEGEND} {{{{finished_reason}}}}")],
+            8,
+        ),
+    ]
+
+
+def _llm_queue(sel: str) -> list[Query]:
+    return [
+        (f"sum by ({BY}) (ferry_llm_num_requests_{state}{{{sel}}})", f"{LEGEND} {state}")
+        for state in ("running", "waiting")
+    ]
+
+
+def _llm_quantiles(histogram: str, sel: str) -> list[Query]:
+    return _quantiles(f"ferry_llm_{histogram}", sel, quantiles=LLM_QUANTILES)
 
 
 def _overload(sel: str) -> list[Builder]:

@@ -33,7 +33,7 @@ class LLMFamilies:
             multiprocess_mode="livesum",
         )  # fmt: skip
         self.ttft = Histogram(
-            "ferry_llm_time_to_first_token_seconds", "Time from the request to its first token", LABELS,
+            "ferry_llm_time_to_first_token_seconds", "Time from a sequence's submission to its first token", LABELS,
             buckets=TTFT_BUCKETS, registry=r,
         )  # fmt: skip
         self.itl = Histogram(
@@ -41,7 +41,7 @@ class LLMFamilies:
             buckets=ITL_BUCKETS, registry=r,
         )  # fmt: skip
         self.e2e = Histogram(
-            "ferry_llm_e2e_request_latency_seconds", "Time from the request to its last token", LABELS,
+            "ferry_llm_e2e_request_latency_seconds", "Time from a sequence's submission to its last token", LABELS,
             buckets=E2E_BUCKETS, registry=r,
         )  # fmt: skip
         self.prompt_tokens = Counter("ferry_llm_prompt_tokens", "Prompt tokens prefilled", LABELS, registry=r)

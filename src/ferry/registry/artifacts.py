@@ -71,7 +71,7 @@ class ArtifactStore:
         self.progress = progress
 
     def put(self, local_path: str | Path, destination: str | None = None) -> ArtifactRef:
-        """Upload a file, or a folder packed as one ``.tar.gz``, under its sha256 (stored once)."""
+        """Upload a file, or a folder packed as one ``.tar`` (not compressed), under its sha256 (stored once)."""
         return self.store(local_path, destination).ref
 
     def store(self, local_path: str | Path, destination: str | None = None) -> Stored:
@@ -87,7 +87,7 @@ class ArtifactStore:
             raise InvalidInput(f"cannot upload {local_path}: it is {kind}, not a file or folder")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".pack-") as tmp:
-            archive = pack_folder(source, Path(tmp) / f"{source.name}.tar.gz")
+            archive = pack_folder(source, Path(tmp) / f"{source.name}.tar")
             return self._upload(fs, root, archive, source.name, is_dir=True)
 
     def exists(self, ref: ArtifactRef) -> bool:
@@ -157,7 +157,7 @@ class ArtifactStore:
     def _upload(self, fs: AbstractFileSystem, root: str, source: Path, filename: str, is_dir: bool) -> Stored:
         size = source.stat().st_size
         sha256 = hash_file(source)
-        name = f"{filename}.tar.gz" if is_dir else filename
+        name = f"{filename}.tar" if is_dir else filename
         final = f"{root.rstrip('/')}/{sha256[:2]}/{sha256}/{name}"
         created = _remote_size_or_none(fs, final) != size
         if created:

@@ -1,8 +1,7 @@
-"""Packing a folder for upload: one reproducible ``.tar.gz``, links to files stored as the files they name."""
+"""Packing a folder for upload: one reproducible ``.tar``, links to files stored as the files they name."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import stat
 import tarfile
@@ -22,19 +21,17 @@ class FolderEntry(NamedTuple):
 
 
 def pack_folder(folder: Path, archive: Path) -> Path:
-    """Pack ``folder``'s contents into a reproducible ``.tar.gz``: same tree, same bytes.
+    """Pack ``folder``'s contents into a reproducible ``.tar``: same tree, same bytes.
 
-    A link to a file is stored as a regular file holding its target's content (a Hugging Face cache snapshot
-    is all such links, into ``../../blobs``); links to folders, broken links and special files are refused by
-    ``scan_folder`` before anything is written.
+    Not compressed: a model folder is mostly weights (safetensors, GGUF) that gzip shrinks by a few percent at
+    tens of MB/s, so compressing a multi-GB folder cost minutes at upload and again at each cache fill. A link
+    to a file is stored as a regular file holding its target's content (a Hugging Face cache snapshot is all
+    such links, into ``../../blobs``); links to folders, broken links and special files are refused by
+    ``scan_folder`` before anything is written. Folders uploaded as ``.tar.gz`` before still unpack (``unpack``
+    reads any tar).
     """
     entries = scan_folder(folder)
-    # filename="" and mtime=0 keep the path and the clock out of the gzip header.
-    with (
-        open(archive, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as zipped,
-        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
+    with open(archive, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             _add_normalised(tar, folder, entry)
     return archive

@@ -27,7 +27,7 @@ SAMPLING = {
     "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
     "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 16},
     "seed": {"type": ["integer", "null"]},
-    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
+    "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]},
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
     "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
@@ -44,7 +44,16 @@ MESSAGE = {
     "required": ["role"],
     "properties": {
         "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-        "content": {"type": ["string", "array", "null"]},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "null"},
+                {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+                },
+            ]
+        },
     },
 }
 CHAT_REQUEST = {
@@ -56,6 +65,11 @@ CHAT_REQUEST = {
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "logprobs": {"type": ["boolean", "null"]},
         "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+        "response_format": {
+            "type": ["object", "null"],
+            "description": 'text, json_object, or json_schema ({"name", "schema"}): the answer follows the schema',
+            "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}},
+        },
         **SAMPLING,
     },
 }
@@ -64,7 +78,13 @@ COMPLETION_REQUEST = {
     "required": ["model", "prompt"],
     "properties": {
         "model": CHAT_REQUEST["properties"]["model"],  # type: ignore[index]
-        "prompt": {"oneOf": [{"type": "string"}, {"type": "array"}]},
+        "prompt": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            ]
+        },
         "echo": {"type": ["boolean", "null"]},
         "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
         **SAMPLING,
@@ -75,7 +95,7 @@ EMBEDDINGS_REQUEST = {
     "required": ["model", "input"],
     "properties": {
         "model": {"type": "string", "description": "an endpoint added with --aux-config openai=embeddings"},
-        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         "encoding_format": {"enum": ["float", "base64"]},
         "user": {"type": ["string", "null"]},
     },
@@ -91,8 +111,12 @@ STATUSES = {
 }
 
 
-def openai_paths() -> dict[str, Any]:
-    """The paths of the OpenAI face."""
+def openai_paths(models: list[str], embedders: list[str]) -> dict[str, Any]:
+    """The paths of the OpenAI face; ``models`` (the LLM endpoints) and ``embedders`` (the embeddings endpoints)
+    are given as examples of ``model``."""
+    chat, completion, embeddings = (_with_models(body, names) for body, names in (
+        (CHAT_REQUEST, models), (COMPLETION_REQUEST, models), (EMBEDDINGS_REQUEST, embedders)
+    ))  # fmt: skip
     return {
         f"{PREFIX}/models": {"get": _operation("the LLM endpoints (OpenAI: list models)", None, ANSWER)},
         f"{PREFIX}/models/{{model}}": {
@@ -101,10 +125,17 @@ def openai_paths() -> dict[str, Any]:
                 "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
             }
         },
-        f"{PREFIX}/chat/completions": {"post": _operation("chat with an LLM endpoint", CHAT_REQUEST, ANSWER)},
-        f"{PREFIX}/completions": {"post": _operation("complete a prompt", COMPLETION_REQUEST, ANSWER)},
-        f"{PREFIX}/embeddings": {"post": _operation("embed texts", EMBEDDINGS_REQUEST, ANSWER)},
+        f"{PREFIX}/chat/completions": {"post": _operation("chat with an LLM endpoint", chat, ANSWER)},
+        f"{PREFIX}/completions": {"post": _operation("complete a prompt", completion, ANSWER)},
+        f"{PREFIX}/embeddings": {"post": _operation("embed texts", embeddings, ANSWER)},
     }
+
+
+def _with_models(body: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    if not names:
+        return body
+    model = {**body["properties"]["model"], "examples": names}
+    return {**body, "properties": {**body["properties"], "model": model}}
 
 
 def _operation(summary: str, body: dict[str, Any] | None, answer: dict[str, Any]) -> dict[str, Any]:

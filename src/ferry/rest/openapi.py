@@ -84,7 +84,9 @@ def openapi(table: RouteTable) -> dict[str, Any]:
     paths["/serve/{endpoint}"] = {"post": _operation("any endpoint", None, [endpoint])}
     paths["/serve/{endpoint}/{version}"] = {"post": _operation("any endpoint version", None, [endpoint, version])}
     paths.update(_v2_paths(sorted({s.name for s in specs}), sorted({s.version for s in specs if s.version})))
-    paths.update(openai_paths())
+    generating = sorted({rt.spec.name for rt in table.runtimes.values() if rt.generates})
+    embedding = sorted({rt.spec.name for rt in table.runtimes.values() if rt.spec.aux_config.get("openai")})
+    paths.update(openai_paths(generating, embedding))
     return {
         "openapi": "3.1.0",
         "info": {"title": "ferry", "version": __version__, "description": f"revision {table.revision}"},

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from ferry.control.aux_config import queue_limits
+from ferry.control.engine_names import GENERATIVE
 from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, StatsFn
 from ferry.engines.tensor import Feeds
@@ -32,8 +33,6 @@ from ferry.serving.usercode.userclass import UserCode
 from ferry.streams import Stream, status_of
 
 T = TypeVar("T")
-GENERATIVE = ("llm", "vllm")
-"""Engines whose versions generate text: the OpenAI routes serve them."""
 
 
 class EndpointRuntime:

@@ -42,6 +42,8 @@ class ShadowStats:
     dropped: int = 0
     errors: int = 0
     answered: int = 0
+    compared: int = 0
+    """Answers compared with the live one (a streamed live answer went to its client: nothing to compare)."""
     agreed: int = 0
     inflight: int = 0
     last_error: str | None = None
@@ -57,8 +59,9 @@ class ShadowStats:
             "dropped": self.dropped,
             "errors": self.errors,
             "answered": self.answered,
+            "compared": self.compared,
             "agreed": self.agreed,
-            "agreement": round(self.agreed / self.answered, 4) if self.answered else None,
+            "agreement": round(self.agreed / self.compared, 4) if self.compared else None,
             "inflight": self.inflight,
             "latency_ms": {"p50": _ms(times, 0.5), "p99": _ms(times, 0.99), "max": _ms(times, 1.0)},
             "last_error": self.last_error,
@@ -140,13 +143,15 @@ class ShadowSender:
                     answer = [chunk async for chunk in answer]
             finally:  # failures count their latency too: a timing-out shadow shows as slow
                 stats.latencies.append(time.perf_counter() - started)
-            same = type(live) is not Stream and self.encode(_comparable(answer)) == self.encode(_comparable(live))
+            compared = type(live) is not Stream
+            same = compared and self.encode(_comparable(answer)) == self.encode(_comparable(live))
         except Exception as exc:
             stats.errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
             log.debug("shadow of %s to %s failed: %s", sampled.spec.endpoint, sampled.spec.target, stats.last_error)
         else:
             stats.answered += 1
+            stats.compared += compared
             stats.agreed += same
         finally:
             stats.inflight -= 1

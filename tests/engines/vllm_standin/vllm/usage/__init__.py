@@ -1,0 +1,1 @@
+"""vLLM's ``vllm.usage``, stand-in."""
