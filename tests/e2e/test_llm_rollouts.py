@@ -23,13 +23,15 @@ GREEDY = {"prompt": "The quick brown", "max_tokens": 8, "temperature": 0, "ignor
 
 
 @pytest.fixture(scope="module")
-def models(e2e_ferry: Ferry, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def models(e2e_ferry: Ferry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Uploaded: tiny0 and tiny1 (different weights), and slow, a larger random Llama whose streams last seconds
-    (10-40 ms a token on two cores)."""
+    (10-40 ms a token on two cores); name -> model id."""
+    ids = {}
     for name, seed, size in (("tiny0", 0, {}), ("tiny1", 1, {}), ("slow", 0, SLOW)):
         folder = build_tiny_llama(tmp_path_factory.mktemp(name) / name, seed=seed, **size)
-        e2e_ferry("model", "upload", "--name", name, "--project", "llm", "--path", str(folder))
-    return ["tiny0", "tiny1", "slow"]
+        out = e2e_ferry("model", "upload", "--name", name, "--project", "llm", "--path", str(folder)).out
+        ids[name] = out.strip().rsplit("=", 1)[1]
+    return ids
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def _wait_text(server: Server, model: str, unlike: str | None = None) -> str:
 
 
 def test_a_stream_in_progress_finishes_on_its_version_while_the_new_one_takes_new_requests(
-    server: Server, e2e_ferry: Ferry, e2e_service: str, models: list[str]
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: dict[str, str]
 ) -> None:
     _add(e2e_ferry, e2e_service, "swap", "slow")
     first = _wait_text(server, "swap")
@@ -86,7 +88,7 @@ def test_a_stream_in_progress_finishes_on_its_version_while_the_new_one_takes_ne
 
 
 def test_a_stream_past_the_drain_limit_ends_with_finish_reason_abort(
-    e2e_home: Path, e2e_ferry: Ferry, models: list[str]
+    e2e_home: Path, e2e_ferry: Ferry, models: dict[str, str]
 ) -> None:
     service = e2e_ferry.service("short drain")
     _add(e2e_ferry, service, "long", "slow")
@@ -126,7 +128,7 @@ def _stream(server: Server, model: str, tokens: int) -> tuple[list[tuple[float, 
 
 
 def test_a_canary_splits_chat_requests_by_weight_between_two_versions(
-    server: Server, e2e_ferry: Ferry, e2e_service: str, models: list[str]
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: dict[str, str]
 ) -> None:
     _add(e2e_ferry, e2e_service, "duo", "tiny0", "--version", "1")
     _add(e2e_ferry, e2e_service, "duo", "tiny1", "--version", "2")
@@ -141,7 +143,7 @@ def test_a_canary_splits_chat_requests_by_weight_between_two_versions(
 
 
 def test_a_shadow_of_an_llm_endpoint_gets_copies_and_reports_agreement(
-    server: Server, e2e_ferry: Ferry, e2e_service: str, models: list[str]
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: dict[str, str]
 ) -> None:
     _add(e2e_ferry, e2e_service, "twin0", "tiny0")
     _add(e2e_ferry, e2e_service, "twin1", "tiny0")  # the same weights: greedy answers agree
@@ -159,3 +161,19 @@ def test_a_shadow_of_an_llm_endpoint_gets_copies_and_reports_agreement(
     server.wait_for(lambda: counts()["twin0"]["answered"] == 3, 20, "three shadow answers")
     shadow = counts()["twin0"]
     assert (shadow["sent"], shadow["errors"], shadow["compared"], shadow["agreement"]) == (3, 0, 2, 1.0), shadow
+
+
+def test_an_auto_update_rule_deploys_a_published_llm_and_export_apply_round_trips(
+    server: Server, e2e_ferry: Ferry, e2e_service: str, models: dict[str, str], tmp_path: Path
+) -> None:
+    e2e_ferry("--id", e2e_service, "model", "auto-update", "--engine", "llm", "--endpoint", "auto", "--name", "tiny1",
+              "--project", "llm", "--published", "--max-versions", "1", "--aux-config", "max_num_seqs=2")  # fmt: skip
+    e2e_ferry("model", "publish", "--model-id", models["tiny1"])
+    assert _wait_text(server, "auto/1") == _wait_text(server, "auto")
+    exported = e2e_ferry("--id", e2e_service, "export").out
+    assert "engine: llm" in exported and "max_num_seqs: 2" in exported
+    (tmp_path / "service.yaml").write_text(exported)
+    dry = e2e_ferry("--id", e2e_service, "apply", "-f", str(tmp_path / "service.yaml"), "--dry-run").out
+    assert "no change" in dry.lower(), dry
+    listed = e2e_ferry("--id", e2e_service, "model", "endpoints").out
+    assert "auto/1" in listed and "llm" in listed

@@ -181,7 +181,9 @@ def test_schemathesis_finds_the_openapi_document_valid_and_true(fuzz_server: Ser
     command = [
         str(Path(sys.executable).with_name("schemathesis")), "run", f"{fuzz_server.url}/openapi.json",
         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-        "--max-examples", str(examples(15)), "--workers", "2", "--seed", "1", "--suppress-health-check", "all",
+        # one worker: schemathesis' threads describe strategies with ast.parse at once, which CPython 3.11 can
+        # fail ("AST constructor recursion depth mismatch", a CI run of the OpenAI routes' fuzz)
+        "--max-examples", str(examples(15)), "--workers", "1", "--seed", "1", "--suppress-health-check", "all",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     print(done.stdout[-3000:])
