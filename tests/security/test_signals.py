@@ -438,9 +438,21 @@ def unload_all(triton: Triton) -> Callable[[], None]:
         # Triton unloads in the background: its folders go only once nothing is loading, loaded or unloading
         # (tritonserver 2.x crashed, SIGSEGV, when a folder went while its model was still unloading).
         triton.wait_for(lambda: not any(m.get("state") == "LOADING" for m in triton.index()), 30, "loads done")
-        for model in triton.index():
-            triton.client.post(f"/v2/repository/models/{model['name']}/unload")
-        triton.wait_for(lambda: all(m.get("state") == "UNAVAILABLE" for m in triton.index()), 30, "models unloaded")
+        seen: list[list[dict]] = [[]]
+
+        def unloaded() -> bool:
+            # Asked again while any is still up: a load the killed watch had asked for can land after the first ask.
+            seen[0] = triton.index()
+            up = [m["name"] for m in seen[0] if m.get("state") in ("READY", "LOADING", "UNLOADING")]
+            for name in up:
+                if next(m for m in seen[0] if m["name"] == name).get("state") == "READY":
+                    triton.client.post(f"/v2/repository/models/{name}/unload")
+            return not up
+
+        try:
+            triton.wait_for(unloaded, 30, "models unloaded")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nthe model index last: {seen[0]}") from None
         for folder in triton.repository.iterdir():
             subprocess.run(["rm", "-rf", str(folder)], check=True)
 
