@@ -86,7 +86,10 @@ def test_the_cluster_serves_through_a_store_outage_then_takes_a_change(
             ferry("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "after"),
                   *SMALL)  # fmt: skip
             server.wait_for(lambda: answers[(200, "after")] > 0, 60, "the change made after the outage served")
-            server.wait_for(lambda: ingress_replicas() == {"RUNNING": 2}, 60, "the new ingress replica running")
+            try:
+                server.wait_for(lambda: ingress_replicas() == {"RUNNING": 2}, 60, "the new ingress replica running")
+            except AssertionError as exc:  # seen once in CI (2026-12-05, after the other Ray tests): say more
+                raise AssertionError(f"{exc}\ningress replicas: {ingress_replicas()}\n{replica_logs()}") from None
     finally:
         server.stop()
     assert outage >= OUTAGE_S and ready == 200
@@ -103,3 +106,11 @@ def ingress_replicas() -> dict[str, int]:
     """The ingress deployment's replicas by state, as Serve reports them."""
     (app,) = [a for name, a in serve.status().applications.items() if name.count("-") == 1]
     return {str(getattr(k, "value", k)): n for k, n in app.deployments["ingress"].replica_states.items()}
+
+
+def replica_logs() -> str:
+    """The tails of the ingress replicas' logs in Ray's current session (what a stuck replica was doing)."""
+    logs = sorted(
+        Path("/tmp/ray/session_latest/logs/serve").glob("replica_*ingress*.log"), key=lambda p: p.stat().st_mtime
+    )
+    return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs[-3:])
