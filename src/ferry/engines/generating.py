@@ -27,6 +27,9 @@ from ferry.llm.params import SamplingParams, Step
 from ferry.streams import Stream
 
 CHAT, COMPLETIONS = "chat/completions", "completions"
+ENGINE_ARG_KEYS = ("dtype", "max_model_len", "max_num_seqs", "device")
+"""Settings that are vLLM engine arguments and aux config keys of the same name, honoured by both LLM engines (the
+aux config wins over VLLM_ENGINE_ARGS)."""
 
 StepQueue = asyncio.Queue  # of (choice index, Step or the error that ended the sequence)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import Process
-from ferry.engines.generating import GeneratingEngine, StepQueue, user_settings, vllm_engine_args
+from ferry.engines.generating import ENGINE_ARG_KEYS, GeneratingEngine, StepQueue, user_settings, vllm_engine_args
 from ferry.engines.loading import vllm_unavailable
 from ferry.errors import EngineError
 from ferry.llm.loop import EngineLoop
@@ -25,9 +25,6 @@ from ferry.llm.model import LoadedLM, load_lm
 from ferry.llm.params import SamplingParams, Step
 
 log = logging.getLogger(__name__)
-
-VLLM_ARGS = {"dtype": "dtype", "max_model_len": "max_model_len", "max_num_seqs": "max_num_seqs", "device": "device"}
-"""VLLM_ENGINE_ARGS keys (ClearML's way to set vLLM up) that the llm engine honours, and its aux key for each."""
 
 
 class LLMEngine(GeneratingEngine):
@@ -93,8 +90,8 @@ def _sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int) -> 
 def _vllm_args(spec: EndpointSpec) -> dict[str, Any]:
     """For a ``vllm`` endpoint: what ClearML's ``VLLM_ENGINE_ARGS`` (JSON) sets that the llm engine can honour."""
     args = vllm_engine_args(spec)
-    honoured = {VLLM_ARGS[k]: v for k, v in args.items() if k in VLLM_ARGS and v is not None}
-    ignored = sorted(k for k in args if k not in VLLM_ARGS)
+    honoured = {k: v for k, v in args.items() if k in ENGINE_ARG_KEYS and v is not None}
+    ignored = sorted(k for k in args if k not in ENGINE_ARG_KEYS)
     if ignored:
         log.info("endpoint %s: VLLM_ENGINE_ARGS %s have no effect on ferry's llm engine", spec.key, ", ".join(ignored))
     return honoured

@@ -26,14 +26,11 @@ from typing import Any, NamedTuple
 
 from ferry.control.spec import EndpointSpec
 from ferry.engines.base import Process
-from ferry.engines.generating import GeneratingEngine, StepQueue, user_settings, vllm_engine_args
+from ferry.engines.generating import ENGINE_ARG_KEYS, GeneratingEngine, StepQueue, user_settings, vllm_engine_args
 from ferry.errors import EngineError, InvalidInput, Overloaded
 from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
-
-ENGINE_ARG_KEYS = ("dtype", "max_model_len", "max_num_seqs", "device")
-"""Aux config keys that are vLLM engine arguments of the same name; the aux config wins over VLLM_ENGINE_ARGS."""
 
 
 class VLLMEngine(GeneratingEngine):

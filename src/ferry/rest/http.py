@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Timeout, strip_paths
+from ferry.errors import FerryError, InvalidInput, MethodNotAllowed, PayloadTooLarge, Timeout, strip_paths
 from ferry.rest.encoding import inflate
 
 log = logging.getLogger(__name__)
@@ -87,20 +87,30 @@ async def send_error(send_: Any, error: FerryError) -> None:
     When ferry itself failed (a 5xx that is not "retry later"), the client gets the kind and an id, and
     the log gets the message and traceback under that id. No answer carries a local directory.
     """
+    kind = type(error).__name__
+    payload = failure(error, kind) if failed(error) else {"error": error.message, "kind": kind, **_plain(error.details)}
+    body = orjson.dumps({key: strip_paths(v) if isinstance(v, str) else v for key, v in payload.items()})
+    await send(send_, error.status_code, body, extra=error_headers(error))
+
+
+def error_headers(error: FerryError) -> list[tuple[bytes, bytes]]:
+    """The headers an error's answer carries: Retry-After when it says when to retry, Allow for a method refused."""
     extra = []
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         extra.append((b"retry-after", str(max(1, round(retry_after))).encode()))
-    kind = type(error).__name__
-    if error.status_code >= 500 and retry_after is None and not isinstance(error, Timeout):
-        payload = _failure(error, kind)
-    else:
-        payload = {"error": error.message, "kind": kind, **_plain(error.details)}
-    body = orjson.dumps({key: strip_paths(v) if isinstance(v, str) else v for key, v in payload.items()})
-    await send(send_, error.status_code, body, extra=extra)
+    if isinstance(error, MethodNotAllowed) and "allow" in error.details:
+        extra.append((b"allow", str(error.details["allow"]).encode()))
+    return extra
 
 
-def _failure(error: FerryError, kind: str) -> dict:
+def failed(error: FerryError) -> bool:
+    """Whether ferry itself failed: a 5xx that is neither "retry later" nor a timeout."""
+    return error.status_code >= 500 and getattr(error, "retry_after", None) is None and not isinstance(error, Timeout)
+
+
+def failure(error: FerryError, kind: str) -> dict:
+    """What the client gets of a failure: the kind and an id; the log gets the message and traceback under it."""
     error_id = uuid.uuid4().hex[:12]
     log.error("error %s (%s): %s", error_id, kind, error.message, exc_info=(type(error), error, error.__traceback__))
     stage = {"stage": error.details["stage"]} if isinstance(error.details.get("stage"), str) else {}

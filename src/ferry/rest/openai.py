@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,13 +21,12 @@ from ferry.errors import (
     InvalidInput,
     MethodNotAllowed,
     NotFound,
-    Timeout,
     UserCodeError,
     strip_paths,
 )
 from ferry.llm.openai_answers import embeddings_answer
 from ferry.llm.openai_api import InvalidRequest, parse_embeddings
-from ferry.rest.http import decode_body, header, read_body, send
+from ferry.rest.http import decode_body, error_headers, failed, failure, header, read_body, send
 from ferry.serving.request.dataplane import DataPlane, dumps
 from ferry.streams import Stream
 
@@ -85,9 +83,9 @@ class OpenAIRoutes:
         model = body.get("model")
         if not isinstance(model, str) or not model.strip():
             raise InvalidInput("model is required: the name of an LLM endpoint (GET /models lists them)", param="model")
-        name, _, version = model.strip().strip("/").partition("/")
+        name, version = _endpoint(model)
         key = header(scope, b"x-ferry-routing-key") or None
-        result = await self.plane.infer(name, version or None, body, key, route=route)
+        result = await self.plane.infer(name, version, body, key, route=route)
         if type(result) is Stream:
             return await stream_events(result, receive, send_)
         await send(send_, 200, dumps(result))
@@ -99,15 +97,15 @@ class OpenAIRoutes:
             request = parse_embeddings(decode_body(scope, await read_body(scope, receive, self.max_body)))
         except InvalidRequest as exc:
             raise InvalidInput(str(exc), param=exc.param, code=exc.code) from None
-        name, _, version = request.model.strip().strip("/").partition("/")
-        if self.plane.model(name, version or None).spec.aux_config.get("openai") != "embeddings":
+        name, version = _endpoint(request.model)
+        if self.plane.model(name, version).spec.aux_config.get("openai") != "embeddings":
             raise NotFound(
                 f"model {request.model!r} is not an embeddings endpoint: add one with --aux-config openai=embeddings "
                 '(its Preprocess takes {"text": ...} and returns {"embedding": [...]})',
                 param="model",
                 code="model_not_found",
             )
-        answers = await asyncio.gather(*(self.plane.infer(name, version or None, {"text": t}) for t in request.inputs))
+        answers = await asyncio.gather(*(self.plane.infer(name, version, {"text": t}) for t in request.inputs))
         vectors = [_embedding(request.model, answer) for answer in answers]
         tokens = sum(a.get("tokens", 0) for a in answers if isinstance(a, dict) and isinstance(a.get("tokens"), int))
         await send(send_, 200, dumps(embeddings_answer(request.model, vectors, request.encoding_format, tokens)))
@@ -139,6 +137,12 @@ def _targets(canary: Any, runtimes: Mapping[str, Any]) -> list[str]:
         return list(canary.input_endpoints)
     prefix = canary.input_endpoint_prefix or ""
     return [key for key in runtimes if key.startswith(prefix)]
+
+
+def _endpoint(model: str) -> tuple[str, str | None]:
+    """The endpoint a body's ``model`` names: ``name`` or ``name/version``."""
+    name, _, version = model.strip().strip("/").partition("/")
+    return name, version or None
 
 
 def _embedding(model: str, answer: Any) -> list[float]:
@@ -194,17 +198,14 @@ async def _disconnected(receive: Any) -> None:
 
 
 def openai_error(error: FerryError) -> dict[str, Any]:
-    """OpenAI's error body for a ferry error: its message (without local paths), a type, the param and code."""
+    """OpenAI's error body for a ferry error: its message (without local paths; for a failure of ferry's own, the
+    kind and the log's id, as every ferry answer says it), a type, the param and code."""
     status, details = error.status_code, error.details
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 404:
         kind = "not_found_error"
     code = details.get("code") or type(error).__name__
-    message = error.message
-    if status >= 500 and getattr(error, "retry_after", None) is None and not isinstance(error, Timeout):
-        error_id = uuid.uuid4().hex[:12]  # ferry failed: the client gets an id, the log the message and traceback
-        log.error("error %s: %s", error_id, message, exc_info=(type(error), error, error.__traceback__))
-        message = f"ferry failed to answer this request ({type(error).__name__}); the server log has id {error_id}"
+    message = failure(error, type(error).__name__)["error"] if failed(error) else error.message
     return {
         "error": {
             "message": strip_paths(message),
@@ -216,13 +217,7 @@ def openai_error(error: FerryError) -> dict[str, Any]:
 
 
 async def send_openai_error(send_: Any, error: FerryError) -> None:
-    extra = []
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        extra.append((b"retry-after", str(max(1, round(retry_after))).encode()))
-    if isinstance(error, MethodNotAllowed):
-        extra.append((b"allow", str(error.details.get("allow", "")).encode()))
-    await send(send_, error.status_code, orjson.dumps(openai_error(error)), extra=extra)
+    await send(send_, error.status_code, orjson.dumps(openai_error(error)), extra=error_headers(error))
 
 
 def _method(method: str, route: str, allowed: str) -> FerryError:
