@@ -284,6 +284,19 @@ def test_llm_metrics_count_tokens_and_time_the_first_and_the_following(llm_serve
     assert _metric(llm_server, "ferry_llm_request_success_total", "chat", "length") >= 1
 
 
+def test_a_prompt_sent_twice_is_a_prefix_cache_hit_in_the_metrics(llm_server: Server, client) -> None:
+    prompt = "Tell me about rivers, mountains and the sea. " * 6  # several KV blocks of 16 tokens
+    names = ("ferry_llm_prefix_cache_queries_total", "ferry_llm_prefix_cache_hits_total")
+    before = [_metric(llm_server, name, "chat") for name in names]
+    for _ in range(2):
+        answer = client.completions.create(model="chat", prompt=prompt, max_tokens=2, temperature=0)
+    length = answer.usage.prompt_tokens
+    queries, hits = (_metric(llm_server, name, "chat") - b for name, b in zip(names, before, strict=True))
+    assert queries == 2 * length
+    assert hits == (length - 1) // 16 * 16  # the second reused every full block but the one with its last token
+    assert 0 <= _metric(llm_server, "ferry_llm_kv_cache_usage_perc", "chat") < 1
+
+
 def test_past_max_waiting_a_request_gets_503_with_retry_after(llm_server: Server) -> None:
     body = {"model": "solo", "prompt": "Once upon", "max_tokens": 400, "ignore_eos": True}
     codes: list[int] = []

@@ -81,7 +81,7 @@ def test_close_ends_running_and_waiting_sequences_with_abort(lm: Any) -> None:
 def test_a_failing_forward_pass_fails_every_sequence_with_an_engine_error(lm: Any, monkeypatch) -> None:
     loop = EngineLoop(lm, "broken", max_num_seqs=2)
     try:
-        monkeypatch.setattr(loop._batch, "step", _raise)
+        monkeypatch.setattr(loop._kv, "forward", _raise)
         sinks = [Collector(), Collector()]
         for prompt, sink in zip(([5], [6]), sinks, strict=True):
             loop.submit(prompt, GREEDY, sink)

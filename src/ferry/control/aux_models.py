@@ -269,6 +269,18 @@ class LLMAux(CommonAux):
     """Prompt and output tokens of one sequence at most; unset: the model's context length."""
     chat_template: str | None = None
     """A Jinja chat template replacing the tokenizer's (``--aux-config chat_template=FILE`` stores the file's text)."""
+    kv_cache_tokens: Annotated[int, Field(ge=16)] | None = None
+    """The KV budget in tokens (all running sequences and the prefix cache together); unset: kv_cache_memory_bytes,
+    else 25 % of the memory free on the device when the model loads."""
+    kv_cache_memory_bytes: Annotated[int, Field(ge=1)] | None = None
+    """The KV budget in bytes (vLLM's name), where kv_cache_tokens is unset."""
+    block_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Tokens per KV block: the unit of allocation and of prefix reuse."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV blocks of a prompt prefix computed before (a shared system prompt, the turns of a chat)."""
+    max_num_batched_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """Tokens one step computes at most (prefill chunks and decodes); unset: 512, or max_num_seqs if larger.
+    While sequences decode, prefill chunks are kept to about one decoding step's time whatever this says."""
 
 
 AUX_MODELS: dict[str, type[AuxBase]] = {

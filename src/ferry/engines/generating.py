@@ -27,7 +27,16 @@ from ferry.llm.params import SamplingParams, Step
 from ferry.streams import Stream
 
 CHAT, COMPLETIONS = "chat/completions", "completions"
-ENGINE_ARG_KEYS = ("dtype", "max_model_len", "max_num_seqs", "device")
+ENGINE_ARG_KEYS = (
+    "dtype",
+    "max_model_len",
+    "max_num_seqs",
+    "device",
+    "block_size",
+    "enable_prefix_caching",
+    "max_num_batched_tokens",
+    "kv_cache_memory_bytes",
+)
 """Settings that are vLLM engine arguments and aux config keys of the same name, honoured by both LLM engines (the
 aux config wins over VLLM_ENGINE_ARGS)."""
 
@@ -200,9 +209,17 @@ class GeneratingEngine(ABC):
         self.meter = meter
 
     def refresh_meter(self) -> None:
-        """Set the running and waiting gauges from the engine's counts (a scrape is coming)."""
+        """Set the gauges from the engine's counts (a scrape is coming)."""
         if self.meter is not None:
             self.meter.gauges(*self.counts())
+            cache = self.cache_counts()
+            if cache is not None:
+                self.meter.cache(*cache)
+
+    def cache_counts(self) -> tuple[float, int, int, int] | None:
+        """(KV blocks in use as a share of the budget, prefix-cache queries, hits, preemptions), totals so far;
+        None where the engine does not say (vLLM's own metrics have them)."""
+        return None
 
     # answers ----------------------------------------------------------------------------------------
 

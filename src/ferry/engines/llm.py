@@ -20,8 +20,10 @@ from ferry.engines.base import Process
 from ferry.engines.generating import ENGINE_ARG_KEYS, GeneratingEngine, StepQueue, user_settings, vllm_engine_args
 from ferry.engines.loading import vllm_unavailable
 from ferry.errors import EngineError
+from ferry.llm.budget import KVBudget, plan_budget
 from ferry.llm.loop import EngineLoop
 from ferry.llm.model import LoadedLM, load_lm
+from ferry.llm.paged import kv_bytes_per_token
 from ferry.llm.params import SamplingParams, Step
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,25 @@ class LLMEngine(GeneratingEngine):
         )
         for warning in warnings:
             log.warning("endpoint %s: %s", spec.key, warning)
-        self.max_model_len = self.lm.max_model_len
+        budget = plan_budget(
+            kv_bytes_per_token(self.lm),
+            self.lm.device,
+            block_size=int(aux.get("block_size") or 16),
+            tokens=_int(aux.get("kv_cache_tokens")),
+            memory_bytes=_int(aux.get("kv_cache_memory_bytes")),
+        )
         self.loop = EngineLoop(
             self.lm,
             spec.key,
+            budget=budget,
             max_num_seqs=int(aux.get("max_num_seqs", 16)),
             max_waiting=int(aux.get("max_waiting", 256)),
+            max_num_batched_tokens=_int(aux.get("max_num_batched_tokens")),
+            prefix_caching=bool(aux.get("enable_prefix_caching", True)),
         )
+        self.max_model_len = self.loop.max_model_len  # the model's, cut to the KV budget where smaller
         _log_loaded(spec, self.lm, Path(model_path), time.monotonic() - started)
+        _log_budget(spec, budget, self.loop)
 
     def render_chat(self, messages: list[dict]) -> list[int]:
         return self.lm.render_chat(messages)
@@ -72,6 +85,10 @@ class LLMEngine(GeneratingEngine):
 
     def counts(self) -> tuple[int, int]:
         return self.loop.stats.running, self.loop.stats.waiting
+
+    def cache_counts(self) -> tuple[float, int, int, int]:
+        stats = self.loop.stats
+        return stats.kv_blocks_used / stats.kv_blocks, stats.prefix_queries, stats.prefix_hits, stats.preemptions
 
     def close(self) -> None:
         """Stop the engine loop (what still runs ends with finish_reason "abort") and free the model."""
@@ -97,6 +114,22 @@ def _vllm_args(spec: EndpointSpec) -> dict[str, Any]:
     return honoured
 
 
+def _log_budget(spec: EndpointSpec, budget: KVBudget, loop: EngineLoop) -> None:
+    log.info(
+        "endpoint %s: KV cache of %d tokens (%d blocks of %d, %.0f MiB, %s), prefix caching %s, max_num_seqs %d, "
+        "max_model_len %d",
+        spec.key,
+        budget.tokens,
+        budget.blocks,
+        budget.block_size,
+        budget.bytes / 2**20,
+        budget.source,
+        "on" if loop.prefix_caching else "off",
+        loop.max_num_seqs,
+        loop.max_model_len,
+    )
+
+
 def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -113,7 +146,7 @@ def _log_loaded(spec: EndpointSpec, lm: LoadedLM, path: Path, seconds: float) ->
         )
     log.info(
         "endpoint %s: loaded %s on %s as %s in %.1f s: %.1fM parameters, %.0f MiB (each worker process of "
-        "`ferry serve --workers N` holds its own copy); max_model_len %d",
+        "`ferry serve --workers N` holds its own copy)",
         spec.key,
         path.name,
         lm.device,
@@ -121,5 +154,4 @@ def _log_loaded(spec: EndpointSpec, lm: LoadedLM, path: Path, seconds: float) ->
         seconds,
         params / 1e6,
         size / 2**20,
-        lm.max_model_len,
     )

@@ -1,10 +1,11 @@
 """EngineLoop: one thread per loaded version owns the running sequences and batches them per decoding step.
 
-Each turn of the loop: drop the sequences whose clients went away, admit waiting ones while fewer than
-``max_num_seqs`` run (each prefilled alone, then joined to the batch), run one forward pass over every running
-sequence (``DecodeBatch.step``), pick each one's next token, and hand each its ``Step``. A sequence leaves the
-batch the step it ends; a new one joins before the next. Nothing here waits on a client: a ``Step`` goes to its
-sequence's sink (``Sink``), which must only hand it over (the llm engine's puts it on an asyncio queue).
+Each turn of the loop: drop the sequences whose clients went away, let the scheduler (``llm/scheduler.py``) pick
+the step's work within the KV budget (a token for each decoding sequence, prefill chunks, newly admitted
+prompts), run it as ONE forward pass over the paged KV cache (``llm/paged.py``), pick the next token of every
+sequence whose known tokens are all computed now, and hand each its ``Step``. A sequence leaves the batch the step
+it ends; a new one joins the next. Nothing here waits on a client: a ``Step`` goes to its sequence's sink
+(``Sink``), which must only hand it over (the llm engine's puts it on an asyncio queue).
 
 Past ``max_waiting`` queued sequences, ``submit`` refuses with ``Overloaded`` (503 with Retry-After). A sequence with
 a ``response_format`` gets its grammar's matcher in ``submit`` (compiled once per schema, ``llm/grammar.py``); its
@@ -20,14 +21,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ferry.errors import EngineError, InvalidInput, Overloaded
-from ferry.llm.batch import DecodeBatch
+from ferry.llm.blocks import BlockPool
+from ferry.llm.budget import KVBudget, plan_budget
 from ferry.llm.grammar import GrammarCompiler, GrammarMatcher
 from ferry.llm.model import LoadedLM
+from ferry.llm.paged import Chunk, PagedKV, kv_bytes_per_token, sliding_window
 from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 from ferry.llm.sampling import Pick, Sampler
+from ferry.llm.scheduler import KVSeq, Scheduled, Scheduler
 from ferry.llm.text import Detokenizer, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -44,11 +48,17 @@ class LoopStats:
     waiting: int = 0
     finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0, "abort": 0})
     prompt_tokens: int = 0
+    """Tokens prefilled (prompts, and the tokens of preempted sequences computed again)."""
     generation_tokens: int = 0
     steps: int = 0
+    kv_blocks: int = 0
+    kv_blocks_used: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    preemptions: int = 0
 
 
-class Sequence_:
+class Sequence_(KVSeq):
     """One sequence: its prompt, what it generated, how it samples and detokenizes, where its steps go."""
 
     def __init__(
@@ -60,7 +70,7 @@ class Sequence_:
         sink: Sink,
         grammar: GrammarMatcher | None = None,
     ):
-        self.id = seq_id
+        super().__init__(seq_id, prompt_ids)
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sink = sink
@@ -69,7 +79,6 @@ class Sequence_:
         self.sampler = Sampler(params, prompt_ids, lm.eos_token_ids, grammar)
         self.detok = Detokenizer(lm.tokenizer, prompt_ids)
         self.stops = StopMatcher(params.stop)
-        self.last_token = -1
         self.stop_matched = False
         self.submitted = time.monotonic()
 
@@ -77,17 +86,38 @@ class Sequence_:
 class EngineLoop:
     """The running and waiting sequences of one loaded model, and the thread that decodes them."""
 
-    def __init__(self, lm: LoadedLM, name: str, max_num_seqs: int = 16, max_waiting: int = 256) -> None:
+    def __init__(
+        self,
+        lm: LoadedLM,
+        name: str,
+        max_num_seqs: int = 16,
+        max_waiting: int = 256,
+        *,
+        budget: KVBudget | None = None,
+        max_num_batched_tokens: int | None = None,
+        prefix_caching: bool = True,
+    ) -> None:
+        """``budget``: the KV cache's size (unset: ``plan_budget``'s default for the model's device)."""
+        budget = budget or plan_budget(kv_bytes_per_token(lm), lm.device)
         self.lm = lm
         self.name = name
         self.max_num_seqs = max_num_seqs
         self.max_waiting = max_waiting
-        self.stats = LoopStats()
-        self._batch = DecodeBatch(lm)
+        self.budget = budget
+        self.prefix_caching = prefix_caching
+        self.max_model_len = _fit_max_model_len(lm, budget, name)
+        """Prompt and output tokens of one sequence at most: the model's, cut to the KV budget where smaller."""
+        self.stats = LoopStats(kv_blocks=budget.blocks)
+        self._kv = PagedKV(lm, budget.blocks, budget.block_size)
+        batched = max_num_batched_tokens or max(DEFAULT_BATCHED_TOKENS, max_num_seqs)
+        self._scheduler = Scheduler(BlockPool(budget.blocks, budget.block_size, prefix_caching), max_num_seqs, batched)
         self._grammars = GrammarCompiler(lm.tokenizer, lm.eos_token_ids)
-        self._waiting: deque[Sequence_] = deque()
-        self._running: dict[int, Sequence_] = {}
-        """Only the engine thread reads or changes it."""
+        self._incoming: deque[Sequence_] = deque()
+        """Submitted, not yet seen by the engine thread (any thread appends, under the lock)."""
+        self._queued = 0
+        """Sequences the scheduler holds waiting, as of the engine thread's last turn."""
+        self._seqs: dict[int, Sequence_] = {}
+        """Every sequence the scheduler holds, by id; only the engine thread reads or changes it."""
         self._aborts: set[int] = set()
         """Ids of sequences whose clients went away (any thread adds, under the lock)."""
         self._ids = itertools.count()
@@ -107,15 +137,16 @@ class EngineLoop:
         with self._wake:
             if self._closed:
                 raise EngineError(f"endpoint {self.name}: the model was unloaded; retry", endpoint=self.name)
-            if len(self._waiting) >= self.max_waiting:
+            waiting = len(self._incoming) + self._queued
+            if waiting >= self.max_waiting:
                 raise Overloaded(
-                    f"endpoint {self.name}: {len(self._waiting)} sequences wait already (aux config max_waiting="
+                    f"endpoint {self.name}: {waiting} sequences wait already (aux config max_waiting="
                     f"{self.max_waiting}, max_num_seqs={self.max_num_seqs}); retry later",
                     endpoint=self.name,
                 )
             seq = Sequence_(next(self._ids), prompt_ids, params, self.lm, sink, grammar)
-            self._waiting.append(seq)
-            self.stats.waiting = len(self._waiting)
+            self._incoming.append(seq)
+            self.stats.waiting = waiting + 1
             self._wake.notify()
             return seq.id
 
@@ -153,46 +184,51 @@ class EngineLoop:
             self._fail_all(None)
 
     def _turn(self) -> bool:
-        """One turn: admit, step, hand out. False when the loop is closed."""
+        """One turn: take in what was submitted and aborted, run a step, hand out. False when the loop is closed."""
         with self._wake:
-            while not self._closed and not self._waiting and not self._running:
+            while not self._closed and not self._incoming and not self._aborts and not self._seqs:
                 self._wake.wait()
             if self._closed:
                 return False
             aborts, self._aborts = self._aborts, set()
-            admitted = self._admit(aborts)
-        for seq in admitted:
-            self._prefill(seq)
-        for seq_id in aborts & self._running.keys():
-            self._finish(self._running[seq_id], "abort")
-        if self._running:
+            incoming, self._incoming = self._incoming, deque()
+        for seq in incoming:
+            self._seqs[seq.id] = seq
+            self._scheduler.add(seq)
+        for seq_id in aborts & self._seqs.keys():
+            self._finish(self._seqs[seq_id], "abort")
+        if self._seqs:
             self._step()
+        self._count()
         return True
 
-    def _admit(self, aborts: set[int]) -> list[Sequence_]:
-        """Waiting sequences that get a slot now (the lock is held); those aborted while waiting end here."""
-        if aborts:
-            for seq in [s for s in self._waiting if s.id in aborts]:
-                self._waiting.remove(seq)
-                self._finish(seq, "abort")
-        admitted: list[Sequence_] = []
-        while self._waiting and len(self._running) + len(admitted) < self.max_num_seqs:
-            admitted.append(self._waiting.popleft())
-        self.stats.waiting = len(self._waiting)
-        return admitted
-
-    def _prefill(self, seq: Sequence_) -> None:
-        logits = self._batch.prefill(seq.id, seq.prompt_ids)
-        self._running[seq.id] = seq
-        self.stats.running = len(self._running)
-        self.stats.prompt_tokens += len(seq.prompt_ids)
-        self._advance(seq, logits)
-
     def _step(self) -> None:
-        logits = self._batch.step({seq_id: seq.last_token for seq_id, seq in self._running.items()})
+        plan = self._scheduler.schedule()
+        if not plan:
+            return
+        chunks = [_chunk(item) for item in plan]
+        started = time.perf_counter()
+        logits = self._kv.forward(chunks)
+        prefill = sum(item.count for item in plan if not item.decode)
+        decodes = sum(item.decode for item in plan)
+        self._scheduler.chunks.observe(time.perf_counter() - started, decodes, prefill)
         self.stats.steps += 1
-        for seq_id, row in logits.items():
-            self._advance(self._running[seq_id], row)
+        self.stats.prompt_tokens += prefill
+        completed = [cast(Sequence_, item.seq) for item in plan if item.completes]
+        for item in plan:
+            self._scheduler.computed(item)
+        for seq in completed:
+            self._advance(seq, logits[seq.id])
+
+    def _count(self) -> None:
+        scheduler, stats = self._scheduler, self.stats
+        with self._wake:
+            self._queued = len(scheduler.waiting)
+            stats.waiting = self._queued + len(self._incoming)
+        stats.running = len(scheduler.running)
+        stats.kv_blocks_used = scheduler.pool.used
+        stats.prefix_queries, stats.prefix_hits = scheduler.prefix_queries, scheduler.prefix_hits
+        stats.preemptions = scheduler.preemptions
 
     def _advance(self, seq: Sequence_, logits: Any) -> None:
         """Pick ``seq``'s next token from ``logits`` and hand it its step; end it when it is done."""
@@ -200,12 +236,12 @@ class EngineLoop:
         self.stats.generation_tokens += 1
         token, params = pick.token_id, seq.params
         seq.output_ids.append(token)
+        seq.tokens.append(token)
         logprobs = self._logprobs(seq, pick)
         ending = len(seq.output_ids) > params.min_tokens
         if ending and (token in params.stop_token_ids or not params.ignore_eos and token in self.lm.eos_token_ids):
             return self._finish(seq, "stop", Step("", [token], logprobs))
         complete = seq.grammar is not None and seq.grammar.consume(token)
-        seq.last_token = token
         text = seq.detok.feed(token)
         if ending:  # stop strings count from min_tokens on, as end of sequence does
             text, seq.stop_matched = seq.stops.feed(text)
@@ -220,14 +256,12 @@ class EngineLoop:
         limit = seq.params.max_tokens
         if limit is not None and len(seq.output_ids) >= limit:
             return True
-        return len(seq.prompt_ids) + len(seq.output_ids) >= self.lm.max_model_len
+        return len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len
 
     def _finish(self, seq: Sequence_, reason: str, last: Step | None = None) -> None:
         """The sequence's last step: ``last`` with what was held back (unless a stop string cut it) and ``reason``."""
-        if seq.id in self._running:
-            del self._running[seq.id]
-            self._batch.remove(seq.id)
-            self.stats.running = len(self._running)
+        if self._seqs.pop(seq.id, None) is not None:
+            self._scheduler.finish(seq)
         step = last or Step()
         if not seq.stop_matched:
             held, seq.stop_matched = seq.stops.feed(seq.detok.flush())
@@ -250,11 +284,33 @@ class EngineLoop:
     def _fail_all(self, exc: BaseException | None) -> None:
         with self._wake:
             self._closed = True
-            pending = list(self._waiting) + list(self._running.values())
-            self._waiting.clear()
-            self._running.clear()
+            pending = list(self._incoming) + list(self._seqs.values())
+            self._incoming.clear()
+            self._seqs.clear()
         for seq in pending:
             if exc is None:
                 self._send(seq, Step(finish_reason="abort"))
             else:
                 seq.sink(EngineError(f"endpoint {self.name}: the engine loop failed: {type(exc).__name__}: {exc}"))
+
+
+def _fit_max_model_len(lm: LoadedLM, budget: KVBudget, name: str) -> int:
+    """``lm.max_model_len``, cut to what one sequence can hold: the KV budget, and a sliding attention window (the
+    paged attention sees the whole context, which equals the window's only within it)."""
+    length = lm.max_model_len
+    for limit, why in ((budget.tokens, f"the KV budget ({budget.source})"), (sliding_window(lm.model.config), "")):
+        if limit is not None and limit < length:
+            why = why or "the model's sliding attention window"
+            log.warning("endpoint %s: max_model_len %d is cut to %d tokens, %s", name, length, limit, why)
+            length = limit
+    return length
+
+
+DEFAULT_BATCHED_TOKENS = 512
+"""Prefill tokens a step may carry when nothing decodes (aux config max_num_batched_tokens)."""
+
+
+def _chunk(item: Scheduled) -> Chunk:
+    seq = item.seq
+    tokens = seq.tokens[seq.computed : seq.computed + item.count]
+    return Chunk(seq.id, tokens, seq.computed, seq.blocks, item.completes)

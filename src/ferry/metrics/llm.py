@@ -46,6 +46,20 @@ class LLMFamilies:
         )  # fmt: skip
         self.prompt_tokens = Counter("ferry_llm_prompt_tokens", "Prompt tokens prefilled", LABELS, registry=r)
         self.generation_tokens = Counter("ferry_llm_generation_tokens", "Tokens generated", LABELS, registry=r)
+        self.kv_usage = Gauge(
+            "ferry_llm_kv_cache_usage_perc", "Share of the KV budget's blocks running sequences hold (0 to 1)",
+            LABELS, registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.prefix_queries = Counter(
+            "ferry_llm_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", LABELS, registry=r
+        )
+        self.prefix_hits = Counter(
+            "ferry_llm_prefix_cache_hits", "Prompt tokens found in the prefix cache (not computed again)", LABELS,
+            registry=r,
+        )  # fmt: skip
+        self.preemptions = Counter(
+            "ferry_llm_num_preemptions", "Sequences preempted for KV blocks (recomputed later)", LABELS, registry=r
+        )
         self.finished = Counter(
             "ferry_llm_request_success", "Sequences ended, by finish reason (stop, length, abort)",
             (*LABELS, "finished_reason"), registry=r,
@@ -68,6 +82,12 @@ class LLMMeter:
         self.prompt_tokens = families.prompt_tokens.labels(name, version)
         self.generation_tokens = families.generation_tokens.labels(name, version)
         self.finished = {reason: families.finished.labels(name, version, reason) for reason in FINISH_REASONS}
+        self.kv_usage = families.kv_usage.labels(name, version)
+        self._totals = {
+            families.prefix_queries.labels(name, version): 0,
+            families.prefix_hits.labels(name, version): 0,
+            families.preemptions.labels(name, version): 0,
+        }
 
     def sequence_ended(self, reason: str, prompt_tokens: int, generated: int, seconds: float) -> None:
         """One sequence's end: its reason, tokens and end-to-end time."""
@@ -81,6 +101,15 @@ class LLMMeter:
     def gauges(self, running: int, waiting: int) -> None:
         self.running.set(running)
         self.waiting.set(waiting)
+
+    def cache(self, usage: float, queries: int, hits: int, preemptions: int) -> None:
+        """The KV cache's state: the share of blocks in use, and the engine's running totals of prefix-cache
+        queries and hits (tokens) and preemptions (the counters advance by what changed since the last call)."""
+        self.kv_usage.set(usage)
+        for counter, total in zip(list(self._totals), (queries, hits, preemptions), strict=True):
+            if total > self._totals[counter]:
+                counter.inc(total - self._totals[counter])
+                self._totals[counter] = total
 
 
 def attach(engine: Any, meter: LLMMeter | None) -> None:
