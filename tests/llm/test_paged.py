@@ -112,3 +112,17 @@ def test_a_token_takes_two_tensors_per_layer_of_kv_heads_by_head_size(tiny_llama
     assert kv_bytes_per_token(lm) == 2 * config.num_hidden_layers * config.num_key_value_heads * head * 4
     with pytest.raises(ValueError, match="at least one block"):
         PagedKV(lm, 0, 16)
+
+
+def test_decodes_of_very_different_lengths_attend_in_groups_and_keep_their_rows(
+    paged64: LoadedLM, plain64: LoadedLM
+) -> None:
+    prompts = [[(3 * i) % VOCAB_SIZE for i in range(400)], [5, 6, 7], [(5 * i) % VOCAB_SIZE for i in range(380)]]
+    kv = PagedKV(paged64, 64, 16)
+    tables = [list(range(0, 26)), [26], list(range(27, 51))]
+    kv.forward([Chunk(i, p, 0, tables[i], logits=False) for i, p in enumerate(prompts)])
+    step = kv._plan([Chunk(i, [9], len(p), tables[i]) for i, p in enumerate(prompts)])
+    assert sorted(tuple(g.rows.tolist()) for g in step.groups if g.rows is not None) == [(1,), (2, 0)]
+    out = kv.forward([Chunk(i, [9], len(p), tables[i]) for i, p in enumerate(prompts)])
+    for i, prompt in enumerate(prompts):
+        assert float((out[i] - reference(plain64, [*prompt, 9])).abs().max()) < 1e-9

@@ -58,6 +58,7 @@ class Setup:
     """KV budget beyond the longest request: small budgets preempt."""
     batched_tokens: int
     prefix_caching: bool
+    chunked: bool
 
 
 @st.composite
@@ -91,6 +92,7 @@ setups = st.builds(
     spare_tokens=st.integers(0, 30),
     batched_tokens=st.integers(4, 48),
     prefix_caching=st.sampled_from([True, True, True, False]),
+    chunked=st.sampled_from([True, True, False]),
 )
 
 
@@ -142,6 +144,7 @@ def run_together(lm: LoadedLM, setup: Setup, requests: list[Request]) -> tuple[l
         budget=budget,
         max_num_batched_tokens=max(setup.batched_tokens, setup.max_num_seqs),
         prefix_caching=setup.prefix_caching,
+        chunked_prefill=setup.chunked,
     )
     run = Run(loop, requests)
     run.sinks = [Watcher(run, i) for i in range(len(requests))]
@@ -260,6 +263,16 @@ def test_a_long_prompt_is_prefilled_in_chunks_of_max_num_batched_tokens(lm: Load
         loop.close()
     assert loop.stats.steps == 13 + 2  # ceil(100 / 8) prefill steps, then two decoding steps
     assert_same_up_to_a_tie(sink, run_alone(lm, Request(prompt, params)), Request(prompt, params), "chunked")
+
+
+def test_without_chunked_prefill_a_long_prompt_is_prefilled_in_one_step(lm: LoadedLM) -> None:
+    loop = EngineLoop(lm, "whole", max_num_seqs=2, max_num_batched_tokens=8, chunked_prefill=False)
+    try:
+        loop.submit([(7 * i) % VOCAB_SIZE for i in range(100)], replace(GREEDY, max_tokens=3), sink := Collector())
+        sink.wait()
+    finally:
+        loop.close()
+    assert loop.stats.steps == 1 + 2
 
 
 def test_while_sequences_decode_a_prompt_gets_only_a_chunk_and_decodes_go_first() -> None:

@@ -278,6 +278,9 @@ class LLMAux(CommonAux):
     """Tokens per KV block: the unit of allocation and of prefix reuse."""
     enable_prefix_caching: bool = True
     """Reuse the KV blocks of a prompt prefix computed before (a shared system prompt, the turns of a chat)."""
+    enable_chunked_prefill: bool = True
+    """Split long prompts into chunks that share steps with decoding sequences; off: a prompt is prefilled whole
+    in the step that admits it (running streams wait for it)."""
     max_num_batched_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     """Tokens one step computes at most (prefill chunks and decodes); unset: 512, or max_num_seqs if larger.
     While sequences decode, prefill chunks are kept to about one decoding step's time whatever this says."""

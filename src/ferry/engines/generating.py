@@ -34,6 +34,7 @@ ENGINE_ARG_KEYS = (
     "device",
     "block_size",
     "enable_prefix_caching",
+    "enable_chunked_prefill",
     "max_num_batched_tokens",
     "kv_cache_memory_bytes",
 )

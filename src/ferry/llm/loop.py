@@ -96,6 +96,7 @@ class EngineLoop:
         budget: KVBudget | None = None,
         max_num_batched_tokens: int | None = None,
         prefix_caching: bool = True,
+        chunked_prefill: bool = True,
     ) -> None:
         """``budget``: the KV cache's size (unset: ``plan_budget``'s default for the model's device)."""
         budget = budget or plan_budget(kv_bytes_per_token(lm), lm.device)
@@ -110,7 +111,8 @@ class EngineLoop:
         self.stats = LoopStats(kv_blocks=budget.blocks)
         self._kv = PagedKV(lm, budget.blocks, budget.block_size)
         batched = max_num_batched_tokens or max(DEFAULT_BATCHED_TOKENS, max_num_seqs)
-        self._scheduler = Scheduler(BlockPool(budget.blocks, budget.block_size, prefix_caching), max_num_seqs, batched)
+        pool = BlockPool(budget.blocks, budget.block_size, prefix_caching)
+        self._scheduler = Scheduler(pool, max_num_seqs, batched, chunked=chunked_prefill)
         self._grammars = GrammarCompiler(lm.tokenizer, lm.eos_token_ids)
         self._incoming: deque[Sequence_] = deque()
         """Submitted, not yet seen by the engine thread (any thread appends, under the lock)."""

@@ -46,6 +46,16 @@ class Chunk:
 
 
 @dataclass
+class _DecodeGroup:
+    rows: torch.Tensor | None
+    """[G] which decodes (positions in the packed row); None: all of them, in order."""
+    slots: torch.Tensor
+    """[G, L] each one's context slots, padded to the longest (padding reads the zeroed pad slot)."""
+    mask: torch.Tensor | None
+    """[G, 1, 1, L] True where a context is real; None when no row is padded."""
+
+
+@dataclass
 class _Step:
     """What the attention function needs, built once per step and shared by every layer."""
 
@@ -54,10 +64,8 @@ class _Step:
     """[T] the pool slot of each packed token, where its keys and values go."""
     decodes: int
     """How many leading packed tokens are single-token decodes (batched together)."""
-    decode_slots: torch.Tensor | None
-    """[B, L] every decoding sequence's context slots, padded to the longest (padding reads the zeroed pad slot)."""
-    decode_mask: torch.Tensor | None
-    """[B, 1, 1, L] True where a decoding sequence's context is real; None when no row is padded."""
+    groups: list[_DecodeGroup]
+    """The decodes in groups of similar context length (one attention call each, little padding)."""
     prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]
     """Per prefill chunk: its offset in the packed row, its length, its context slots (None when it starts at
     position 0: then its own keys and values are the whole context) and its mask (None: plain causal)."""
@@ -112,27 +120,13 @@ class PagedKV:
         return {seq_id: logits[row] for row, (seq_id, _) in enumerate(wanted)}
 
     def _plan(self, chunks: Sequence[Chunk]) -> _Step:
-        device, bs = self.lm.device, self.block_size
+        device = self.lm.device
         decodes = 0
         while decodes < len(chunks) and len(chunks[decodes].tokens) == 1 and chunks[decodes].start > 0:
             decodes += 1
         slots = torch.cat([self._slots(c.blocks, c.start, c.start + len(c.tokens)) for c in chunks])
-        decode_slots = decode_mask = None
-        if decodes:
-            lengths = [c.start + 1 for c in chunks[:decodes]]
-            width = max(lengths)
-            nblocks = -(-width // bs)
-            table = torch.tensor(
-                [list(c.blocks[:nblocks]) + [0] * (nblocks - len(c.blocks[:nblocks])) for c in chunks[:decodes]],
-                dtype=torch.long,
-                device=device,
-            )
-            decode_slots = (table[:, :, None] * bs + torch.arange(bs, device=device)).view(decodes, -1)[:, :width]
-            if min(lengths) != width:
-                lens = torch.tensor(lengths, device=device)
-                real = torch.arange(width, device=device)[None, :] < lens[:, None]
-                decode_slots = decode_slots.where(real, self.pad_slot)
-                decode_mask = real[:, None, None, :]
+        lengths = [c.start + 1 for c in chunks[:decodes]]
+        groups = [self._group(rows, chunks, lengths, decodes) for rows in _similar(lengths)]
         prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]] = []
         offset = decodes
         for c in chunks[decodes:]:
@@ -145,7 +139,24 @@ class PagedKV:
                 mask = torch.arange(c.start + n, device=device)[None, :] <= rows
                 prefills.append((offset, n, context, mask))
             offset += n
-        return _Step(self, slots, decodes, decode_slots, decode_mask, prefills)
+        return _Step(self, slots, decodes, groups, prefills)
+
+    def _group(self, rows: list[int], chunks: Sequence[Chunk], lengths: list[int], decodes: int) -> _DecodeGroup:
+        device, bs = self.lm.device, self.block_size
+        width = max(lengths[r] for r in rows)
+        nblocks = -(-width // bs)
+        tables = [list(chunks[r].blocks[:nblocks]) for r in rows]
+        table = torch.tensor([t + [0] * (nblocks - len(t)) for t in tables], dtype=torch.long, device=device)
+        slots = (table[:, :, None] * bs + torch.arange(bs, device=device)).view(len(rows), -1)[:, :width]
+        mask = None
+        if min(lengths[r] for r in rows) != width:
+            lens = torch.tensor([lengths[r] for r in rows], device=device)
+            real = torch.arange(width, device=device)[None, :] < lens[:, None]
+            slots = slots.where(real, self.pad_slot)
+            mask = real[:, None, None, :]
+        every = len(rows) == decodes and rows == sorted(rows)
+        index = None if every else torch.tensor(rows, dtype=torch.long, device=device)
+        return _DecodeGroup(index, slots, mask)
 
     def _slots(self, blocks: Sequence[int], start: int, end: int) -> torch.Tensor:
         """The pool slots of positions ``start`` to ``end - 1`` of a sequence with block table ``blocks``."""
@@ -190,6 +201,19 @@ def kv_bytes_per_token(lm: LoadedLM) -> int:
     return 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=lm.dtype).element_size()
 
 
+def _similar(lengths: list[int], slack: int = 256) -> list[list[int]]:
+    """Indices of ``lengths`` in groups whose longest exceeds their shortest by at most ``slack`` tokens or half the
+    shortest: padding the group to its longest wastes little, and one long context does not pad every row."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and lengths[index] - lengths[groups[-1][0]] <= max(slack, lengths[groups[-1][0]] // 2):
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
 def _pool(shape: tuple[int, ...], lm: LoadedLM) -> torch.Tensor:
     pool = torch.empty(shape, dtype=lm.dtype, device=lm.device)
     pool[-1].zero_()
@@ -201,6 +225,32 @@ def _use_paged_attention(model: Any) -> None:
 
     AttentionInterface.register(ATTENTION_NAME, _attention)
     model.set_attn_implementation(ATTENTION_NAME)
+
+
+def _gather(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``pool[slots]`` (slots of any shape), by index_select: several times faster than indexing on a CPU."""
+    return pool.index_select(0, slots.reshape(-1)).view(*slots.shape, *pool.shape[1:])
+
+
+def _decode_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, groups: list[_DecodeGroup], scaling: float | None
+) -> torch.Tensor:
+    """Single-token queries [B, heads, 1, head] over their contexts, a call per group; returns [B, heads, head]."""
+    if len(groups) == 1 and groups[0].rows is None:
+        return _group_attention(q, keys, values, groups[0], scaling)
+    out = q.new_empty(q.shape[0], q.shape[1], q.shape[3])
+    for group in groups:
+        assert group.rows is not None  # only a lone group covering every row in order has none
+        out[group.rows] = _group_attention(q.index_select(0, group.rows), keys, values, group, scaling)
+    return out
+
+
+def _group_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, group: _DecodeGroup, scaling: float | None
+) -> torch.Tensor:
+    k = _gather(keys, group.slots).transpose(1, 2)  # [G, kv_heads, L, head]
+    v = _gather(values, group.slots).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scaling, enable_gqa=True)[:, :, 0]
 
 
 def _attention(
@@ -225,16 +275,13 @@ def _attention(
     b = step.decodes
     if b:
         q = query[0, :, :b].transpose(0, 1).unsqueeze(2)  # [B, heads, 1, head]
-        k = keys[step.decode_slots].transpose(1, 2)  # [B, kv_heads, L, head]
-        v = values[step.decode_slots].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling, enable_gqa=True)
-        outs.append(out[:, :, 0])  # [B, heads, head]
+        outs.append(_decode_attention(q, keys, values, step.groups, scaling))  # [B, heads, head]
     for offset, n, context, mask in step.prefills:
         q = query[:, :, offset : offset + n]  # [1, heads, n, head]
         if context is None:
             k, v = key[:, :, offset : offset + n], value[:, :, offset : offset + n]
         else:
-            k, v = keys[context].transpose(0, 1)[None], values[context].transpose(0, 1)[None]
+            k, v = _gather(keys, context).transpose(0, 1)[None], _gather(values, context).transpose(0, 1)[None]
         causal = mask is None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True)
         outs.append(out[0].transpose(0, 1))  # [n, heads, head]

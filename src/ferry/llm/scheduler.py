@@ -12,7 +12,8 @@ prompt for a prefilling one. The policy, per step:
    Admission takes the cached blocks of the prompt's longest known prefix and reserves blocks for the rest of
    the prompt, so a prefill never runs out of blocks; when they are not free the queue waits (nobody overtakes).
 
-The step's prefill budget is ``max_num_batched_tokens`` when nothing decodes. While sequences decode it is what
+The step's prefill budget is ``max_num_batched_tokens`` when nothing decodes (unless chunked prefill is off: then
+every prompt is prefilled whole in the step that admits it). While sequences decode it is what
 keeps a step with a prefill chunk at about twice a plain decoding step (``ChunkSizer``, measured as the loop runs),
 so a long prompt arriving among running streams costs each of them a bounded delay per token, never a stall.
 Not thread-safe: one engine loop owns it.
@@ -20,6 +21,7 @@ Not thread-safe: one engine loop owns it.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,7 +92,8 @@ def _ema(old: float | None, new: float, weight: float = 0.2) -> float:
 class Scheduler:
     """The waiting queue, the running sequences (oldest first) and the blocks they hold."""
 
-    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int, chunked: bool = True) -> None:
+        """``chunked`` False: every prompt is prefilled whole in the step that admits it (a comparison point)."""
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_num_seqs ({max_num_seqs}): "
@@ -99,6 +102,7 @@ class Scheduler:
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.chunked = chunked
         self.chunks = ChunkSizer(max_num_batched_tokens)
         self.waiting: deque[KVSeq] = deque()
         self.running: list[KVSeq] = []
@@ -113,28 +117,33 @@ class Scheduler:
 
     def schedule(self) -> list[Scheduled]:
         """The next step: decodes first, then prefill chunks, each token of a sequence backed by a block."""
-        plan: list[Scheduled] = []
-        decoding = [s for s in self.running if len(s.tokens) - s.computed == 1 and s.computed > 0]
-        for seq in decoding:
-            if seq in self.running and self._grow(seq):
-                plan.append(Scheduled(seq, 1))
-        plan = [p for p in plan if p.seq in self.running]  # a later grow may have preempted an earlier one
-        budget = self.max_num_batched_tokens - len(plan)
-        if plan:
-            budget = min(budget, self.chunks.limit())
+        plan = self._decodes()
+        budget = self._prefill_budget(decodes=len(plan))
+        planned = {id(item.seq) for item in plan}
         for seq in self.running:
-            left = len(seq.tokens) - seq.computed
-            if budget > 0 and not any(p.seq is seq for p in plan):
-                count = min(left, budget)
-                plan.append(Scheduled(seq, count))
-                budget -= count
+            if budget > 0 and id(seq) not in planned:
+                plan.append(Scheduled(seq, min(len(seq.tokens) - seq.computed, budget)))
+                budget -= plan[-1].count
         while budget > 0 and self.waiting and len(self.running) < self.max_num_seqs and self._admit(self.waiting[0]):
             seq = self.waiting.popleft()
             self.running.append(seq)
-            count = min(len(seq.tokens) - seq.computed, budget)
-            plan.append(Scheduled(seq, count))
-            budget -= count
+            plan.append(Scheduled(seq, min(len(seq.tokens) - seq.computed, budget)))
+            budget -= plan[-1].count
         return plan
+
+    def _decodes(self) -> list[Scheduled]:
+        """A token for each decoding sequence, oldest first, each given the block it needs (preempting if so)."""
+        plan = []
+        for seq in [s for s in self.running if len(s.tokens) - s.computed == 1 and s.computed > 0]:
+            if seq in self.running and self._grow(seq):
+                plan.append(Scheduled(seq, 1))
+        return [item for item in plan if item.seq in self.running]  # a later grow may have preempted it
+
+    def _prefill_budget(self, decodes: int) -> int:
+        if not self.chunked:
+            return sys.maxsize
+        budget = self.max_num_batched_tokens - decodes
+        return min(budget, self.chunks.limit()) if decodes else budget
 
     def computed(self, item: Scheduled) -> None:
         """The step ran: ``item``'s tokens are in the cache; its newly full blocks join the prefix cache."""
