@@ -288,6 +288,19 @@ def test_while_sequences_decode_a_prompt_gets_only_a_chunk_and_decodes_go_first(
     assert scheduler.chunks.limit() < 300
 
 
+def test_a_burst_of_prompts_gets_a_chunk_each_while_one_sequence_decodes() -> None:
+    scheduler = Scheduler(BlockPool(256, 16), max_num_seqs=8, max_num_batched_tokens=4096)
+    running = KVSeq(0, [1, 2, 3])
+    scheduler.add(running)
+    scheduler.computed(scheduler.schedule()[0])
+    running.tokens.append(4)
+    for seq_id in range(1, 4):
+        scheduler.add(KVSeq(seq_id, list(range(200))))
+    plan = scheduler.schedule()
+    assert plan[0].decode and [p.seq.id for p in plan] == [0, 1, 2, 3]
+    assert sum(p.count for p in plan[1:]) == 3 * scheduler.chunks.limit()  # a chunk for each waiting prompt
+
+
 def test_the_chunk_limit_follows_measured_step_times() -> None:
     sizer = ChunkSizer(ceiling=512)
     assert sizer.limit() == 64  # nothing measured yet

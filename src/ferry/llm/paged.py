@@ -93,7 +93,8 @@ class PagedKV:
     def forward(self, chunks: Sequence[Chunk]) -> dict[int, torch.Tensor]:
         """Run one packed forward pass; returns the logits (vocab,) after each chunk whose ``logits`` is set.
 
-        Decoding chunks (one token, ``start > 0``) must come first, then the prefill chunks."""
+        The single-token chunks (decodes, ``start > 0``) that lead the list attend as one batched call per group
+        of similar context lengths; every other chunk attends alone. The scheduler puts decodes first."""
         if not chunks:
             return {}
         device = self.lm.device

@@ -58,6 +58,7 @@ class Sampler:
         self._counts: torch.Tensor | None = None  # (vocab,): occurrences in the output, for the other penalties
         self._counted = 0  # how many of output_ids the state above holds
         self._generator: torch.Generator | None = None
+        self._blocked_ids: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     def pick(self, logits: torch.Tensor, output_ids: Sequence[int]) -> Pick:
         """The next token from ``logits`` (1-D, vocab) given the tokens ``output_ids`` generated so far."""
@@ -120,7 +121,10 @@ class Sampler:
         blocked = self._blocked(generated)
         if not blocked:
             return scores
-        ids = _in_vocab(blocked, scores.shape[0], scores.device)
+        key = (id(blocked), scores.shape[0], scores.device)
+        ids = self._blocked_ids.get(key)
+        if ids is None:  # one of two lists, the same every step: made into a tensor once
+            ids = self._blocked_ids[key] = _in_vocab(blocked, scores.shape[0], scores.device)
         if ids.numel() == 0:
             return scores
         return scores.index_fill(0, ids, -math.inf)

@@ -13,9 +13,10 @@ prompt for a prefilling one. The policy, per step:
    the prompt, so a prefill never runs out of blocks; when they are not free the queue waits (nobody overtakes).
 
 The step's prefill budget is ``max_num_batched_tokens`` when nothing decodes (unless chunked prefill is off: then
-every prompt is prefilled whole in the step that admits it). While sequences decode it is what
-keeps a step with a prefill chunk at about twice a plain decoding step (``ChunkSizer``, measured as the loop runs),
-so a long prompt arriving among running streams costs each of them a bounded delay per token, never a stall.
+every prompt is prefilled whole in the step that admits it). While sequences decode, it gives each sequence
+waiting for its first token a chunk that takes about as long as a plain decoding step
+(``ChunkSizer``, measured as the loop runs): a long prompt arriving among running streams costs each of them a
+bounded delay per token, never a stall, and a burst of new prompts still gets through in a few steps.
 Not thread-safe: one engine loop owns it.
 """
 
@@ -118,16 +119,16 @@ class Scheduler:
     def schedule(self) -> list[Scheduled]:
         """The next step: decodes first, then prefill chunks, each token of a sequence backed by a block."""
         plan = self._decodes()
-        budget = self._prefill_budget(decodes=len(plan))
+        budget, cap = self._prefill_budget(decodes=len(plan))
         planned = {id(item.seq) for item in plan}
         for seq in self.running:
             if budget > 0 and id(seq) not in planned:
-                plan.append(Scheduled(seq, min(len(seq.tokens) - seq.computed, budget)))
+                plan.append(Scheduled(seq, min(len(seq.tokens) - seq.computed, budget, cap)))
                 budget -= plan[-1].count
         while budget > 0 and self.waiting and len(self.running) < self.max_num_seqs and self._admit(self.waiting[0]):
             seq = self.waiting.popleft()
             self.running.append(seq)
-            plan.append(Scheduled(seq, min(len(seq.tokens) - seq.computed, budget)))
+            plan.append(Scheduled(seq, min(len(seq.tokens) - seq.computed, budget, cap)))
             budget -= plan[-1].count
         return plan
 
@@ -139,11 +140,19 @@ class Scheduler:
                 plan.append(Scheduled(seq, 1))
         return [item for item in plan if item.seq in self.running]  # a later grow may have preempted it
 
-    def _prefill_budget(self, decodes: int) -> int:
+    def _prefill_budget(self, decodes: int) -> tuple[int, int]:
+        """Prefill tokens this step, and at most how many for one sequence. When nothing decodes: all the step may
+        carry. Else a chunk (``ChunkSizer``) for each sequence waiting for its first token (being prefilled, or
+        admissible now): a burst of new prompts is not served one chunk a step while a few streams decode, and
+        one long prompt costs the streams little."""
         if not self.chunked:
-            return sys.maxsize
+            return sys.maxsize, sys.maxsize
         budget = self.max_num_batched_tokens - decodes
-        return min(budget, self.chunks.limit()) if decodes else budget
+        if not decodes:
+            return budget, budget
+        chunk = self.chunks.limit()
+        prefilling = len(self.running) - decodes + min(len(self.waiting), self.max_num_seqs - len(self.running))
+        return min(budget, chunk * max(1, prefilling)), chunk
 
     def computed(self, item: Scheduled) -> None:
         """The step ran: ``item``'s tokens are in the cache; its newly full blocks join the prefix cache."""
