@@ -183,8 +183,11 @@ def check_supported(config: Any) -> None:
 
 def sliding_window(config: Any) -> int | None:
     """The attention window of a model whose layers (some or all) see only their last N tokens, else None."""
-    window = getattr(config.get_text_config(), "sliding_window", None)
-    return int(window) if window else None
+    text = config.get_text_config()
+    window = getattr(text, "sliding_window", None)
+    if not window or getattr(text, "use_sliding_window", True) is False:  # Qwen2 names a window it does not use
+        return None
+    return int(window)
 
 
 def kv_shape(config: Any) -> tuple[int, int]:
