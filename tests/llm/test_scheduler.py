@@ -132,11 +132,13 @@ class Run:
                 sink.seq_id = self.loop.submit(request.prompt, request.params, sink)
 
 
+def _budget(lm: LoadedLM, tokens: int, block_size: int = 16) -> Any:
+    return plan_budget(kv_bytes_per_token(lm), lm.device, block_size=block_size, tokens=tokens)
+
+
 def run_together(lm: LoadedLM, setup: Setup, requests: list[Request]) -> tuple[list[Watcher], EngineLoop]:
     longest = max(len(r.prompt) + (r.params.max_tokens or 0) for r in requests)
-    budget = plan_budget(
-        kv_bytes_per_token(lm), lm.device, block_size=setup.block_size, tokens=max(16, longest + setup.spare_tokens)
-    )
+    budget = _budget(lm, max(16, longest + setup.spare_tokens), block_size=setup.block_size)
     loop = EngineLoop(
         lm,
         "together",
@@ -210,10 +212,6 @@ def test_every_sequence_gets_what_it_gets_alone(lm: LoadedLM, setup: Setup, reqs
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=2)
-
-
-def _budget(lm: LoadedLM, tokens: int, block_size: int = 16) -> Any:
-    return plan_budget(kv_bytes_per_token(lm), lm.device, block_size=block_size, tokens=tokens)
 
 
 def test_a_shared_prefix_is_computed_once_and_counted_as_hits(lm: LoadedLM) -> None:

@@ -20,7 +20,7 @@ from ferry.engines.base import Process
 from ferry.engines.generating import ENGINE_ARG_KEYS, GeneratingEngine, StepQueue, user_settings, vllm_engine_args
 from ferry.engines.loading import vllm_unavailable
 from ferry.errors import EngineError
-from ferry.llm.budget import KVBudget, plan_budget
+from ferry.llm.budget import DEFAULT_BLOCK_SIZE, KVBudget, plan_budget
 from ferry.llm.loop import EngineLoop
 from ferry.llm.model import LoadedLM, load_lm
 from ferry.llm.paged import kv_bytes_per_token
@@ -51,7 +51,7 @@ class LLMEngine(GeneratingEngine):
         budget = plan_budget(
             kv_bytes_per_token(self.lm),
             self.lm.device,
-            block_size=int(aux.get("block_size") or 16),
+            block_size=int(aux.get("block_size") or DEFAULT_BLOCK_SIZE),
             tokens=_int(aux.get("kv_cache_tokens")),
             memory_bytes=_int(aux.get("kv_cache_memory_bytes")),
         )

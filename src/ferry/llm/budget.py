@@ -15,6 +15,8 @@ import torch
 DEFAULT_SHARE = 0.25
 """Of the memory free at load time, what the KV cache may take by default."""
 MIN_TOKENS = 16
+DEFAULT_BLOCK_SIZE = 16
+"""Tokens per KV block unless ``block_size`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ def plan_budget(
     bytes_per_token: int,
     device: torch.device,
     *,
-    block_size: int = 16,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     tokens: int | None = None,
     memory_bytes: int | None = None,
 ) -> KVBudget:

@@ -299,10 +299,13 @@ class EngineLoop:
 def _fit_max_model_len(lm: LoadedLM, budget: KVBudget, name: str) -> int:
     """``lm.max_model_len``, cut to what one sequence can hold: the KV budget, and a sliding attention window (the
     paged attention sees the whole context, which equals the window's only within it)."""
+    limits = [(budget.tokens, f"the KV budget ({budget.source})")]
+    window = sliding_window(lm.model.config)
+    if window is not None:
+        limits.append((window, "the model's sliding attention window"))
     length = lm.max_model_len
-    for limit, why in ((budget.tokens, f"the KV budget ({budget.source})"), (sliding_window(lm.model.config), "")):
-        if limit is not None and limit < length:
-            why = why or "the model's sliding attention window"
+    for limit, why in limits:
+        if limit < length:
             log.warning("endpoint %s: max_model_len %d is cut to %d tokens, %s", name, length, limit, why)
             length = limit
     return length

@@ -125,7 +125,7 @@ class PagedKV:
         decodes = 0
         while decodes < len(chunks) and len(chunks[decodes].tokens) == 1 and chunks[decodes].start > 0:
             decodes += 1
-        slots = torch.cat([self._slots(c.blocks, c.start, c.start + len(c.tokens)) for c in chunks])
+        new_slots = [self._slots(c.blocks, c.start, c.start + 1) for c in chunks[:decodes]]
         lengths = [c.start + 1 for c in chunks[:decodes]]
         groups = [self._group(rows, chunks, lengths, decodes) for rows in _similar(lengths)]
         prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]] = []
@@ -133,14 +133,16 @@ class PagedKV:
         for c in chunks[decodes:]:
             n = len(c.tokens)
             if c.start == 0:
+                new_slots.append(self._slots(c.blocks, 0, n))
                 prefills.append((offset, n, None, None))
             else:
                 context = self._slots(c.blocks, 0, c.start + n)
+                new_slots.append(context[c.start :])  # the chunk's own slots end its context
                 rows = torch.arange(c.start, c.start + n, device=device)[:, None]
                 mask = torch.arange(c.start + n, device=device)[None, :] <= rows
                 prefills.append((offset, n, context, mask))
             offset += n
-        return _Step(self, slots, decodes, groups, prefills)
+        return _Step(self, torch.cat(new_slots), decodes, groups, prefills)
 
     def _group(self, rows: list[int], chunks: Sequence[Chunk], lengths: list[int], decodes: int) -> _DecodeGroup:
         device, bs = self.lm.device, self.block_size

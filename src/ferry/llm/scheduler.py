@@ -62,8 +62,8 @@ class Scheduled:
 
 
 class ChunkSizer:
-    """The prefill tokens a step may carry while sequences decode: as many as take about as long as a plain
-    decoding step, from running averages of both (so the limit follows the model, the device and the load)."""
+    """The prefill chunk one sequence may get in a step while others decode: as many tokens as take about as long
+    as a plain decoding step, from running averages of both (so it follows the model, the device and the load)."""
 
     def __init__(self, ceiling: int, floor: int = 16, start: int = 64) -> None:
         self.ceiling = ceiling

@@ -83,11 +83,13 @@ class LLMMeter:
         self.generation_tokens = families.generation_tokens.labels(name, version)
         self.finished = {reason: families.finished.labels(name, version, reason) for reason in FINISH_REASONS}
         self.kv_usage = families.kv_usage.labels(name, version)
-        self._totals = {
-            families.prefix_queries.labels(name, version): 0,
-            families.prefix_hits.labels(name, version): 0,
-            families.preemptions.labels(name, version): 0,
-        }
+        self._counters = (
+            families.prefix_queries.labels(name, version),
+            families.prefix_hits.labels(name, version),
+            families.preemptions.labels(name, version),
+        )
+        self._seen = [0, 0, 0]
+        """The engine's totals each counter was last advanced to."""
 
     def sequence_ended(self, reason: str, prompt_tokens: int, generated: int, seconds: float) -> None:
         """One sequence's end: its reason, tokens and end-to-end time."""
@@ -106,10 +108,10 @@ class LLMMeter:
         """The KV cache's state: the share of blocks in use, and the engine's running totals of prefix-cache
         queries and hits (tokens) and preemptions (the counters advance by what changed since the last call)."""
         self.kv_usage.set(usage)
-        for counter, total in zip(list(self._totals), (queries, hits, preemptions), strict=True):
-            if total > self._totals[counter]:
-                counter.inc(total - self._totals[counter])
-                self._totals[counter] = total
+        for i, total in enumerate((queries, hits, preemptions)):
+            if total > self._seen[i]:
+                self._counters[i].inc(total - self._seen[i])
+                self._seen[i] = total
 
 
 def attach(engine: Any, meter: LLMMeter | None) -> None:
