@@ -10,7 +10,7 @@ import shlex
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,11 +269,55 @@ class Quantization:
     agreement: int
     samples: int
     max_prob_diff: float
+    speed: Speed | None = None
 
     def summary(self) -> str:
         return (
             f"argmax agreement {self.agreement}/{self.samples}, largest probability difference {self.max_prob_diff:.3g}"
         )
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""CPU flags of int8 dot-product instructions, which make ONNX Runtime's int8 matmuls pay (any one will do)."""
+
+
+@dataclass(frozen=True)
+class Speed:
+    """fp32 and int8 timed on this CPU: one padded batch, one thread each (as a served model instance runs)."""
+
+    fp32_s: float
+    int8_s: float
+    batch: int
+    flags: tuple[str, ...]
+    """The CPU's flags among VNNI_FLAGS and the SIMD ones (empty where /proc/cpuinfo cannot be read)."""
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_s / self.int8_s
+
+    def summary(self) -> str:
+        flags = " ".join(self.flags) or "unknown"
+        return (
+            f"int8 runs {self.speedup:.2f}x fp32 on this CPU (a batch of {self.batch} sentences, one thread: "
+            f"{self.int8_s * 1000:.1f} ms vs {self.fp32_s * 1000:.1f} ms; CPU flags: {flags})"
+        )
+
+    def why_slow(self) -> str:
+        """Why int8 gains little here: the instructions it lacks, or (with them) that this model is not matmul-bound."""
+        if not any(f in self.flags for f in VNNI_FLAGS):
+            return f"this CPU has no VNNI ({', '.join(VNNI_FLAGS)}), so int8 matmuls run little faster than fp32"
+        return "the CPU has VNNI, but this model's time is not in its matmuls at this batch"
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """The flags of this CPU that decide int8 and fp32 speed (Linux' /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.partition(":")[2].split())
+    return tuple(f for f in ("avx2", "avx512f", *VNNI_FLAGS) if f in have)
 
 
 def int8_path(fp32: Path) -> Path:
@@ -323,6 +367,7 @@ def quantize(
             logging.disable(logging.NOTSET)
         done = _agreement(libs, hf, fp32, partial, samples, progress)
         _judge(done, fp32, min_agreement, max_prob_diff)
+        done = replace(done, speed=_speed(libs, hf, fp32, partial, samples, progress))
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
@@ -347,6 +392,33 @@ def _agreement(
         agree += int(np.sum(want.argmax(-1) == got.argmax(-1)))
         diff = max(diff, float(np.max(np.abs(want - got))))
     return Quantization(int8_path(fp32), agree, len(samples), diff)
+
+
+def _speed(
+    libs: dict[str, Any], hf: Path, fp32: Path, int8: Path, samples: tuple[str, ...], progress: Progress, runs: int = 5
+) -> Speed:
+    """Both graphs timed on one batch of 32 of ``samples`` (repeated if fewer), one intra-op thread each, in
+    turns after a warm-up; the median of ``runs`` each (a shared machine's noise hits both alike)."""
+    import statistics
+    import time
+
+    progress("timing int8 against fp32 on this CPU ...")
+    tokenizer = libs["transformers"].AutoTokenizer.from_pretrained(str(hf), local_files_only=True)
+    ort = libs["onnxruntime"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    names = tuple(i.name for i in sessions[0].get_inputs())
+    texts = tuple((samples * (32 // len(samples) + 1))[:32])
+    feeds = dict(zip(names, _encode(tokenizer, texts, names), strict=True))
+    times: list[list[float]] = [[], []]
+    for turn in range(runs + 1):
+        for session, seconds in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            session.run(None, feeds)
+            if turn:  # the first turn warms both up
+                seconds.append(time.perf_counter() - started)
+    return Speed(statistics.median(times[0]), statistics.median(times[1]), len(texts), cpu_flags())
 
 
 def _softmax(logits: Any) -> Any:

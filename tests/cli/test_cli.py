@@ -70,6 +70,8 @@ def test_registry_and_endpoint_flow(ferry: Ferry, files: dict[str, Path]):
     assert sk["model_id"] == mid and sk["inputs"] == [{"name": None, "dtype": "float32", "shape": [-1, 2]}]
     assert sk["outputs"][0]["shape"] == [-1, 1] and len(sk["preprocess"]["sha256"]) == 64
     assert eps["endpoints"]["pipe/2"]["preprocess"]["is_dir"] is True
+    assert eps["batching"] == {"test_model_sklearn": {"max_batch_size": 32, "default": True, "max_queue_delay_ms": 0}}
+    assert "up to 32 (default)" in ferry("model", "endpoints").out
 
     replaced = ferry("model", "add", "--engine", "custom", "--endpoint", "pipe", "--version", "2")
     assert "already existed: replaced it" in replaced.err

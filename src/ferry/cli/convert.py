@@ -38,6 +38,12 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     q.add_argument("--samples", type=Path, metavar="FILE", help="check sentences, one a line (default: the example's)")
     q.add_argument("--min-agreement", type=float, default=0.98, help="least int8/fp32 argmax agreement (default: 0.98)")
     q.add_argument("--max-prob-diff", type=float, default=0.05, help="largest probability difference (default: 0.05)")
+    q.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.2,
+        help="int8 timed under this many times fp32's speed on this CPU: the printed lines serve fp32 (default: 1.2)",
+    )
     p.set_defaults(func=convert)
 
 
@@ -45,8 +51,8 @@ def convert(ctx: Context, args: argparse.Namespace) -> None:
     from ferry.convert import command_line, quantize, read_samples, shape_text
     from ferry.convert import convert as run
 
-    if args.opset < 7 or args.atol < 0:
-        raise InvalidInput("--opset must be 7 or more and --atol 0 or more")
+    if args.opset < 7 or args.atol < 0 or args.min_speedup < 0:
+        raise InvalidInput("--opset must be 7 or more, --atol and --min-speedup 0 or more")
     if args.quantize and args.task != "text-classification":
         raise InvalidInput("--quantize checks argmax and probabilities: use it with --task text-classification")
     samples = read_samples(args.samples) if args.quantize else ()  # a bad file fails before the export
@@ -63,7 +69,13 @@ def convert(ctx: Context, args: argparse.Namespace) -> None:
         print(f"int8 vs fp32: {int8.summary()} (--min-agreement {args.min_agreement:g}, "
               f"--max-prob-diff {args.max_prob_diff:g})")  # fmt: skip
         print(f"wrote {int8.output}: int8 weights ({_mb(int8.output)} MB; fp32 {_mb(done.output)} MB)")
-        done = replace(done, output=int8.output)
+        if int8.speed is not None:
+            print(int8.speed.summary())
+        if int8.speed is not None and int8.speed.speedup < args.min_speedup:
+            print(f"keep fp32: int8 is under --min-speedup {args.min_speedup:g} here, as {int8.speed.why_slow()}; "
+                  f"the lines below serve {done.output.name} (the int8 file stays for a CPU with VNNI)")  # fmt: skip
+        else:
+            done = replace(done, output=int8.output)
     print("serve it with:")
     print(command_line(done.upload_args(name, args.project)))
     print(command_line(done.add_args(args.endpoint or args.output.stem, name, args.project, args.preprocess)))

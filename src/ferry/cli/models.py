@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
 from ferry.cli.parsing import add_endpoint_settings, add_model_query, endpoint_settings, model_query
-from ferry.control.engine_names import ENGINE_NAMES
+from ferry.control.engine_names import BATCHED_BY_DEFAULT, ENGINE_NAMES, effective_max_batch_size
 from ferry.errors import Conflict
+
+if TYPE_CHECKING:
+    from ferry.control.spec import EndpointSpec
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -206,11 +210,14 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
     config = revision.config
     if args.json:
         doc = config.model_dump(mode="json", include={"endpoints", "canaries", "shadows", "auto_update"})
-        return emit_json({"revision": revision.number, **doc})
+        batching = {
+            key: _batching_doc(e) for key, e in sorted(config.endpoints.items()) if e.engine in BATCHED_BY_DEFAULT
+        }
+        return emit_json({"revision": revision.number, **doc, "batching": batching})
     console.print(f"service {ctx.service.id}, revision {revision.number}", highlight=False)
     table(
         "endpoints",
-        ("endpoint", "engine", "model", "preprocess", "inputs", "outputs"),
+        ("endpoint", "engine", "model", "preprocess", "inputs", "outputs", "batching"),
         [
             (
                 key,
@@ -219,6 +226,7 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
                 e.preprocess.filename if e.preprocess else "",
                 _tensors(e.inputs),
                 _tensors(e.outputs),
+                _batching(e),
             )
             for key, e in sorted(config.endpoints.items())
         ],
@@ -244,6 +252,32 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
             for k, r in config.auto_update.items()
         ],
     )
+
+
+def _batching_doc(spec: EndpointSpec) -> dict[str, Any]:
+    """The batching an endpoint runs with: its cap, whether that is the engine's default, the queue delay."""
+    size, default = effective_max_batch_size(spec.engine, spec.aux_config)
+    return {"max_batch_size": size, "default": default, "max_queue_delay_ms": _delay_ms(spec.aux_config)}
+
+
+def _batching(spec: EndpointSpec) -> str:
+    """The batching column: "up to 32 (default)", "up to 8, waits up to 2 ms", "off", or blank where ferry does
+    not batch requests (custom code; Triton, which batches itself; language models, batched per step)."""
+    if spec.engine not in BATCHED_BY_DEFAULT:
+        return ""
+    doc = _batching_doc(spec)
+    if doc["max_batch_size"] == 1:
+        return "off"
+    delay = f", waits up to {doc['max_queue_delay_ms']:g} ms" if doc["max_queue_delay_ms"] else ""
+    return f"up to {doc['max_batch_size']}{' (default)' if doc['default'] else ''}{delay}"
+
+
+def _delay_ms(aux: dict[str, Any]) -> float:
+    triton = nested if isinstance(nested := aux.get("dynamic_batching"), dict) else {}
+    given = aux.get("max_queue_delay_ms")
+    if given is None and "max_queue_delay_microseconds" in triton:
+        given = float(triton["max_queue_delay_microseconds"]) / 1000
+    return float(given or 0)
 
 
 def _tensors(specs) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ferry.control.engine_names import DEFAULT_MAX_BATCH_SIZE
 from ferry.control.triton_config import TritonModelConfig
 
 
@@ -145,8 +146,9 @@ class QueueAux(CommonAux):
 class BatchAux(QueueAux):
     """Engines the DynamicBatcher can wrap: the common keys plus the batcher's (serving/batching/batcher.py)."""
 
-    max_batch_size: BatchSize = 1
-    """Most requests run as one model call; 1 turns batching off."""
+    max_batch_size: BatchSize | None = None
+    """Most requests run as one model call; 1 turns batching off; unset: the engine's default
+    (``engine_names.effective_max_batch_size``: 32 for the engines in BATCHED_BY_DEFAULT)."""
     max_queue_delay_ms: Annotated[float, Field(ge=0, le=MAX_DELAY_MS)] = 0.0
     """How long the first request of a batch waits for more."""
     preferred_batch_size: BatchSizes | None = None
@@ -178,11 +180,11 @@ class BatchAux(QueueAux):
     @model_validator(mode="after")
     def _preferred_fit(self) -> BatchAux:
         nested = self.dynamic_batching.preferred_batch_size if self.dynamic_batching else None
-        too_big = [s for s in self.preferred_batch_size or nested or [] if s > self.max_batch_size]
+        cap = self.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        too_big = [s for s in self.preferred_batch_size or nested or [] if s > cap]
         if too_big:
             raise ValueError(
-                f"preferred batch sizes {too_big} exceed max_batch_size={self.max_batch_size}: "
-                "raise max_batch_size or drop them"
+                f"preferred batch sizes {too_big} exceed max_batch_size={cap}: raise max_batch_size or drop them"
             )
         return self
 

@@ -1,5 +1,7 @@
 """The engine names ``--engine`` takes: a module of its own, so the command line's parser needs no pydantic."""
 
+from typing import Any
+
 ENGINE_NAMES = (
     "sklearn",
     "xgboost",
@@ -16,3 +18,23 @@ ENGINE_NAMES = (
 
 GENERATIVE = ("llm", "vllm")
 """Engines whose versions generate text: the OpenAI routes serve them, they record ``ferry_llm_*`` metrics."""
+
+BATCHED_BY_DEFAULT = ("sklearn", "xgboost", "lightgbm", "onnxruntime", "torchscript")
+"""Engines whose endpoints batch concurrent requests unless their aux config says otherwise (``max_batch_size=1``
+turns it off): their models take a batch of rows in one call, and a batched answer equals the answer alone."""
+
+DEFAULT_MAX_BATCH_SIZE = 32
+"""Their batch cap when the aux config gives none (Triton's common setting; no queue delay by default)."""
+
+
+def effective_max_batch_size(engine: str, aux: dict[str, Any]) -> tuple[int, bool]:
+    """The batch cap an endpoint of ``engine`` with ``aux`` runs with, and whether it is the default (not asked for).
+    (A triton endpoint's ``max_batch_size`` is the Triton server's: ferry does not batch in front of it.)"""
+    given = aux.get("max_batch_size")
+    if given is None:
+        default = engine in BATCHED_BY_DEFAULT
+        return (DEFAULT_MAX_BATCH_SIZE if default else 1), default
+    try:
+        return max(1, int(given)), False
+    except (TypeError, ValueError):
+        return 1, False

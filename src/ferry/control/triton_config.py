@@ -190,7 +190,7 @@ def _why(key: str) -> str:
 
 
 def _max_batch(engine: str, value: Any) -> dict[str, Any]:
-    return {} if value == 0 else {"max_batch_size": value}  # Triton's 0 is ferry's default: no batching
+    return {"max_batch_size": 1 if value == 0 else value}  # Triton's 0 ("the model does not batch") is ferry's 1
 
 
 def _instance_groups(engine: str, groups: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSou
 from grafana_foundation_sdk.models.heatmap import HeatmapColorMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from ferry.control.engine_names import GENERATIVE
+from ferry.control.engine_names import GENERATIVE, effective_max_batch_size
 from ferry.control.spec import MetricVariable, ServiceConfig
 from ferry.metrics.custom import metric_name
 
@@ -90,15 +90,11 @@ def llm_endpoint_names(config: ServiceConfig) -> list[str]:
 
 
 def batching(config: ServiceConfig) -> bool:
-    """Whether some endpoint has dynamic batching on (``max_batch_size`` over 1, as BatchPolicy reads it)."""
-    return any(_max_batch_size(spec.aux_config) > 1 for spec in config.endpoints.values())
-
-
-def _max_batch_size(aux: dict[str, Any]) -> int:
-    try:
-        return int(aux.get("max_batch_size", 1))
-    except (TypeError, ValueError):
-        return 1
+    """Whether some endpoint batches (``max_batch_size`` over 1, given or by its engine's default)."""
+    return any(
+        effective_max_batch_size(spec.engine, spec.aux_config)[0] > 1 and spec.engine != "triton"
+        for spec in config.endpoints.values()
+    )
 
 
 def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -181,8 +181,10 @@ def feeds(runtime: EndpointRuntime, inputs: Mapping[str, np.ndarray], outputs: S
 
 
 def _check_rows(runtime: EndpointRuntime, checked: Feeds) -> None:
-    """A batching endpoint takes at most max_batch_size rows a request (as Triton's own limit)."""
-    limit = runtime.batcher.policy.max_batch_size if runtime.batcher is not None else None
+    """An endpoint whose aux config sets max_batch_size takes at most that many rows a request (as Triton's own
+    limit); one batching by default runs a larger request alone."""
+    policy = runtime.batcher.policy if runtime.batcher is not None else None
+    limit = policy.max_batch_size if policy is not None and not policy.implicit else None
     rows = max((a.shape[0] for a in checked.values() if a.ndim), default=0)
     if limit is not None and rows > limit:
         raise InputMismatch(

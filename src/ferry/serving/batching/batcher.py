@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -13,12 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from ferry.control.engine_names import effective_max_batch_size
 from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
-from ferry.errors import NotReady, UserCodeError
+from ferry.errors import FerryError, NotReady, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
 from ferry.serving.batching.padding import cut_by_length
+from ferry.serving.batching.patience import Patience
 from ferry.serving.request.inline import INLINE_BUDGET_S, CostMeter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,9 @@ class BatchPolicy:
     """How an endpoint batches, read from its aux config (ferry's keys or Triton's dynamic_batching)."""
 
     max_batch_size: int = 1
+    implicit: bool = False
+    """Batching on by default, not asked for: a request that cannot share a batch (rows that do not stack, more
+    rows than the cap, a model that refuses stacked input) runs alone instead of failing."""
     max_queue_delay_s: float = 0.0
     preferred_sizes: tuple[int, ...] = ()
     pad_value: float = 0
@@ -43,8 +51,10 @@ class BatchPolicy:
             delay_ms = float(triton["max_queue_delay_microseconds"]) / 1000
         preferred = aux.get("preferred_batch_size", triton.get("preferred_batch_size", []))
         preferred = preferred if isinstance(preferred, (list, tuple)) else [preferred]
+        max_batch_size, implicit = effective_max_batch_size(spec.engine, aux)
         return cls(
-            max_batch_size=int(aux.get("max_batch_size", 1)),
+            max_batch_size=max_batch_size,
+            implicit=implicit,
             max_queue_delay_s=float(delay_ms or 0) / 1000,
             preferred_sizes=tuple(sorted(int(p) for p in preferred)),
             pad_value=float(aux.get("pad_value", 0)),
@@ -120,8 +130,34 @@ class DynamicBatcher:
         """Batches running now (at most ``policy.instances``)."""
         self._executor = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"ferry-batch-{key}")
         self._cost = CostMeter(inline_budget_s)
+        self._patience = Patience()
+        self._last_arrival = 0.0
         self._closed = False
+        self.solo = False
+        """Batching given up (a default policy only): the model refused a stacked batch that each request passed
+        alone, so requests run one at a time from then on."""
         self.meter: EndpointMeter | NullMeter = NULL_METER
+
+    def feeds_for(self, data: Any) -> Feeds | None:
+        """``data`` (what preprocess returned) as the arrays of a batch, or None where it runs alone: with batching
+        on by default, data that is not rows (a DataFrame, a dict), more rows than the cap, or batching given up.
+        With batching asked for (``max_batch_size`` given), such data raises as it always has."""
+        try:
+            feeds = self.engine.prepare(data)
+        except FerryError:
+            if self.policy.implicit:
+                return None  # alone, the engine takes it (or refuses it with this same error)
+            raise
+        return feeds if self.admits(feeds) else None
+
+    def admits(self, feeds: Feeds) -> bool:
+        """Whether ``feeds`` goes through the queue (always, with batching asked for: ``submit`` checks them)."""
+        if not self.policy.implicit:
+            return True
+        try:
+            return not self.solo and _rows(feeds, self.key) <= self.policy.max_batch_size
+        except UserCodeError:
+            return False
 
     async def submit(self, feeds: Feeds) -> list[np.ndarray]:
         rows = _rows(feeds, self.key)
@@ -135,6 +171,9 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         self._start(loop)
         pending = _Pending(feeds, rows, time.monotonic(), loop.create_future())
+        if self._queue:  # it joins the requests queued before it: their gaps are what a batch waits for
+            self._patience.observe(pending.arrived - self._last_arrival)
+        self._last_arrival = pending.arrived
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -161,17 +200,16 @@ class DynamicBatcher:
                 asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _gather_window(self) -> None:
-        """Wait until a full batch is queued or the oldest request has waited the queue delay."""
+        """Wait until a full batch is queued, the oldest request has waited the queue delay, or arrivals have
+        stopped coming (``Patience``: waiting longer could not fill the batch)."""
         deadline = self._queue[0].arrived + self.policy.max_queue_delay_s
         while self._queued_rows() < self.policy.max_batch_size:
-            remaining = deadline - time.monotonic()
+            remaining = self._patience.until(self._last_arrival, deadline) - time.monotonic()
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):  # then the next test ends the wait
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
         await asyncio.sleep(0)  # let requests that arrived in this very loop tick join
 
     def _queued_rows(self) -> int:
@@ -252,9 +290,25 @@ class DynamicBatcher:
             feeds, lengths = self._stack([p.feeds for p in group], tally)
             outputs = self.engine.run_tensors(feeds)
             return self._scatter(outputs, [p.rows for p in group], lengths)
-        except Exception:
+        except Exception as exc:
             # Find who broke the batch: each request alone, so only the culprits get the error.
-            return [self._call_alone(p, tally) for p in group]
+            answers = [self._call_alone(p, tally) for p in group]
+            if self.policy.implicit and not any(isinstance(a, BaseException) for a in answers):
+                self._give_up(exc)
+            return answers
+
+    def _give_up(self, exc: Exception) -> None:
+        """Every request passed alone what failed stacked: this model does not batch; stop trying (once)."""
+        if not self.solo:
+            self.solo = True
+            log.warning(
+                "endpoint %s: the model refused a batch of requests that each ran alone (%s: %s); it runs them "
+                "one at a time from now on. Set --aux-config max_batch_size=1 to say so, or make preprocess "
+                "return rows that stack",
+                self.key,
+                type(exc).__name__,
+                exc,
+            )
 
     def _call_alone(self, pending: _Pending, tally: _Tally) -> Any:
         tally.elements += sum(np.size(a) for a in pending.feeds.values())

@@ -158,7 +158,7 @@ class StageRunner:
     async def tensors(self, feeds: Feeds, pool: Executor) -> list[np.ndarray]:
         """The model alone on checked arrays (the V2 protocol), batched when the version batches."""
         try:
-            if self.batcher is not None:
+            if self.batcher is not None and self.batcher.admits(feeds):
                 return await self.batcher.submit(feeds)
             if self.engine.is_async:  # V2 reaches only tensor engines (``v2.signature`` refuses the others)
                 return await cast(AsyncTensorEngine, self.engine).run_tensors(feeds)
@@ -214,8 +214,8 @@ class StageRunner:
 
     async def _model(self, data: Any, state: dict[str, Any], collect: StatsFn, pool: Executor) -> Any:
         batcher = self.batcher
-        if batcher is not None:  # batcher.engine: the runtime's engine, as the TensorEngine it is
-            return batcher.engine.unwrap(await batcher.submit(batcher.engine.prepare(data)))
+        if batcher is not None and (feeds := batcher.feeds_for(data)) is not None:
+            return batcher.engine.unwrap(await batcher.submit(feeds))  # batcher.engine: the TensorEngine it is
         if self.engine.is_async:
             return await self.engine.run(data, state, collect)
         return await self.sync("model", self.engine.run, pool, data, state, collect)
@@ -224,8 +224,8 @@ class StageRunner:
         self, data: Any, state: dict[str, Any], collect: StatsFn, loop: asyncio.AbstractEventLoop | None
     ) -> Any:
         batcher = self.batcher
-        if batcher is not None and loop is not None:  # batcher.engine: the runtime's engine, as a TensorEngine
-            return batcher.engine.unwrap(on_loop(batcher.submit(batcher.engine.prepare(data)), loop))
+        if batcher is not None and loop is not None and (feeds := batcher.feeds_for(data)) is not None:
+            return batcher.engine.unwrap(on_loop(batcher.submit(feeds), loop))
         if self.engine.is_async:
             return on_loop(self.engine.run(data, state, collect), loop)
         return self.engine.run(data, state, collect)
