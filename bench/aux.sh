@@ -34,7 +34,7 @@ for aux in "$@"; do  # each side its own PEERS_HOME (FERRY_HOME, logs) beside th
   side=$((side + 1))
 done
 
-echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $scenario  ${secs}s x $rounds rounds  $(basename "$adapter")  load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $(cpu)  $scenario  ${secs}s x $rounds rounds  $(basename "$adapter")  load $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in "${!auxes[@]}"; do echo "# side$i: ${auxes[i]}"; done
 printf '%-5s' round; for i in "${!ports[@]}"; do printf ' %9s' "side$i"; done; echo
 for r in $(seq 1 "$rounds"); do

@@ -43,3 +43,13 @@ wait_answering() {
   done
   echo "no 200 from $1 within 2 minutes: $4" >&2; exit 1
 }
+
+# cpu: the CPU model and the flags that decide these jobs' speed (SIMD width, int8 and bf16 instructions).
+cpu() {
+  local flags f have=()
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  for f in avx2 avx512f avx512_vnni avx_vnni avx512_bf16 amx_int8 amx_bf16; do
+    [[ $flags == *" $f "* ]] && have+=("$f")
+  done
+  echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) (${have[*]:-no avx2})"
+}

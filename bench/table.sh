@@ -15,7 +15,7 @@ peers_scripts inproc.py
 [[ -f $home/models/minilm-int8/model.int8.onnx ]] || HF_HUB_OFFLINE=1 "$venv/bin/ferry" model convert \
   --hf "$home/models/minilm" --task text-classification --output "$home/models/minilm-int8/model.onnx" \
   --quantize int8 --min-agreement 0 >/dev/null 2>&1
-echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)  ferry $(git -C "$here/.." rev-parse --short HEAD)$(git -C "$here/.." diff --quiet HEAD || echo '+dirty')  ${secs}s  load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $(cpu)  ferry $(git -C "$here/.." rev-parse --short HEAD)$(git -C "$here/.." diff --quiet HEAD || echo '+dirty')  ${secs}s  load $(cut -d' ' -f1-3 /proc/loadavg)"
 raw=$("$peers/run_all.sh" "$secs" "$peers/floor" "$peers/triton" "$peers/mlserver" "$peers/litserve" \
   "$here/ferry-default" "$here/ferry" "$here/ferry-compiled" "$here/ferry-int8")
 echo "$raw"
