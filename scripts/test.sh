@@ -16,6 +16,7 @@ debs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debs+=(postgresql)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || debs+=(prometheus)
 command -v chromium >/dev/null 2>&1 || debs+=(chromium)  # /docs rendered in a real browser (tests/security)
+command -v npm >/dev/null 2>&1 || debs+=(npm)  # axe-core for the console's accessibility check (tests/e2e)
 if [ ${#debs[@]} -gt 0 ]; then
   echo "installing ${debs[*]} (Debian packages) for the store, monitoring and browser tests..."
   sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
@@ -29,6 +30,9 @@ if [ ${#debs[@]} -gt 0 ]; then
 fi
 
 bash scripts/triton_setup.sh >/dev/null  # a real tritonserver (CPU, Python backend) for the Triton tests
+# axe-core, pinned by tests/browser_assets/package-lock.json, injected into the console's pages by the browser test
+[ -f tests/browser_assets/node_modules/axe-core/axe.min.js ] \
+  || npm ci --silent --no-audit --no-fund --prefix tests/browser_assets >/dev/null
 
 venv=${FERRY_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from ferry.console.pages import ConsoleRoutes
+from ferry.console.views import Views
 from ferry.control.store import Store
 from ferry.db import make_sql_engine
 from ferry.metrics.collectors import Metrics
@@ -37,6 +39,7 @@ def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
     tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
     max_body = int(settings.max_body_mb * (1 << 20))
     app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens)
+    app.pages = ConsoleRoutes(Views(store, registry))
     if settings.grpc_port:
         from ferry.grpc import address
         from ferry.grpc.server import GrpcFace  # grpcio and tritonclient: the ferry[triton] extra

@@ -8,8 +8,6 @@ Chromium (driven by Playwright) with such a name served, and no script may run.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,11 +15,11 @@ from pydantic import ValidationError
 
 from ferry.control.spec import NAME_MAX, STORED, TENSOR_NAME_MAX, EndpointSpec, ServiceConfig, TensorSpec
 from ferry.control.store import Store
+from tests.browser import ARGS, chromium_path
 from tests.conftest import Ferry
 from tests.server import Server
 
 MARKUP = "<img src=x onerror=window.__ferry_pwned=1>"
-CHROMIUM = "/usr/bin/chromium"
 CODE = "class Preprocess:\n    def process(self, data, state, collect=None):\n        return data\n"
 
 
@@ -112,22 +110,11 @@ def markup_server(ferry_sqlite: Ferry, tmp_path: Path):
         server.stop()
 
 
-def chromium_path() -> str:
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is not installed (scripts/test.sh installs it)")
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
-    return CHROMIUM
-
-
 def test_docs_shows_markup_in_a_name_as_text_and_runs_no_script(markup_server: Server):
     assert MARKUP in markup_server.client.get("/openapi.json").text  # the name is served as it is
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium_path(),
-            args=["--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-        )
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
         try:
             page = browser.new_page()
             dialogs: list[str] = []

@@ -55,6 +55,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--poll-interval", type=float, default=None, help="seconds between checks for a new revision")
     p.add_argument(
+        "--root-path",
+        default="",
+        metavar="PREFIX",
+        help="the path prefix a proxy serves ferry under (e.g. /ferry): routes answer under it, with or without "
+        "it, and the console's links carry it",
+    )
+    p.add_argument(
         "--token-file",
         default=None,
         metavar="FILE",
@@ -106,6 +113,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
     if args.metrics is False:
         os.environ["FERRY_METRICS"] = "0"
+    root_path = _root_path(args.root_path)
     host, port = args.host or settings.host, args.port or settings.port
     grpc_port = args.grpc_port or settings.grpc_port
     if not args.ray:  # Ray Serve's proxy takes the port; it may be its own, already up
@@ -116,10 +124,12 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     where = f"http://{host}:{port}" + _grpc(host, port, grpc_port)
     how = "on Ray Serve" if args.ray else f"with {workers} worker(s)"
     err_console.print(f"serving service {service_id} ({service_name}) on {where} {how}{locked}", highlight=False)
+    if not args.ray:
+        err_console.print(f"console: http://{host}:{port}{root_path}/console/", highlight=False)
     if args.ray:
         return _serve_on_ray(ctx, args, service_id, host, port, _stop)
     with _shared_metrics(workers if args.metrics is not False and settings.metrics else 1):
-        _run(uvicorn, host, port, workers, _stop)
+        _run(uvicorn, host, port, workers, _stop, root_path)
     if _stop.requested.is_set():
         _stop.done()  # threads a load or a request left running are abandoned, not waited for
 
@@ -141,13 +151,24 @@ def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host:
     serve_on_ray(ctx.store, service_id, args.address, host, port, ingress, stop)
 
 
-def _run(uvicorn: Any, host: str, port: int, workers: int, stop: Stop) -> None:
+def _root_path(given: str) -> str:
+    """``--root-path`` as uvicorn takes it: '' or '/a/b' (a leading slash added, a trailing one dropped)."""
+    from ferry.errors import InvalidInput
+
+    path = given.strip().strip("/")
+    if any(c in path for c in "?#% ") or "//" in path:
+        raise InvalidInput(f"--root-path {given!r}: give a plain path prefix such as /ferry")
+    return f"/{path}" if path else ""
+
+
+def _run(uvicorn: Any, host: str, port: int, workers: int, stop: Stop, root_path: str = "") -> None:
     """uvicorn serving ``APP``: in this process, or in ``workers`` processes under uvicorn's supervisor."""
     config = uvicorn.Config(
         APP,
         factory=True,
         host=host,
         port=port,
+        root_path=root_path,
         workers=workers,
         loop="uvloop",
         http="ferry.rest.protocol:FerryHttpProtocol",  # httptools, each answer in one write

@@ -46,6 +46,15 @@ class Face(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
+class Pages(Protocol):
+    """Pages served beside the API under their own prefix (console/pages.py ``ConsoleRoutes``)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def handle(self, scope: dict, send: Any) -> None:
+        """Answer a GET; ``send(status, body, content_type, headers)`` writes it. FerryErrors become answers."""
+
+
 class FerryApp:
     """A plain ASGI app: the request path stays short; the reconciler runs in its lifespan."""
 
@@ -57,6 +66,8 @@ class FerryApp:
         startup_timeout: float = 120.0,
         tokens: Collection[str] = (),
     ) -> None:
+        self.pages: Pages | None = None
+        """The web console, when the server has one: GET pages under its prefix, with the serve tokens' access."""
         self.faces: list[Face] = []
         """Other ways in served on this app's loop (the KServe V2 gRPC face): bound at startup, opened with it."""
         self.auth = BearerAuth(tokens) if tokens else None  # None: serving is open, one `if` per request
@@ -74,6 +85,9 @@ class FerryApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send_)
             return
+        root = scope.get("root_path")
+        if root and scope["path"].startswith(root + "/"):  # behind a prefix (--root-path): route what follows it
+            scope = {**scope, "path": _unprefixed(scope["path"], root)}
         if self.auth is not None and not await self.auth.admit(scope, send_):
             return
         path, method = scope["path"], scope["method"]
@@ -86,6 +100,10 @@ class FerryApp:
                 return await self._serve(scope, receive, send_, path[len(SERVE) :])
             if is_v2(path):
                 return await self.v2.handle(scope, receive, send_)
+            if self.pages is not None and self.pages.owns(path):
+                if method not in ("GET", "HEAD"):
+                    return await _method_not_allowed(send_, "GET")
+                return await self.pages.handle(scope, lambda *answer: send(send_, *answer))
             if method not in ("GET", "HEAD"):
                 if path not in GET_ROUTES:
                     raise _no_route(path)
@@ -197,6 +215,13 @@ class FerryApp:
             await send_({"type": "lifespan.startup.failed", "message": str(exc)})
             return False
         return True
+
+
+def _unprefixed(path: str, root: str) -> str:
+    """``path`` without the ``--root-path`` prefix. uvicorn puts the prefix before the path it received, assuming
+    the proxy took it off; a proxy that passed it on gives it twice, and both are taken off."""
+    path = path[len(root) :]
+    return path[len(root) :] if path.startswith(root + "/") else path
 
 
 def _log_crash(task: asyncio.Task) -> None:
