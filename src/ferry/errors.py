@@ -33,6 +33,18 @@ class InputMismatch(InvalidInput):
     status_code = 422
 
 
+class Unauthorized(FerryError):
+    """The request carries no bearer token."""
+
+    status_code = 401
+
+
+class Forbidden(FerryError):
+    """The request may not do this: an unknown token, or a write it has no right to."""
+
+    status_code = 403
+
+
 class NotFound(FerryError):
     """A service, model, endpoint, version or revision that does not exist."""
 

@@ -11,6 +11,8 @@ import sys
 
 from ferry.console.pages import ConsoleRoutes
 from ferry.console.views import Views
+from ferry.console.writes import Gate, Writes, form_secret
+from ferry.control.service import ServiceControl
 from ferry.control.store import Store
 from ferry.db import make_sql_engine
 from ferry.metrics.collectors import Metrics
@@ -38,8 +40,11 @@ def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
     reconciler.swap.drain_timeout = settings.drain_timeout_s
     tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
     max_body = int(settings.max_body_mb * (1 << 20))
-    app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens)
-    app.pages = ConsoleRoutes(Views(store, registry))
+    admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
+    app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens, admins)
+    writes = Writes(ServiceControl(store, registry, artifacts))
+    can_read = app.auth.known if app.auth is not None else None
+    app.pages = ConsoleRoutes(Views(store, registry), writes, Gate.of(admins, form_secret()), can_read)
     if settings.grpc_port:
         from ferry.grpc import address
         from ferry.grpc.server import GrpcFace  # grpcio and tritonclient: the ferry[triton] extra

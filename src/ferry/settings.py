@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     serve_tokens_file: str = ""
     """A file of bearer tokens (one a line, ``#`` comments); ``ferry serve --token-file`` sets it for its workers."""
 
+    admin_tokens: str = Field(default="", repr=False)
+    """Comma-separated admin tokens: set, the web console's writes need one; unset, they come from loopback only."""
+
+    admin_tokens_file: str = ""
+    """A file of admin tokens (as ``serve_tokens_file``); ``ferry serve --admin-token-file`` sets it."""
+
     metrics: bool = True
     """Whether ``ferry serve`` records Prometheus metrics and answers GET /metrics (``--no-metrics``: off)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,13 +38,13 @@ def console(e2e_home: Path, e2e_ferry: Ferry, tmp_path_factory: pytest.TempPathF
     upload = ferry("model", "upload", "--name", MARKUP, "--project", "demo", "--path", str(work / "m.pkl")).out
     mid = upload.strip().rsplit("=", 1)[1]
     ferry("--id", sid, "model", "add", "--engine", "sklearn", "--endpoint", "sk", "--model-id", mid)
-    code = work / "tag.py"
-    code.write_text(textwrap.dedent("""
-        class Preprocess:
-            def process(self, data, state, collect=None):
-                return {"ok": True}
-        """))  # fmt: skip
     for version in ("1", "2"):
+        code = work / f"tag{version}.py"
+        code.write_text(textwrap.dedent(f"""
+            class Preprocess:
+                def process(self, data, state, collect=None):
+                    return {{"tag": "tag/{version}"}}
+            """))  # fmt: skip
         ferry("--id", sid, "model", "add", "--engine", "custom", "--endpoint", "tag", "--version", version,
               "--preprocess", str(code))  # fmt: skip
     ferry("--id", sid, "model", "canary", "--endpoint", "tag", "--weights", "0.7", "0.3",
@@ -75,7 +76,7 @@ def test_the_services_page_links_each_service_under_the_prefix(console: dict) ->
     assert "console &lt;b&gt;demo&lt;/b&gt;" in html and "<b>demo" not in html
     assert page(console, "/console/", prefix="") == html  # a proxy that keeps the prefix, or none: same page
     client = console["server"].client
-    assert client.post("/ferry/serve/tag", json={}).json() == client.post("/serve/tag", json={}).json() == {"ok": True}
+    assert client.post("/ferry/serve/tag/1", json={}).json() == client.post("/serve/tag/1", json={}).json()
     css = client.get("/ferry/console/static/console.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
 
@@ -152,6 +153,8 @@ def test_every_page_loads_in_chromium_with_no_script_error_and_the_markup_name_a
         "revisions": f"{base}/services/{sid}/revisions",
         "instances": f"{base}/services/{sid}/instances",
         "models": f"{base}/models",
+        "login": f"{base}/login",
+        "rollback": f"{base}/services/{sid}/rollback?to=2",
     }
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
@@ -218,3 +221,113 @@ def test_root_path_is_taken_as_a_plain_prefix() -> None:
     for bad in ("/a b", "/a?x=1", "/a#b", "/a//b"):
         with pytest.raises(InvalidInput, match="plain path prefix"):
             _root_path(bad)
+
+
+def tags(server: Server, n: int = 20) -> set[str]:
+    return {server.serve("tag", {}).json()["tag"] for _ in range(n)}
+
+
+def test_canary_weights_and_a_rollback_made_in_the_page_reach_the_server(console: dict) -> None:
+    """In Chromium: the canary's weights set to 0 / 1 in the service page, then the revision before rolled back
+    to from the revisions page (its confirm step); the next requests follow each, the rollback within 2 s."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, sid = console["server"], console["sid"]
+    base = f"{server.url}/ferry/console/services/{sid}"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(base)
+            page.fill("#w-1-1", "0")
+            page.fill("#w-1-2", "1")
+            page.click("form.weights button")
+            page.wait_for_url(base)
+            assert "tag/2 100.0%" in page.inner_text("main")
+            server.wait_for(lambda: tags(server) == {"tag/2"}, 5, "the new weights served")
+            weighted = server.client.get("/health/ready").json()["revision"]
+            page.goto(f"{base}/revisions")
+            page.click(f'a[href$="/rollback?to={weighted - 1}"]')
+            assert "canary tag" in page.inner_text("main")  # the confirm step lists what changes
+            page.click("#confirm-rollback")
+            page.wait_for_url(f"{base}/revisions")
+            clicked = time.monotonic()
+            server.wait_for(lambda: tags(server) == {"tag/1", "tag/2"}, 5, "the rollback served")
+            took = time.monotonic() - clicked
+            assert f"rollback to revision {weighted - 1}" in page.inner_text("main")
+        finally:
+            browser.close()
+    assert took < 2.0, f"the rollback was served {took:.2f} s after the click"
+
+
+def test_publish_and_tags_from_the_models_page_are_the_registry_s(console: dict, e2e_ferry: Ferry) -> None:
+    client, mid = console["server"].client, console["mid"]
+    models = page(console, "/console/models")
+    token = re.search(r'name="form_token" value="([0-9a-f]+)"', models).group(1)
+    origin = {"origin": console["server"].url}
+    published = client.post(f"/ferry/console/models/{mid}/publish", data={"form_token": token}, headers=origin)
+    assert published.status_code == 303 and published.headers["location"] == f"/ferry/console/models#{mid}"
+    tagged = client.post(f"/ferry/console/models/{mid}/tags", data={"form_token": token, "tags": "prod, v1"},
+                         headers=origin)  # fmt: skip
+    assert tagged.status_code == 303
+    (model,) = [m for m in e2e_ferry("model", "list", "--json").json() if m["id"] == mid]
+    assert model["published"] and model["tags"] == ["prod", "v1"]
+
+
+def test_a_write_from_another_site_or_without_the_form_token_is_refused(console: dict) -> None:
+    client, sid = console["server"].client, console["sid"]
+    token = re.search(r'name="form_token" value="([0-9a-f]+)"', page(console, "/console/models")).group(1)
+    url = f"/ferry/console/services/{sid}/rollback"
+    head = client.get("/health/ready").json()["revision"]
+    cross = client.post(url, data={"form_token": token, "to": "1"}, headers={"origin": "http://evil.example"})
+    assert cross.status_code == 403 and "another site" in cross.text
+    bare = client.post(url, data={"to": "1"}, headers={"origin": console["server"].url})
+    assert bare.status_code == 403 and "token is missing or stale" in bare.text
+    assert client.get("/health/ready").json()["revision"] == head  # nothing written
+
+
+def test_behind_tokens_a_browser_logs_in_and_a_write_needs_an_admin_token(
+    console: dict, e2e_home: Path, tmp_path: Path
+) -> None:
+    """Serve tokens lock the pages (a browser is sent to the login page, which sets an HttpOnly, SameSite=Strict
+    cookie); admin tokens lock the writes: a serve token reads but cannot write, an admin token can."""
+    (tmp_path / "serve").write_text("reader-token\n")
+    (tmp_path / "admins").write_text("# console admins\nsecret-admin\n")
+    server = Server(e2e_home.parent, "--id", console["sid"], "--token-file", str(tmp_path / "serve"),
+                    "--admin-token-file", str(tmp_path / "admins"), env=FAST_POLL)  # fmt: skip
+    client, origin = server.client, {"origin": server.url}
+    try:
+        server.wait_ready()
+        sent = client.get("/console/models")
+        assert sent.status_code == 303 and sent.headers["location"] == "/console/login"
+        assert "log in" in client.get("/console/login").text.lower()
+        wrong = client.post("/console/login", data={"token": "guess"}, headers=origin)
+        assert wrong.status_code == 403 and "not one this server accepts" in wrong.text
+        reader = client.post("/console/login", data={"token": "reader-token"}, headers=origin)
+        assert reader.status_code == 303
+        cookie = reader.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+        html = client.get("/console/models").text  # the client keeps the cookie
+        token = re.search(r'name="form_token" value="([0-9a-f]+)"', html).group(1)
+        url, form = f"/console/models/{console['mid']}/tags", {"form_token": token, "tags": "audited"}
+        refused = client.post(url, data=form, headers=origin)
+        assert refused.status_code == 403 and "need an admin token" in refused.text
+        bearer = client.post(url, data=form, headers={**origin, "authorization": "Bearer nope"})
+        assert bearer.status_code == 403
+        assert client.post("/console/login", data={"token": "secret-admin"}, headers=origin).status_code == 303
+        done = client.post(url, data=form, headers=origin)
+        assert done.status_code == 303, done.text
+        assert client.post("/serve/tag/1", json={}).status_code == 401  # the API still wants its bearer header
+    finally:
+        server.stop()
+
+
+def test_without_admin_tokens_only_loopback_may_write() -> None:
+    from ferry.console.writes import Gate
+    from ferry.errors import Forbidden
+
+    gate = Gate.of([], b"key")
+    form, headers = {"form_token": gate.token()}, {b"origin": "http://ferry:8080", b"host": "ferry:8080"}
+    gate.check({"client": ("127.0.0.1", 5000)}, headers, form)
+    gate.check({"client": ("::1", 5000)}, headers, form)
+    with pytest.raises(Forbidden, match="this machine only while no admin token is set"):
+        gate.check({"client": ("10.1.2.3", 5000)}, headers, form)

@@ -9,6 +9,7 @@ import errno
 import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -70,6 +71,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "(# comments allowed). Default $FERRY_SERVE_TOKENS_FILE; $FERRY_SERVE_TOKENS adds comma-separated tokens",
     )
     p.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="FILE",
+        help="tokens (one a line) that the web console's writes (rollback, canary weights, publish, tags) need; "
+        "default $FERRY_ADMIN_TOKENS_FILE, $FERRY_ADMIN_TOKENS adds comma-separated ones; with none, writes are "
+        "accepted from this machine (loopback) only",
+    )
+    p.add_argument(
         "--no-metrics",
         dest="metrics",
         action="store_false",
@@ -113,6 +122,13 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
     if args.metrics is False:
         os.environ["FERRY_METRICS"] = "0"
+    if args.admin_token_file:
+        from ferry.rest.auth import read_token_file
+
+        admin_file = Path(args.admin_token_file).expanduser().resolve()  # workers may run in another directory
+        read_token_file(admin_file)  # an unreadable or empty file fails here, before serving
+        os.environ["FERRY_ADMIN_TOKENS_FILE"] = str(admin_file)
+    os.environ.setdefault("FERRY_CONSOLE_SECRET", secrets.token_hex(32))  # one form key for all the workers
     root_path = _root_path(args.root_path)
     host, port = args.host or settings.host, args.port or settings.port
     grpc_port = args.grpc_port or settings.grpc_port

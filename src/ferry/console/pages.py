@@ -9,6 +9,7 @@ shows as text and could run nothing even if a template forgot to escape. Links a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -17,8 +18,10 @@ from urllib.parse import parse_qs
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from ferry.console.forms import read_form
 from ferry.console.views import Views
-from ferry.errors import NotFound
+from ferry.console.writes import COOKIE, Gate, Writes, same_origin
+from ferry.errors import FerryError, Forbidden, InvalidInput, MethodNotAllowed, NotFound
 
 PREFIX = "/console"
 CSP = (
@@ -31,10 +34,14 @@ Send = Callable[[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]], Any]
 
 
 class ConsoleRoutes:
-    """The console's pages over ``views``; ``handle`` answers one GET under ``/console``."""
+    """The console's pages over ``views``, its forms' writes through ``writes`` when ``gate`` lets them through."""
 
-    def __init__(self, views: Views) -> None:
+    def __init__(self, views: Views, writes: Writes, gate: Gate, can_read: Callable[[str], bool] | None) -> None:
+        """``can_read``: whether a token may read (the serve tokens); None where reading needs no token."""
         self.views = views
+        self.writes = writes
+        self.gate = gate
+        self.can_read = can_read
         self.templates = Environment(
             loader=PackageLoader("ferry.console", "templates"), autoescape=select_autoescape(default=True)
         )
@@ -45,16 +52,44 @@ class ConsoleRoutes:
     def owns(path: str) -> bool:
         return path == PREFIX or path.startswith(PREFIX + "/")
 
-    async def handle(self, scope: dict[str, Any], send: Send) -> None:
-        """Render the page at ``scope["path"]``; NotFound (404) for a path or an id the console does not know."""
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        """Answer one request under /console: a page (GET), or a form's write (POST) then 303 to a page. Errors
+        are pages too, with the error's status and message."""
         parts = [p for p in scope["path"][len(PREFIX) :].split("/") if p]
-        root = scope.get("root_path", "").rstrip("/")
-        if parts == ["static", "console.css"]:
-            return await send(200, self.css, b"text/css; charset=utf-8", HEADERS)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        template, values = await asyncio.to_thread(self._page, parts, query)
-        html = self.templates.get_template(template).render(root=root, console=root + PREFIX, **values)
-        await send(200, html.encode(), b"text/html; charset=utf-8", HEADERS)
+        console = scope.get("root_path", "").rstrip("/") + PREFIX
+        try:
+            if scope["method"] == "POST" and parts == ["login"]:
+                return await self._login(scope, receive, send, console)
+            if scope["method"] == "POST" and _is_form(parts):
+                form = parse_qs((await read_form(scope, receive)).decode("utf-8", "replace"))
+                self.gate.check(scope, _headers(scope), {k: v[0] for k, v in form.items()})
+                target = await asyncio.to_thread(self._write, parts, form)
+                return await send(303, b"", b"text/plain", (*HEADERS, (b"location", (console + target).encode())))
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"/console/{'/'.join(parts)} is a page: GET it (only the console's forms POST)")
+            if parts == ["static", "console.css"]:
+                return await send(200, self.css, b"text/css; charset=utf-8", HEADERS)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            template, values = await asyncio.to_thread(self._page, parts, query)
+            status = 200
+        except FerryError as exc:
+            template, values, status = "error.html", {"error": exc}, exc.status_code
+        html = self.templates.get_template(template).render(console=console, form_token=self.gate.token(), **values)
+        await send(status, html.encode(), b"text/html; charset=utf-8", HEADERS)
+
+    async def _login(self, scope: dict[str, Any], receive: Any, send: Send, console: str) -> None:
+        """A token from the login form kept in an HttpOnly, SameSite=Strict cookie for the console's paths."""
+        if not same_origin(_headers(scope)):
+            raise Forbidden("log in from the console's own login page (this request's Origin is another site's)")
+        form = parse_qs((await read_form(scope, receive)).decode("utf-8", "replace"))
+        token = form.get("token", [""])[0].strip()
+        readable = self.can_read is None or self.can_read(token)
+        if not token or not (readable or self.gate.is_admin(token)):
+            raise Forbidden("that token is not one this server accepts: check the token you were given")
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        cookie = f"{COOKIE}={token}; Path={console}; HttpOnly; SameSite=Strict{secure}"
+        headers = (*HEADERS, (b"location", f"{console}/".encode()), (b"set-cookie", cookie.encode("latin-1")))
+        await send(303, b"", b"text/plain", headers)
 
     def _page(self, parts: list[str], query: dict[str, list[str]]) -> tuple[str, dict[str, Any]]:
         """The template and its values for a path under /console (in a thread: the store may be remote)."""
@@ -62,6 +97,8 @@ class ConsoleRoutes:
         match parts:
             case []:
                 return "services.html", {"services": views.services()}
+            case ["login"]:
+                return "login.html", {"needed": self.can_read is not None, "admins": bool(self.gate.admin_digests)}
             case ["models"]:
                 return "models.html", {"models": views.models()}
             case ["services", sid]:
@@ -72,9 +109,56 @@ class ConsoleRoutes:
                 head = views.store.head(sid)
                 old, new = (_int(query.get(k, [""])[0], default) for k, default in (("from", head - 1), ("to", head)))
                 return "diff.html", views.diff(sid, old, new)
+            case ["services", sid, "rollback"]:  # the confirm step: what rolling back would change
+                head = views.store.head(sid)
+                return "rollback.html", views.diff(sid, head, _int(query.get("to", [""])[0], head))
             case ["services", sid, "instances"]:
                 return "instances.html", views.instances(sid)
         raise NotFound(f"the console has no page /console/{'/'.join(parts)}: start at /console/")
+
+    def _write(self, parts: list[str], form: dict[str, list[str]]) -> str:
+        """Run the form's operation; the console path to show next."""
+        writes = self.writes
+        match parts:
+            case ["services", sid, "rollback"]:
+                writes.rollback(sid, _required_int(form, "to"))
+                return f"/services/{sid}/revisions"
+            case ["services", sid, "canaries", name]:
+                writes.canary_weights(sid, name, [_number(w) for w in form.get("weight", [])])
+                return f"/services/{sid}"
+            case ["models", mid, "publish"]:
+                writes.publish(mid)
+                return f"/models#{mid}"
+            case ["models", mid, "tags"]:
+                writes.tag(mid, [t for t in re.split(r"[,\s]+", form.get("tags", [""])[0]) if t])
+                return f"/models#{mid}"
+        raise NotFound(f"the console has no form at /console/{'/'.join(parts)}")
+
+
+def _is_form(parts: list[str]) -> bool:
+    """Whether a path under /console takes a form's POST (``ConsoleRoutes._write`` runs it)."""
+    match parts:
+        case ["services", _, "rollback"] | ["services", _, "canaries", _] | ["models", _, "publish" | "tags"]:
+            return True
+    return False
+
+
+def _headers(scope: dict[str, Any]) -> dict[bytes, str]:
+    return {name.lower(): value.decode("latin-1") for name, value in scope.get("headers", ())}
+
+
+def _required_int(form: dict[str, list[str]], key: str) -> int:
+    value = form.get(key, [""])[0]
+    if not value.isdigit():
+        raise InvalidInput(f"the form needs {key} as a whole number, got {value!r}")
+    return int(value)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput(f"a weight must be a number, got {text!r}") from None
 
 
 def _int(text: str, default: int = 1) -> int:

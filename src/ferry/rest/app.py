@@ -51,8 +51,8 @@ class Pages(Protocol):
 
     def owns(self, path: str) -> bool: ...
 
-    async def handle(self, scope: dict, send: Any) -> None:
-        """Answer a GET; ``send(status, body, content_type, headers)`` writes it. FerryErrors become answers."""
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        """Answer a request; ``send(status, body, content_type, headers)`` writes it. It answers its own errors."""
 
 
 class FerryApp:
@@ -65,12 +65,14 @@ class FerryApp:
         max_body: int = 64 << 20,
         startup_timeout: float = 120.0,
         tokens: Collection[str] = (),
+        console_tokens: Collection[str] = (),
     ) -> None:
+        """``tokens`` lock every route but the probes; ``console_tokens`` (admin tokens) also open the console."""
         self.pages: Pages | None = None
         """The web console, when the server has one: GET pages under its prefix, with the serve tokens' access."""
         self.faces: list[Face] = []
         """Other ways in served on this app's loop (the KServe V2 gRPC face): bound at startup, opened with it."""
-        self.auth = BearerAuth(tokens) if tokens else None  # None: serving is open, one `if` per request
+        self.auth = BearerAuth(tokens, console_tokens) if tokens else None  # None: open, one `if` per request
         self.plane = plane
         self.startup_timeout = startup_timeout
         self.reconciler = reconciler
@@ -101,9 +103,7 @@ class FerryApp:
             if is_v2(path):
                 return await self.v2.handle(scope, receive, send_)
             if self.pages is not None and self.pages.owns(path):
-                if method not in ("GET", "HEAD"):
-                    return await _method_not_allowed(send_, "GET")
-                return await self.pages.handle(scope, lambda *answer: send(send_, *answer))
+                return await self.pages.handle(scope, receive, lambda *answer: send(send_, *answer))
             if method not in ("GET", "HEAD"):
                 if path not in GET_ROUTES:
                     raise _no_route(path)
