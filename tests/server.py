@@ -16,14 +16,15 @@ from tests.process import wait_until
 class Server:
     """One `ferry serve` process; its log goes to a file the failing test can show."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None, command: str = "serve") -> None:
+        """``ferry COMMAND --port <free port> ARGS`` (``command``: serve, or console)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the life of the process
         env = {"FERRY_POLL_INTERVAL": "0.2", "FERRY_HEARTBEAT_INTERVAL": "0.3", **os.environ, **(env or {})}
         self.proc = subprocess.Popen(
-            [FERRY_BIN, "serve", "--port", str(self.port), *args],
+            [FERRY_BIN, command, "--port", str(self.port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

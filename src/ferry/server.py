@@ -18,11 +18,31 @@ from ferry.db import make_sql_engine
 from ferry.metrics.collectors import Metrics
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
-from ferry.rest.app import FerryApp
-from ferry.rest.auth import load_tokens
+from ferry.rest.app import FerryApp, PagesApp
+from ferry.rest.auth import BearerAuth, load_tokens
 from ferry.serving.request.dataplane import DataPlane
 from ferry.serving.revisions.reconciler import Reconciler
 from ferry.settings import Settings
+
+
+def create_console_app() -> PagesApp:
+    """``ferry console``: the web console over the store of FERRY_* settings, for every service, no models loaded."""
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Store(make_sql_engine(settings.store_url(), create_tables=False))
+    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=False)
+    registry = ModelRegistry(store.sql, artifacts)
+    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
+    admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
+    auth = BearerAuth(tokens, admins) if tokens else None
+    return PagesApp(_console(store, registry, artifacts, admins, auth), auth)
+
+
+def _console(
+    store: Store, registry: ModelRegistry, artifacts: ArtifactStore, admins: frozenset[str], auth: BearerAuth | None
+) -> ConsoleRoutes:
+    writes = Writes(ServiceControl(store, registry, artifacts))
+    return ConsoleRoutes(Views(store, registry), writes, Gate.of(admins, form_secret()), auth.known if auth else None)
 
 
 def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
@@ -42,9 +62,7 @@ def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
     max_body = int(settings.max_body_mb * (1 << 20))
     admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
     app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens, admins)
-    writes = Writes(ServiceControl(store, registry, artifacts))
-    can_read = app.auth.known if app.auth is not None else None
-    app.pages = ConsoleRoutes(Views(store, registry), writes, Gate.of(admins, form_secret()), can_read)
+    app.pages = _console(store, registry, artifacts, admins, app.auth)
     if settings.grpc_port:
         from ferry.grpc import address
         from ferry.grpc.server import GrpcFace  # grpcio and tritonclient: the ferry[triton] extra

@@ -331,3 +331,24 @@ def test_without_admin_tokens_only_loopback_may_write() -> None:
     gate.check({"client": ("::1", 5000)}, headers, form)
     with pytest.raises(Forbidden, match="this machine only while no admin token is set"):
         gate.check({"client": ("10.1.2.3", 5000)}, headers, form)
+
+
+def test_ferry_console_serves_every_service_without_loading_a_model(console: dict, e2e_home: Path, e2e_ferry: Ferry):
+    other = e2e_ferry.service("second service")
+    server = Server(e2e_home.parent, command="console")
+    try:
+        server.wait_for(lambda: server.client.get("/health/live").status_code == 200, 20, "the console up")
+        assert server.client.get("/").headers["location"] == "/console/"
+        html = server.client.get("/console/").text
+        assert f'href="/console/services/{console["sid"]}"' in html and f'href="/console/services/{other}"' in html
+        service = server.client.get(f"/console/services/{console['sid']}").text
+        assert "tag/1" in service and "on each instance" in service
+        assert server.client.post("/serve/tag", json={}).status_code == 404  # no data plane here
+        models = server.client.get("/console/models").text
+        token = re.search(r'name="form_token" value="([0-9a-f]+)"', models).group(1)
+        tagged = server.client.post(f"/console/models/{console['mid']}/tags", data={"form_token": token, "tags": "x"},
+                                    headers={"origin": server.url})  # fmt: skip
+        assert tagged.status_code == 303  # a write from loopback, no admin token set
+        assert "serving" not in server.log()  # nothing loaded: no reconciler, no endpoint
+    finally:
+        server.stop()

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from ferry import __version__
-from ferry.cli import dashboard, declarative, metrics, migrate, models, serve, services, triton
+from ferry.cli import console, dashboard, declarative, metrics, migrate, models, serve, services, triton
 from ferry.cli.context import Context
 from ferry.cli.output import fail
 from ferry.errors import FerryError
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     services.register(sub, common)
     models.register(sub, common)
     serve.register(sub, common)
+    console.register(sub, common)
     declarative.register(sub, common)
     metrics.register(sub, common)
     dashboard.register(sub, common)

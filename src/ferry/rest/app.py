@@ -217,6 +217,37 @@ class FerryApp:
         return True
 
 
+class PagesApp:
+    """An ASGI app that serves only ``pages`` (``ferry console``: the web console without a data plane)."""
+
+    def __init__(self, pages: Pages, auth: BearerAuth | None = None) -> None:
+        self.pages = pages
+        self.auth = auth
+
+    async def __call__(self, scope: dict, receive: Any, send_: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":  # startup: nothing to start
+                await send_({"type": "lifespan.startup.complete"})
+            return await send_({"type": "lifespan.shutdown.complete"})
+        if scope["type"] != "http":
+            return
+        root = scope.get("root_path")
+        if root and scope["path"].startswith(root + "/"):
+            scope = {**scope, "path": _unprefixed(scope["path"], root)}
+        if self.auth is not None and not await self.auth.admit(scope, send_):
+            return
+        if scope["path"] in ("", "/"):
+            where = (scope.get("root_path", "").rstrip("/") + "/console/").encode()
+            return await send(send_, 303, b"", b"text/plain", [(b"location", where)])
+        if scope["path"] in ("/health/live", "/health/ready"):
+            return await send(send_, 200, b'{"status":"live"}')
+        if not self.pages.owns(scope["path"]):
+            return await send_error(
+                send_, NotFound(f"no route {scope['path']}: this server has the console only, at /console/")
+            )
+        await self.pages.handle(scope, receive, lambda *answer: send(send_, *answer))
+
+
 def _unprefixed(path: str, root: str) -> str:
     """``path`` without the ``--root-path`` prefix. uvicorn puts the prefix before the path it received, assuming
     the proxy took it off; a proxy that passed it on gives it twice, and both are taken off."""

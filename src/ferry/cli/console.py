@@ -1,0 +1,65 @@
+"""The `console` command: the web console on its own, for every service in the store, with no model loaded."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+from ferry.cli.context import Context
+from ferry.cli.output import err_console
+from ferry.cli.serve import _free, _lock, _root_path
+
+APP = "ferry.server:create_console_app"
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "console",
+        parents=[common],
+        help="serve the web console for every service in the store (no models loaded)",
+        description="The web console (what `ferry serve` shows at /console/) on its own: every service, its "
+        "endpoints, revisions and instances, and the model registry, from the store; writes as in `ferry serve`.",
+    )
+    p.add_argument("--host", default=None, help="address to bind (default $FERRY_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8090, help="port to bind (default 8090)")
+    p.add_argument("--root-path", default="", metavar="PREFIX", help="the path prefix a proxy serves it under")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="tokens that reading the console needs (a browser logs in at /console/login); "
+        "default $FERRY_SERVE_TOKENS_FILE",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="FILE",
+        help="tokens that the console's writes need (default $FERRY_ADMIN_TOKENS_FILE); with none, writes are "
+        "accepted from this machine (loopback) only",
+    )
+    p.set_defaults(func=console)
+
+
+def console(ctx: Context, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from ferry.rest.auth import read_token_file
+
+    settings = ctx.settings
+    ctx.store.list_services()  # an unreachable store fails here, in one line, before the port opens
+    host, root = args.host or settings.host, _root_path(args.root_path)
+    _free(host, args.port, "--port")
+    if args.admin_token_file:
+        admin_file = Path(args.admin_token_file).expanduser().resolve()
+        read_token_file(admin_file)
+        os.environ["FERRY_ADMIN_TOKENS_FILE"] = str(admin_file)
+    os.environ.setdefault("FERRY_CONSOLE_SECRET", secrets.token_hex(32))
+    locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
+    err_console.print(f"console for every service in the store on http://{host}:{args.port}{root}/console/{locked}")
+    config = uvicorn.Config(
+        APP, factory=True, host=host, port=args.port, root_path=root, loop="uvloop", log_level="warning",
+        access_log=False, server_header=False,
+    )  # fmt: skip
+    uvicorn.Server(config).run()
