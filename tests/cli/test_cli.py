@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ferry.cli.main import build_parser
+from ferry.control.store import os_user
 from tests.conftest import FERRY_BIN, Ferry
 
 PREPROCESS = """
@@ -81,6 +82,7 @@ def test_registry_and_endpoint_flow(ferry: Ferry, files: dict[str, Path]):
 
     hist = ferry("history", "--json").json()
     assert [h["revision"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    assert {h["author"] for h in hist} == {os_user()}  # who ran the commands
     assert hist[4]["summary"] == "endpoint pipe/2 removed"
     assert ferry("rollback", "--to", "3").out.startswith("revision 7: rollback to revision 3")
     eps = ferry("model", "endpoints", "--json").json()

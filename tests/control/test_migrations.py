@@ -16,7 +16,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, insert, select, text
 
 import ferry.control.store
 from ferry import migrations
@@ -60,6 +60,7 @@ def fill(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     today's ferry writes them (its ``revisions`` table, the baseline's); returns what they read back."""
     with monkeypatch.context() as patched:
         patched.setattr(ferry.control.store, "revisions", baseline_module().metadata.tables["revisions"])
+        patched.setattr(ferry.control.store, "insert", _baseline_insert)  # the baseline's rows have no author
         store, registry = Store(new_engine(url)), registry_on(new_engine(url), tmp_path)
         first = store.create_service("serving example", "proj", ["a", "b"])
         second = store.create_service("other")
@@ -102,6 +103,20 @@ def counts(engine: Engine) -> dict[str, int]:
 
 def registry_on(engine: Engine, tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(engine, ArtifactStore(str(tmp_path / "artifacts"), tmp_path / "cache", progress=False))
+
+
+class _BaselineInsert:
+    """``insert(table).values(...)`` for a table of the baseline schema: what it has no column for is left out."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def values(self, **columns: Any) -> Any:
+        return insert(self.table).values(**{k: v for k, v in columns.items() if k in self.table.c})
+
+
+def _baseline_insert(table: Any) -> Any:
+    return _BaselineInsert(table)
 
 
 def add_endpoint(name: str):

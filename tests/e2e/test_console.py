@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from ferry.control.store import os_user
 from tests.browser import ARGS, chromium_path
 from tests.conftest import Ferry
 from tests.e2e.conftest import FAST_POLL
@@ -246,6 +247,7 @@ def test_canary_weights_and_a_rollback_made_in_the_page_reach_the_server(console
             server.wait_for(lambda: tags(server) == {"tag/2"}, 5, "the new weights served")
             weighted = server.client.get("/health/ready").json()["revision"]
             page.goto(f"{base}/revisions")
+            assert f"console, {os_user()} on this machine" in page.inner_text("main")  # the weights' author
             page.click(f'a[href$="/rollback?to={weighted - 1}"]')
             assert "canary tag" in page.inner_text("main")  # the confirm step lists what changes
             page.click("#confirm-rollback")

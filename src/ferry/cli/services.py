@@ -95,11 +95,13 @@ def config(ctx: Context, args: argparse.Namespace) -> None:
 def history(ctx: Context, args: argparse.Namespace) -> None:
     revs = ctx.store.list_revisions(ctx.service.id)
     if args.json:
-        return emit_json([{"revision": r.number, "created": r.created_at, "summary": r.summary} for r in revs])
+        return emit_json(
+            [{"revision": r.number, "created": r.created_at, "summary": r.summary, "author": r.author} for r in revs]
+        )
     table(
         f"history of service {ctx.service.id}",
-        ("revision", "time", "change"),
-        [(r.number, when(r.created_at), r.summary) for r in revs],
+        ("revision", "time", "by", "change"),
+        [(r.number, when(r.created_at), r.author or "", r.summary) for r in revs],
     )
 
 

@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ferry.console.forms import read_form
 from ferry.console.views import Views
 from ferry.console.writes import COOKIE, Gate, Writes, same_origin
+from ferry.control.store import AUTHOR
 from ferry.errors import FerryError, Forbidden, InvalidInput, MethodNotAllowed, NotFound
 
 PREFIX = "/console"
@@ -62,7 +63,8 @@ class ConsoleRoutes:
                 return await self._login(scope, receive, send, console)
             if scope["method"] == "POST" and _is_form(parts):
                 form = parse_qs((await read_form(scope, receive)).decode("utf-8", "replace"))
-                self.gate.check(scope, _headers(scope), {k: v[0] for k, v in form.items()})
+                author = self.gate.check(scope, _headers(scope), {k: v[0] for k, v in form.items()})
+                AUTHOR.set(author)  # to_thread copies this context: the write's revision records it
                 target = await asyncio.to_thread(self._write, parts, form)
                 return await send(303, b"", b"text/plain", (*HEADERS, (b"location", (console + target).encode())))
             if scope["method"] not in ("GET", "HEAD"):

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from ferry.control.autoupdate import reconcile_for_model
 from ferry.control.service import ServiceControl
-from ferry.control.store import Revision
+from ferry.control.store import Revision, os_user
 from ferry.errors import Forbidden, InvalidInput
 from ferry.registry.models import ModelRecord
 
@@ -61,8 +61,9 @@ class Gate:
         """The token every console form carries."""
         return hmac.new(self.secret, b"ferry console form", hashlib.sha256).hexdigest()
 
-    def check(self, scope: dict[str, Any], headers: dict[bytes, str], form: dict[str, str]) -> None:
-        """Forbidden (403), naming what is missing, unless the write may go on."""
+    def check(self, scope: dict[str, Any], headers: dict[bytes, str], form: dict[str, str]) -> str:
+        """Who writes (the revision's author: "console, admin token <digest prefix>" or "console, <user> on this
+        machine"); Forbidden (403), naming what is missing, unless the write may go on."""
         if not same_origin(headers):
             raise Forbidden(
                 "console writes come from the console's own pages (this request's Origin is another site's)"
@@ -77,11 +78,13 @@ class Gate:
                     "console writes need an admin token: log in with one at /console/login, or send "
                     "'Authorization: Bearer <admin token>'"
                 )
-        elif not _loopback(scope):
+            return f"console, admin token {_digest(token).hex()[:8]}"  # names the token without showing it
+        if not _loopback(scope):
             raise Forbidden(
                 "console writes are open to this machine only while no admin token is set: start ferry serve with "
                 "--admin-token-file FILE (or FERRY_ADMIN_TOKENS) and send one"
             )
+        return f"console, {os_user()} on this machine"
 
     def is_admin(self, token: str) -> bool:
         return bool(token) and _known(token, self.admin_digests)

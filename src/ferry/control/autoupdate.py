@@ -119,7 +119,7 @@ def commit_reconcile(
         deployed = f"auto-update: {', '.join(changes)}" if changes else ""
         return new, "; ".join(part for part in (summary, deployed) if part)
 
-    revision = store.commit(service_id, change)
+    revision = store.commit(service_id, change, author="auto-update")
     return revision if wrote else None
 
 

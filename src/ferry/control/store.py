@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +44,20 @@ class Revision:
     created_at: float
     summary: str
     config: ServiceConfig
+    author: str | None = None
+    """Who made the change (the OS user of a command, the console's writer, "auto-update"); None before 0002."""
+
+
+AUTHOR: ContextVar[str | None] = ContextVar("ferry_revision_author", default=None)
+"""Who the revisions committed in this context are by, where it is not the OS user (the console sets it)."""
+
+
+def os_user() -> str:
+    """The OS user running this process, as a revision's default author."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid {os.getuid()}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,7 @@ class Store:
                     created_at=record.created_at,
                     summary=f"service {name!r} created",
                     config=ServiceConfig().model_dump_json(),
+                    author=(AUTHOR.get() or os_user())[:255],
                 )
             )
         return record
@@ -190,7 +208,7 @@ class Store:
                 serving[service_id] = keys
         return serving
 
-    def commit(self, service_id: str, change: Change) -> Revision:
+    def commit(self, service_id: str, change: Change, author: str | None = None) -> Revision:
         """Apply ``change`` to the head config and store the result as the next revision.
 
         Two writers racing for the same number: the loser's insert fails on the primary key and it
@@ -198,9 +216,10 @@ class Store:
         returns the very config it was given writes nothing; the head revision is returned.
         """
         self.get_service(service_id)
-        return retry_on_conflict(lambda: self._commit_once(service_id, change))
+        author = author or AUTHOR.get() or os_user()
+        return retry_on_conflict(lambda: self._commit_once(service_id, change, author))
 
-    def _commit_once(self, service_id: str, change: Change) -> Revision:
+    def _commit_once(self, service_id: str, change: Change, author: str) -> Revision:
         with self.sql.begin() as conn:
             row = (
                 conn.execute(
@@ -217,7 +236,7 @@ class Store:
             config, summary = change(head)
             if config is head:  # the change returned the head itself: nothing to write
                 return _revision(row)
-            revision = Revision(service_id, row["number"] + 1, time.time(), summary, config)
+            revision = Revision(service_id, row["number"] + 1, time.time(), summary, config, author[:255])
             conn.execute(
                 insert(revisions).values(
                     service_id=service_id,
@@ -225,6 +244,7 @@ class Store:
                     created_at=revision.created_at,
                     summary=summary,
                     config=config.model_dump_json(exclude_defaults=True),
+                    author=revision.author,
                 )
             )
         return revision
@@ -309,7 +329,7 @@ class Store:
 
 def _revision(row: Any) -> Revision:
     config = ServiceConfig.model_validate_json(row["config"], context=STORED)
-    return Revision(row["service_id"], row["number"], row["created_at"], row["summary"], config)
+    return Revision(row["service_id"], row["number"], row["created_at"], row["summary"], config, row.get("author"))
 
 
 def _ambiguous(prefix: str, matches: list[ServiceRecord]) -> Conflict:
