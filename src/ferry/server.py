@@ -42,7 +42,8 @@ def _console(
     store: Store, registry: ModelRegistry, artifacts: ArtifactStore, admins: frozenset[str], auth: BearerAuth | None
 ) -> ConsoleRoutes:
     writes = Writes(ServiceControl(store, registry, artifacts))
-    return ConsoleRoutes(Views(store, registry), writes, Gate.of(admins, form_secret()), auth.known if auth else None)
+    gate, can_read = Gate.of(admins, form_secret()), auth.known if auth else None
+    return ConsoleRoutes(Views(store, registry), writes, gate, can_read, Settings().heartbeat_interval)
 
 
 def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:

@@ -65,8 +65,10 @@ def page(console: dict, path: str, prefix: str = "/ferry") -> str:
     answer = console["server"].client.get(prefix + path)
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "text/html; charset=utf-8"
-    assert "script-src" not in answer.headers["content-security-policy"]  # default-src 'none': no script at all
-    assert "<script" not in answer.text
+    csp = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp  # no inline script can run
+    scripts = re.findall(r"<script[^>]*>", answer.text)
+    assert scripts == ['<script src="/ferry/console/static/console.js">'], scripts  # the console's own only
     return answer.text
 
 
@@ -90,6 +92,20 @@ def test_a_service_page_shows_endpoints_their_state_and_the_canary_split(console
     assert f'href="/ferry/console/models#{console["mid"]}"' in html
     assert re.search(r"tag/1 70\.0%.*tag/2 30\.0%", html, re.S)
     assert 'class="part part0 w14"' in html and 'class="part part1 w6"' in html  # the bar's widths: 70 % and 30 %
+
+
+def test_requests_per_second_now_come_with_the_heartbeat(console: dict) -> None:
+    server, sid = console["server"], console["sid"]
+
+    def busy() -> bool:
+        for _ in range(10):
+            server.serve("tag/1", {})
+        found = re.findall(r"tag/1</td>.*?, ([\d.]+) req/s now", page(console, f"/console/services/{sid}"), re.S)
+        return bool(found) and float(found[0]) > 0
+
+    server.wait_for(busy, 10, "a positive request rate on the service page")
+    row = re.search(rf'services/{sid}">.*?</tr>', page(console, "/console/"), re.S).group(0)
+    assert re.search(r"<td>(\d+\.\d)</td>\s*<td>(-|\d+\.\d %)</td>", row), row
 
 
 def test_the_models_page_shows_a_markup_name_as_text(console: dict) -> None:
@@ -167,7 +183,7 @@ def test_every_page_loads_in_chromium_with_no_script_error_and_the_markup_name_a
             page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
             for name, url in pages.items():
                 page.goto(url)
-                page.wait_for_load_state("networkidle")
+                page.wait_for_load_state("load")  # not "networkidle": live pages poll every heartbeat
                 page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
                 assert page.evaluate("() => document.querySelectorAll('main img').length") == 0, name
             page.goto(pages["models"])
@@ -354,3 +370,57 @@ def test_ferry_console_serves_every_service_without_loading_a_model(console: dic
         assert "serving" not in server.log()  # nothing loaded: no reconciler, no endpoint
     finally:
         server.stop()
+
+
+COUNT_AT_LEAST = """n => {
+    const text = document.querySelector("[data-live=endpoints]").innerText;
+    const found = text.match(/tag\\/2\\s+custom[\\s\\S]*?(\\d+) requests/);
+    return found !== null && Number(found[1]) >= n;
+}"""
+"""In the page: whether tag/2's request count has reached n."""
+
+
+def test_counts_refresh_in_the_page_without_a_reload(console: dict) -> None:
+    """Chromium on the service page: requests sent meanwhile show in the page's counts within a few heartbeats
+    (0.3 s here), and the page was not reloaded (a marker set on its window survives)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, sid = console["server"], console["sid"]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/ferry/console/services/{sid}")
+            page.evaluate("() => { window.__ferry_marker = 1; }")
+            before = int(re.search(r"tag/2\s+custom.*?(\d+) requests", page.inner_text("main"), re.S).group(1))
+            for _ in range(7):
+                server.serve("tag/2", {})
+            page.wait_for_function(COUNT_AT_LEAST, arg=before + 7, timeout=5000)
+            assert page.evaluate("() => window.__ferry_marker") == 1  # the same page: no reload
+            assert "live, updated" in page.inner_text("#live-status")
+        finally:
+            browser.close()
+
+
+def test_a_service_of_50_endpoints_and_10_instances_stays_responsive(e2e_home: Path, e2e_ferry: Ferry, console: dict):
+    """50 endpoints and 10 instances' heartbeats (written to the store here): the page renders within a second and
+    carries every endpoint with a state from every instance."""
+    from ferry.control.spec import EndpointSpec
+    from ferry.control.store import Store
+    from ferry.settings import Settings
+
+    sid = e2e_ferry.service("fifty")
+    store = Store.open(Settings().store_url())  # the module's store (its FERRY_HOME)
+    specs = {f"e{n}": EndpointSpec(name=f"e{n}", engine="custom") for n in range(50)}
+    store.commit(sid, lambda config: (config.model_copy(update={"endpoints": specs}), "50 endpoints"))
+    for n in range(10):
+        instance = store.register_instance(sid, f"host{n}", 1000 + n)
+        states = {key: {"state": "ready", "requests": 100 * n, "errors": n, "requests_per_s": 1.5} for key in specs}
+        store.heartbeat(instance, 2, {"endpoints": states, "heartbeat_interval": 60.0, "started_at": 0.0})
+    client = console["server"].client
+    started = time.monotonic()
+    html = client.get(f"/ferry/console/services/{sid}").text
+    took = time.monotonic() - started
+    assert html.count("ready, ") == 500 and "e49" in html
+    assert took < 1.0, f"the page took {took:.2f} s"
+    listing = client.get("/ferry/console/").text
+    assert re.search(rf'services/{sid}">fifty</a></td>.*?<td>10</td>\s*<td>750.0</td>', listing, re.S)

@@ -26,9 +26,10 @@ from ferry.errors import FerryError, Forbidden, InvalidInput, MethodNotAllowed, 
 
 PREFIX = "/console"
 CSP = (
-    b"default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
-    b"frame-ancestors 'none'"
+    b"default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+"""Scripts and styles from the console's own files only: no inline script can run, whatever a name holds."""
 HEADERS = ((b"content-security-policy", CSP), (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
 Send = Callable[[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]], Any]
 """How a page goes out: status, body, content type, extra headers (``rest.http.send`` bound to the connection)."""
@@ -37,7 +38,14 @@ Send = Callable[[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]], Any]
 class ConsoleRoutes:
     """The console's pages over ``views``, its forms' writes through ``writes`` when ``gate`` lets them through."""
 
-    def __init__(self, views: Views, writes: Writes, gate: Gate, can_read: Callable[[str], bool] | None) -> None:
+    def __init__(
+        self,
+        views: Views,
+        writes: Writes,
+        gate: Gate,
+        can_read: Callable[[str], bool] | None,
+        refresh_s: float = 2.0,
+    ) -> None:
         """``can_read``: whether a token may read (the serve tokens); None where reading needs no token."""
         self.views = views
         self.writes = writes
@@ -47,7 +55,9 @@ class ConsoleRoutes:
             loader=PackageLoader("ferry.console", "templates"), autoescape=select_autoescape(default=True)
         )
         self.templates.filters["utc"] = _utc
-        self.css = resources.files("ferry.console").joinpath("static/console.css").read_bytes()
+        static = resources.files("ferry.console").joinpath("static")
+        self.css, self.js = static.joinpath("console.css").read_bytes(), static.joinpath("console.js").read_bytes()
+        self.refresh_ms = int(refresh_s * 1000)
 
     @staticmethod
     def owns(path: str) -> bool:
@@ -71,12 +81,16 @@ class ConsoleRoutes:
                 raise MethodNotAllowed(f"/console/{'/'.join(parts)} is a page: GET it (only the console's forms POST)")
             if parts == ["static", "console.css"]:
                 return await send(200, self.css, b"text/css; charset=utf-8", HEADERS)
+            if parts == ["static", "console.js"]:
+                return await send(200, self.js, b"text/javascript; charset=utf-8", HEADERS)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             template, values = await asyncio.to_thread(self._page, parts, query)
             status = 200
         except FerryError as exc:
             template, values, status = "error.html", {"error": exc}, exc.status_code
-        html = self.templates.get_template(template).render(console=console, form_token=self.gate.token(), **values)
+        html = self.templates.get_template(template).render(
+            console=console, form_token=self.gate.token(), refresh_ms=self.refresh_ms, **values
+        )
         await send(status, html.encode(), b"text/html; charset=utf-8", HEADERS)
 
     async def _login(self, scope: dict[str, Any], receive: Any, send: Send, console: str) -> None:

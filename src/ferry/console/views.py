@@ -37,6 +37,7 @@ class Views:
                     "instances": len(live),
                     "requests": sum(_count(i, "requests") for i in live),
                     "errors": sum(_count(i, "errors") for i in live),
+                    **_now(live),
                 }
             )
         return rows
@@ -93,8 +94,14 @@ class Views:
         return sorted(self.registry.list(), key=lambda m: m.created_at, reverse=True)
 
 
-def _count(instance: InstanceRecord, key: str) -> int:
-    return sum(int(ep.get(key) or 0) for ep in instance.state.get("endpoints", {}).values())
+def _count(instance: InstanceRecord, key: str) -> float:
+    return sum(float(ep.get(key) or 0) for ep in instance.state.get("endpoints", {}).values())
+
+
+def _now(live: list[InstanceRecord]) -> dict[str, Any]:
+    """Requests/s and the share of them that failed, over the live instances' last heartbeat interval."""
+    rate, errors = sum(_count(i, "requests_per_s") for i in live), sum(_count(i, "errors_per_s") for i in live)
+    return {"per_s": round(rate, 1), "error_rate": f"{100 * errors / rate:.1f} %" if rate else "-"}
 
 
 def _endpoint(key: str, spec: EndpointSpec, instances: list[InstanceRecord]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ OPEN_PATHS = frozenset(
         "/v2/health/ready",
         "/console/login",
         "/console/static/console.css",
+        "/console/static/console.js",
     }
 )
 """Probes stay open: load balancers and orchestrators call them without credentials; so do the console's login

@@ -132,6 +132,9 @@ class DynamicBatcher:
         self._cost = CostMeter(inline_budget_s)
         self._patience = Patience()
         self._last_arrival = 0.0
+        self.coming = 0
+        """Requests of this endpoint in a preprocess that does not run inline: they will reach the queue soon, so a
+        batch being gathered waits for them (up to the queue delay) whatever ``_patience`` says."""
         self._closed = False
         self.solo = False
         """Batching given up (a default policy only): the model refused a stacked batch that each request passed
@@ -201,10 +204,11 @@ class DynamicBatcher:
 
     async def _gather_window(self) -> None:
         """Wait until a full batch is queued, the oldest request has waited the queue delay, or arrivals have
-        stopped coming (``Patience``: waiting longer could not fill the batch)."""
+        stopped coming: none in a preprocess on its way here, and none for a while (``Patience``)."""
         deadline = self._queue[0].arrived + self.policy.max_queue_delay_s
         while self._queued_rows() < self.policy.max_batch_size:
-            remaining = self._patience.until(self._last_arrival, deadline) - time.monotonic()
+            until = deadline if self.coming else self._patience.until(self._last_arrival, deadline)
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 break
             self._wakeup.clear()

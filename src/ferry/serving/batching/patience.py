@@ -6,7 +6,8 @@ the batch back, and on a closed loop of clients (every one waiting for its answe
 whole delay on every batch: 60 % of the sklearn job's throughput at 1 ms. So a batch stops waiting when no request
 has arrived for a few times the usual gap between arrivals that joined a queue already holding requests (the gaps
 inside a batch, not those between batches). A burst read in one event-loop turn has gaps of microseconds: its
-batch goes at once.
+batch goes at once. Requests known to be on their way (in a preprocess running in a thread: the batcher's
+``coming``) are always waited for, up to the delay: their gaps say nothing about the clients.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class StageRunner:
     async def run(self, body: Any, state: dict[str, Any], collect: StatsFn, pool: Executor, times: list[float]) -> Any:
         """The stages on the event loop; each stage's seconds appended to ``times``. Written out stage by stage:
         it runs for every request, and a loop over ``STAGES`` with its lookups cost ~3 % of sklearn's rate."""
-        stage = "preprocess"
+        stage, batcher = "preprocess", self.batcher
         try:
             started = perf_counter()
             pre = self.pre
@@ -77,8 +77,14 @@ class StageRunner:
                 data = body
             elif not pre.is_async and self.pre_cost.cheap:  # no coroutine and no thread hop for cheap code
                 data = self.pre_cost.call(pre.fn, body, state, collect)
-            else:
+            elif batcher is None:
                 data = await self._hook(stage, pre, pool, body, state, collect)
+            else:  # while it runs, a batch being gathered waits for this request (``DynamicBatcher.coming``)
+                batcher.coming += 1
+                try:
+                    data = await self._hook(stage, pre, pool, body, state, collect)
+                finally:
+                    batcher.coming -= 1
             times.append((model_started := perf_counter()) - started)
             stage = "model"
             data = await self._model(data, state, collect, pool)

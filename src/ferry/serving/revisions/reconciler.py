@@ -21,6 +21,7 @@ from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
 from ferry.serving.request.dataplane import DataPlane
 from ferry.serving.revisions.daemon_threads import in_daemon_thread, retrieve
+from ferry.serving.revisions.rates import Rates
 from ferry.serving.revisions.swap import RevisionSwap
 
 log = logging.getLogger("ferry.serving.reconciler")  # the name from before serving/ had subpackages: users' log filters
@@ -133,6 +134,7 @@ class Reconciler:
         self._retry_at = 0.0
         self._beat_failing = False
         self._process: Any = None
+        self._rates = Rates()
 
     async def run(self) -> None:
         """Register, then poll and heartbeat until ``stop``; blocking steps run in threads so requests flow.
@@ -327,7 +329,7 @@ class Reconciler:
 
         self._process = self._process or psutil.Process()
         return {
-            "endpoints": self.plane.endpoint_states(),
+            "endpoints": self._rates.add(self.plane.endpoint_states()),
             "shadows": self.plane.shadows.states(self.plane.table.shadows),
             "heartbeat_interval": self.heartbeat_interval,
             "started_at": self._process.create_time(),
