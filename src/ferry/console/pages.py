@@ -1,9 +1,10 @@
-"""ConsoleRoutes: GET /console/... answered with a rendered page (or the stylesheet), reads off the event loop.
+"""ConsoleRoutes: the requests under /console: pages (GET), forms' writes (POST, then 303 to a page), the login.
 
-Every value reaches the page through Jinja2 with autoescaping on, and the pages carry a Content-Security-Policy
-that allows no script at all and styles only from the console itself: a model named ``<img src=x onerror=...>``
-shows as text and could run nothing even if a template forgot to escape. Links are built from the request's
-``root_path``, so the console works behind a path prefix (``ferry serve --root-path``).
+Every value reaches a page through Jinja2 with autoescaping on, and the pages carry a Content-Security-Policy that
+lets only the console's own script and stylesheet run: a model named ``<img src=x onerror=...>`` shows as text and
+could run nothing even if a template forgot to escape. Reads of the store run off the event loop. Links are built
+from the request's ``root_path``, so the console works behind a path prefix (``--root-path``). Who may write, and
+what each form does: ``writes.py``.
 """
 
 from __future__ import annotations
