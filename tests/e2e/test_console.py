@@ -108,6 +108,20 @@ def test_requests_per_second_now_come_with_the_heartbeat(console: dict) -> None:
     assert re.search(r"<td>(\d+\.\d)</td>\s*<td>(-|\d+\.\d %)</td>", row), row
 
 
+def test_an_endpoint_s_recent_traffic_is_drawn_from_the_heartbeat_s_samples(console: dict) -> None:
+    server, sid = console["server"], console["sid"]
+
+    def drawn() -> bool:
+        for _ in range(5):
+            server.serve("tag/1", {})
+        return '<svg class="chart"' in page(console, f"/console/services/{sid}")
+
+    server.wait_for(drawn, 15, "a chart of tag/1's traffic (two samples, 1.5 s apart here)")
+    html = page(console, f"/console/services/{sid}")
+    assert re.search(r'aria-label="tag/1: [\d.]+ requests/s now, peak [\d.]+, over [\d.]+ min"', html)
+    assert re.search(r"p99 [\d.]+ ms", html)  # latency from the endpoint's histogram
+
+
 def test_the_models_page_shows_a_markup_name_as_text(console: dict) -> None:
     html = page(console, "/console/models")
     assert "&lt;img src=x onerror=alert(1)&gt;" in html

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ferry.console.charts import chart
 from ferry.control.declarative import diff
 from ferry.control.engine_names import effective_max_batch_size
 from ferry.control.spec import EndpointSpec, ServiceConfig
@@ -106,7 +107,9 @@ def _now(live: list[InstanceRecord]) -> dict[str, Any]:
 
 def _endpoint(key: str, spec: EndpointSpec, instances: list[InstanceRecord]) -> dict[str, Any]:
     size, default = effective_max_batch_size(spec.engine, spec.aux_config)
+    series = [i.state.get("endpoints", {}).get(key, {}).get("series") or [] for i in instances if i.is_live()]
     return {
+        "chart": chart(series),
         "key": key,
         "engine": spec.engine,
         "version": spec.version,

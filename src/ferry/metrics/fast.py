@@ -35,13 +35,19 @@ class FastCounter:
 class FastHistogram:
     """A histogram child's pending observations: a count per bucket and their sum."""
 
-    __slots__ = ("bounds", "child", "counts", "total")
+    __slots__ = ("bounds", "child", "counts", "flushed", "total")
 
     def __init__(self, child: Any) -> None:
         self.child = child
         self.bounds: list[float] = list(child._upper_bounds)  # the last is +Inf: every value has a bucket
         self.counts = [0] * len(self.bounds)
+        self.flushed = [0] * len(self.bounds)
+        """Counts per bucket already moved to the child (for ``cumulative``, which reads no prometheus internals)."""
         self.total = 0.0
+
+    def cumulative(self) -> list[int]:
+        """Observations per bucket since this child was made (flushed or pending)."""
+        return [a + b for a, b in zip(self.flushed, self.counts, strict=True)]
 
     def observe(self, amount: float) -> None:
         self.counts[bisect_left(self.bounds, amount)] += 1  # the first bound >= amount, as prometheus' "le"
@@ -52,9 +58,10 @@ class FastHistogram:
         if not any(counts):
             return
         total, self.total = self.total, 0.0
-        for bucket, count in zip(self.child._buckets, counts, strict=True):
+        for index, (bucket, count) in enumerate(zip(self.child._buckets, counts, strict=True)):
             if count:
                 bucket.inc(count)
+                self.flushed[index] += count
         self.child._sum.inc(total)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ferry.control.autoupdate import reconcile_service
 from ferry.control.store import Store
 from ferry.errors import FerryError
+from ferry.metrics.fast import FastHistogram
 from ferry.metrics.targets import targets
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
@@ -134,7 +135,7 @@ class Reconciler:
         self._retry_at = 0.0
         self._beat_failing = False
         self._process: Any = None
-        self._rates = Rates()
+        self._rates = Rates(sample_s=max(1.0, 5 * heartbeat_interval))
 
     async def run(self) -> None:
         """Register, then poll and heartbeat until ``stop``; blocking steps run in threads so requests flow.
@@ -329,7 +330,7 @@ class Reconciler:
 
         self._process = self._process or psutil.Process()
         return {
-            "endpoints": self._rates.add(self.plane.endpoint_states()),
+            "endpoints": self._rates.add(self.plane.endpoint_states(), *self._latency()),
             "shadows": self.plane.shadows.states(self.plane.table.shadows),
             "heartbeat_interval": self.heartbeat_interval,
             "started_at": self._process.create_time(),
@@ -337,6 +338,17 @@ class Reconciler:
             "rss_bytes": self._process.memory_info().rss,
             "log": self.recent.snapshot(),
         }
+
+    def _latency(self) -> tuple[dict[str, list[int]], list[float]]:
+        """Each version's latency observations per bucket since it loaded, and the buckets' bounds (none without
+        metrics)."""
+        found: dict[str, list[int]] = {}
+        bounds: list[float] = []
+        for key, runtime in self.plane.table.runtimes.items():
+            histogram = runtime.meter.latency
+            if isinstance(histogram, FastHistogram):  # metrics off: nothing to read
+                found[key], bounds = histogram.cumulative(), histogram.bounds
+        return found, bounds
 
     def metrics_targets(self) -> list[dict[str, Any]]:
         """Prometheus http_sd groups: every live instance of the service that reports its own metrics address
