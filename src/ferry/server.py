@@ -35,15 +35,20 @@ def create_console_app() -> PagesApp:
     tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
     admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
     auth = BearerAuth(tokens, admins) if tokens else None
-    return PagesApp(_console(store, registry, artifacts, admins, auth), auth)
+    return PagesApp(_console(store, registry, artifacts, admins, auth, chat=False), auth)
 
 
 def _console(
-    store: Store, registry: ModelRegistry, artifacts: ArtifactStore, admins: frozenset[str], auth: BearerAuth | None
+    store: Store,
+    registry: ModelRegistry,
+    artifacts: ArtifactStore,
+    admins: frozenset[str],
+    auth: BearerAuth | None,
+    chat: bool = True,
 ) -> ConsoleRoutes:
     writes = Writes(ServiceControl(store, registry, artifacts))
     gate, can_read = Gate.of(admins, form_secret()), auth.known if auth else None
-    return ConsoleRoutes(Views(store, registry), writes, gate, can_read, Settings().heartbeat_interval)
+    return ConsoleRoutes(Views(store, registry), writes, gate, can_read, Settings().heartbeat_interval, chat)
 
 
 def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:

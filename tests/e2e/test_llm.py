@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.browser import ARGS, chromium_path
 from tests.budget import examples
 from tests.conftest import Ferry
 from tests.e2e.conftest import FAST_POLL
@@ -396,3 +397,25 @@ def test_response_format_json_schema_is_followed_by_the_answer(client) -> None:
             model="chat", messages=[{"role": "user", "content": "x"}],
             response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nope"}}},
         )  # fmt: skip
+
+
+def test_the_console_s_chat_box_streams_an_answer_from_an_llm_endpoint(llm_server: Server, e2e_service: str) -> None:
+    """Chromium on the service page: a message typed in the chat box of `chat` gets a streamed answer, shown as text."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{llm_server.url}/console/services/{e2e_service}")
+            box = page.locator('form.chat[data-endpoint="chat"]')
+            box.locator("textarea").fill("Hello <b>there</b>")
+            box.locator("button").click()
+            box.locator('.answer[data-done="1"]').wait_for(timeout=30000)
+            answer = box.locator(".answer").inner_text()
+            bold = page.evaluate("() => document.querySelectorAll('form.chat .answer b').length")
+        finally:
+            browser.close()
+    assert answer and not answer.startswith("error:"), answer
+    assert not errors and bold == 0

@@ -46,8 +46,11 @@ class ConsoleRoutes:
         gate: Gate,
         can_read: Callable[[str], bool] | None,
         refresh_s: float = 2.0,
+        chat: bool = True,
     ) -> None:
-        """``can_read``: whether a token may read (the serve tokens); None where reading needs no token."""
+        """``can_read``: whether a token may read (the serve tokens); None where reading needs no token. ``chat``:
+        LLM endpoints get a chat box (a server with a data plane: ``ferry serve``, not ``ferry console``)."""
+        self.chat = chat
         self.views = views
         self.writes = writes
         self.gate = gate
@@ -90,7 +93,12 @@ class ConsoleRoutes:
         except FerryError as exc:
             template, values, status = "error.html", {"error": exc}, exc.status_code
         html = self.templates.get_template(template).render(
-            console=console, form_token=self.gate.token(), refresh_ms=self.refresh_ms, **values
+            console=console,
+            api=console[: -len(PREFIX)],
+            chat=self.chat,
+            form_token=self.gate.token(),
+            refresh_ms=self.refresh_ms,
+            **values,
         )
         await send(status, html.encode(), b"text/html; charset=utf-8", HEADERS)
 

@@ -23,3 +23,43 @@
   }
   setInterval(refresh, every);
 })();
+
+// The chat box of an LLM endpoint (the service page, under ferry serve): the message goes to the OpenAI route of
+// this server, streamed; each chunk's text is appended as text (never as markup).
+(function () {
+  for (const form of document.querySelectorAll("form.chat")) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const answer = form.querySelector(".answer");
+      const message = form.querySelector("textarea").value;
+      answer.textContent = "";
+      const body = { model: form.dataset.endpoint, messages: [{ role: "user", content: message }], stream: true };
+      try {
+        const response = await fetch(form.dataset.url, {
+          method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+        });
+        if (!response.ok) throw new Error((await response.json()).error || "HTTP " + response.status);
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let pending = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          pending += decoder.decode(value, { stream: true });
+          const lines = pending.split("\n");
+          pending = lines.pop();
+          for (const line of lines) {
+            if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+            const chunk = JSON.parse(line.slice(6));
+            const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+            if (delta && delta.content) answer.textContent += delta.content;
+          }
+        }
+        answer.dataset.done = "1";
+      } catch (error) {
+        answer.textContent = "error: " + error.message;
+        answer.dataset.done = "1";
+      }
+    });
+  }
+})();
