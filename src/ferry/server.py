@@ -35,10 +35,11 @@ def create_console_app() -> PagesApp:
     tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
     admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
     auth = BearerAuth(tokens, admins) if tokens else None
-    return PagesApp(_console(store, registry, artifacts, admins, auth, chat=False), auth)
+    return PagesApp(_console(settings, store, registry, artifacts, admins, auth, chat=False), auth)
 
 
 def _console(
+    settings: Settings,
     store: Store,
     registry: ModelRegistry,
     artifacts: ArtifactStore,
@@ -48,7 +49,7 @@ def _console(
 ) -> ConsoleRoutes:
     writes = Writes(ServiceControl(store, registry, artifacts))
     gate, can_read = Gate.of(admins, form_secret()), auth.known if auth else None
-    return ConsoleRoutes(Views(store, registry), writes, gate, can_read, Settings().heartbeat_interval, chat)
+    return ConsoleRoutes(Views(store, registry), writes, gate, can_read, settings.heartbeat_interval, chat)
 
 
 def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
@@ -68,7 +69,7 @@ def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
     max_body = int(settings.max_body_mb * (1 << 20))
     admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
     app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens, admins)
-    app.pages = _console(store, registry, artifacts, admins, app.auth)
+    app.pages = _console(settings, store, registry, artifacts, admins, app.auth)
     if settings.grpc_port:
         from ferry.grpc import address
         from ferry.grpc.server import GrpcFace  # grpcio and tritonclient: the ferry[triton] extra

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-from pathlib import Path
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console
-from ferry.cli.serve import _free, _lock, _root_path
+from ferry.cli.serve import _free, _lock, _root_path, console_settings
 
 APP = "ferry.server:create_console_app"
 
@@ -45,17 +42,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def console(ctx: Context, args: argparse.Namespace) -> None:
     import uvicorn
 
-    from ferry.rest.auth import read_token_file
-
     settings = ctx.settings
     ctx.store.list_services()  # an unreachable store fails here, in one line, before the port opens
     host, root = args.host or settings.host, _root_path(args.root_path)
     _free(host, args.port, "--port")
-    if args.admin_token_file:
-        admin_file = Path(args.admin_token_file).expanduser().resolve()
-        read_token_file(admin_file)
-        os.environ["FERRY_ADMIN_TOKENS_FILE"] = str(admin_file)
-    os.environ.setdefault("FERRY_CONSOLE_SECRET", secrets.token_hex(32))
+    console_settings(args.admin_token_file)
     locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     err_console.print(f"console for every service in the store on http://{host}:{args.port}{root}/console/{locked}")
     config = uvicorn.Config(

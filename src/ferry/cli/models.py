@@ -10,7 +10,13 @@ from ferry.cli import autoupdate, canary, convert, shadow
 from ferry.cli.context import Context
 from ferry.cli.output import console, emit_json, size, table, warn, when
 from ferry.cli.parsing import add_endpoint_settings, add_model_query, endpoint_settings, model_query
-from ferry.control.engine_names import BATCHED_BY_DEFAULT, ENGINE_NAMES, effective_max_batch_size
+from ferry.control.engine_names import (
+    BATCHED_BY_DEFAULT,
+    ENGINE_NAMES,
+    batching_summary,
+    effective_max_batch_size,
+    queue_delay_ms,
+)
 from ferry.errors import Conflict
 
 if TYPE_CHECKING:
@@ -226,7 +232,7 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
                 e.preprocess.filename if e.preprocess else "",
                 _tensors(e.inputs),
                 _tensors(e.outputs),
-                _batching(e),
+                batching_summary(e.engine, e.aux_config),
             )
             for key, e in sorted(config.endpoints.items())
         ],
@@ -257,27 +263,7 @@ def endpoints(ctx: Context, args: argparse.Namespace) -> None:
 def _batching_doc(spec: EndpointSpec) -> dict[str, Any]:
     """The batching an endpoint runs with: its cap, whether that is the engine's default, the queue delay."""
     size, default = effective_max_batch_size(spec.engine, spec.aux_config)
-    return {"max_batch_size": size, "default": default, "max_queue_delay_ms": _delay_ms(spec.aux_config)}
-
-
-def _batching(spec: EndpointSpec) -> str:
-    """The batching column: "up to 32 (default)", "up to 8, waits up to 2 ms", "off", or blank where ferry does
-    not batch requests (custom code; Triton, which batches itself; language models, batched per step)."""
-    if spec.engine not in BATCHED_BY_DEFAULT:
-        return ""
-    doc = _batching_doc(spec)
-    if doc["max_batch_size"] == 1:
-        return "off"
-    delay = f", waits up to {doc['max_queue_delay_ms']:g} ms" if doc["max_queue_delay_ms"] else ""
-    return f"up to {doc['max_batch_size']}{' (default)' if doc['default'] else ''}{delay}"
-
-
-def _delay_ms(aux: dict[str, Any]) -> float:
-    triton = nested if isinstance(nested := aux.get("dynamic_batching"), dict) else {}
-    given = aux.get("max_queue_delay_ms")
-    if given is None and "max_queue_delay_microseconds" in triton:
-        given = float(triton["max_queue_delay_microseconds"]) / 1000
-    return float(given or 0)
+    return {"max_batch_size": size, "default": default, "max_queue_delay_ms": queue_delay_ms(spec.aux_config)}
 
 
 def _tensors(specs) -> str:

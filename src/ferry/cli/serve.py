@@ -21,7 +21,7 @@ from typing import Any
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.metrics import MULTIPROC_ENV
-from ferry.rest.auth import load_tokens
+from ferry.rest.auth import load_tokens, read_token_file
 from ferry.serving.batching.instances import WORKERS_ENV
 from ferry.stopping import DEADLINE_S, Stop
 
@@ -122,13 +122,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
     if args.metrics is False:
         os.environ["FERRY_METRICS"] = "0"
-    if args.admin_token_file:
-        from ferry.rest.auth import read_token_file
-
-        admin_file = Path(args.admin_token_file).expanduser().resolve()  # workers may run in another directory
-        read_token_file(admin_file)  # an unreadable or empty file fails here, before serving
-        os.environ["FERRY_ADMIN_TOKENS_FILE"] = str(admin_file)
-    os.environ.setdefault("FERRY_CONSOLE_SECRET", secrets.token_hex(32))  # one form key for all the workers
+    console_settings(args.admin_token_file)
     root_path = _root_path(args.root_path)
     host, port = args.host or settings.host, args.port or settings.port
     grpc_port = args.grpc_port or settings.grpc_port
@@ -165,6 +159,16 @@ def _serve_on_ray(ctx: Context, args: argparse.Namespace, service_id: str, host:
         raise InvalidInput(f"--ingress-target {args.ingress_target:g}: give a number of requests above 0")
     ingress = ingress_options(low, high, args.ingress_target, pace(ctx.settings))
     serve_on_ray(ctx.store, service_id, args.address, host, port, ingress, stop)
+
+
+def console_settings(admin_token_file: str | None) -> None:
+    """The console's settings for the serving processes: the admin token file (checked now, before serving) and one
+    form key that every worker shares."""
+    if admin_token_file:
+        admin_file = Path(admin_token_file).expanduser().resolve()  # workers may run in another directory
+        read_token_file(admin_file)  # an unreadable or empty file fails here, before serving
+        os.environ["FERRY_ADMIN_TOKENS_FILE"] = str(admin_file)
+    os.environ.setdefault("FERRY_CONSOLE_SECRET", secrets.token_hex(32))
 
 
 def _root_path(given: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ferry.console.charts import chart
 from ferry.control.declarative import diff
-from ferry.control.engine_names import effective_max_batch_size
+from ferry.control.engine_names import batching_summary
 from ferry.control.spec import EndpointSpec, ServiceConfig
 from ferry.control.store import InstanceRecord, Store
 from ferry.registry.models import ModelRegistry
@@ -106,7 +106,6 @@ def _now(live: list[InstanceRecord]) -> dict[str, Any]:
 
 
 def _endpoint(key: str, spec: EndpointSpec, instances: list[InstanceRecord]) -> dict[str, Any]:
-    size, default = effective_max_batch_size(spec.engine, spec.aux_config)
     series = [i.state.get("endpoints", {}).get(key, {}).get("series") or [] for i in instances if i.is_live()]
     return {
         "chart": chart(series),
@@ -114,7 +113,7 @@ def _endpoint(key: str, spec: EndpointSpec, instances: list[InstanceRecord]) -> 
         "engine": spec.engine,
         "version": spec.version,
         "model_id": spec.model_id,
-        "batching": f"up to {size}{' (default)' if default else ''}" if size > 1 and spec.engine != "triton" else "",
+        "batching": batching_summary(spec.engine, spec.aux_config),
         "states": [
             {"instance": i.id[:8], **i.state.get("endpoints", {}).get(key, {"state": "not reported"})}
             for i in instances

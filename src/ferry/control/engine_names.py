@@ -38,3 +38,24 @@ def effective_max_batch_size(engine: str, aux: dict[str, Any]) -> tuple[int, boo
         return max(1, int(given)), False
     except (TypeError, ValueError):
         return 1, False
+
+
+def queue_delay_ms(aux: dict[str, Any]) -> float:
+    """The queue delay ``aux`` sets: ferry's ``max_queue_delay_ms``, else Triton's dynamic_batching spelling (µs)."""
+    given = aux.get("max_queue_delay_ms")
+    nested = aux.get("dynamic_batching")
+    if given is None and isinstance(nested, dict) and "max_queue_delay_microseconds" in nested:
+        given = float(nested["max_queue_delay_microseconds"]) / 1000
+    return float(given or 0)
+
+
+def batching_summary(engine: str, aux: dict[str, Any]) -> str:
+    """How an endpoint batches, in words: "up to 32 (default)", "up to 8, waits up to 2 ms", "off", or "" where
+    ferry does not batch requests (custom code; Triton, which batches itself; language models, batched per step)."""
+    if engine not in BATCHED_BY_DEFAULT:
+        return ""
+    size, default = effective_max_batch_size(engine, aux)
+    if size == 1:
+        return "off"
+    delay = queue_delay_ms(aux)
+    return f"up to {size}{' (default)' if default else ''}" + (f", waits up to {delay:g} ms" if delay else "")

@@ -87,9 +87,7 @@ class FerryApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send_)
             return
-        root = scope.get("root_path")
-        if root and scope["path"].startswith(root + "/"):  # behind a prefix (--root-path): route what follows it
-            scope = {**scope, "path": _unprefixed(scope["path"], root)}
+        scope = _unprefixed(scope)
         if self.auth is not None and not await self.auth.admit(scope, send_):
             return
         path, method = scope["path"], scope["method"]
@@ -231,9 +229,7 @@ class PagesApp:
             return await send_({"type": "lifespan.shutdown.complete"})
         if scope["type"] != "http":
             return
-        root = scope.get("root_path")
-        if root and scope["path"].startswith(root + "/"):
-            scope = {**scope, "path": _unprefixed(scope["path"], root)}
+        scope = _unprefixed(scope)
         if self.auth is not None and not await self.auth.admit(scope, send_):
             return
         if scope["path"] in ("", "/"):
@@ -248,11 +244,15 @@ class PagesApp:
         await self.pages.handle(scope, receive, lambda *answer: send(send_, *answer))
 
 
-def _unprefixed(path: str, root: str) -> str:
-    """``path`` without the ``--root-path`` prefix. uvicorn puts the prefix before the path it received, assuming
-    the proxy took it off; a proxy that passed it on gives it twice, and both are taken off."""
+def _unprefixed(scope: dict) -> dict:
+    """``scope`` routed on what follows the ``--root-path`` prefix (the same scope when there is none). uvicorn
+    puts the prefix before the path it received, assuming the proxy took it off; a proxy that passed it on gives it
+    twice, and both are taken off."""
+    root, path = scope.get("root_path"), scope["path"]
+    if not root or not path.startswith(root + "/"):
+        return scope
     path = path[len(root) :]
-    return path[len(root) :] if path.startswith(root + "/") else path
+    return {**scope, "path": path[len(root) :] if path.startswith(root + "/") else path}
 
 
 def _log_crash(task: asyncio.Task) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ferry.control.engine_names import effective_max_batch_size
+from ferry.control.engine_names import effective_max_batch_size, queue_delay_ms
 from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
 from ferry.errors import FerryError, NotReady, UserCodeError
@@ -46,16 +46,13 @@ class BatchPolicy:
         """The policy ``spec`` asks for; ``default_instances`` where it names no ``instances``."""
         aux = spec.aux_config
         triton = given if isinstance(given := aux.get("dynamic_batching"), dict) else {}
-        delay_ms = aux.get("max_queue_delay_ms")
-        if delay_ms is None and "max_queue_delay_microseconds" in triton:
-            delay_ms = float(triton["max_queue_delay_microseconds"]) / 1000
         preferred = aux.get("preferred_batch_size", triton.get("preferred_batch_size", []))
         preferred = preferred if isinstance(preferred, (list, tuple)) else [preferred]
         max_batch_size, implicit = effective_max_batch_size(spec.engine, aux)
         return cls(
             max_batch_size=max_batch_size,
             implicit=implicit,
-            max_queue_delay_s=float(delay_ms or 0) / 1000,
+            max_queue_delay_s=queue_delay_ms(aux) / 1000,
             preferred_sizes=tuple(sorted(int(p) for p in preferred)),
             pad_value=float(aux.get("pad_value", 0)),
             instances=max(1, int(aux.get("instances", aux.get("batch_instances", default_instances)))),
