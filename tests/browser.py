@@ -3,8 +3,11 @@ cannot reach the internet here)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,3 +23,20 @@ def chromium_path() -> str:
             pytest.fail("Debian's chromium is not installed (scripts/test.sh installs it)")
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
     return CHROMIUM
+
+
+@contextlib.contextmanager
+def chromium_page(**page_options: Any) -> Iterator[tuple[Any, list[str]]]:
+    """A new page in headless Chromium (closed after), with the list its script errors and error dialogs land in."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        try:
+            page = browser.new_page(**page_options)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+            yield page, problems
+        finally:
+            browser.close()

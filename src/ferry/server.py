@@ -19,10 +19,11 @@ from ferry.metrics.collectors import Metrics
 from ferry.registry.artifacts import ArtifactStore
 from ferry.registry.models import ModelRegistry
 from ferry.rest.app import FerryApp, PagesApp
-from ferry.rest.auth import BearerAuth, load_tokens
+from ferry.rest.auth import BearerAuth
 from ferry.serving.request.dataplane import DataPlane
 from ferry.serving.revisions.reconciler import Reconciler
 from ferry.settings import Settings
+from ferry.tokens import load_tokens
 
 
 def create_console_app() -> PagesApp:
@@ -43,7 +44,7 @@ def _console(
     store: Store,
     registry: ModelRegistry,
     artifacts: ArtifactStore,
-    admins: frozenset[str],
+    admins: dict[str, str],
     auth: BearerAuth | None,
     chat: bool = True,
 ) -> ConsoleRoutes:

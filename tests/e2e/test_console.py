@@ -15,7 +15,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from ferry.control.store import os_user
-from tests.browser import ARGS, chromium_path
+from tests.browser import chromium_page
 from tests.conftest import Ferry
 from tests.e2e.conftest import FAST_POLL
 from tests.server import Server
@@ -174,7 +174,6 @@ def test_every_page_loads_in_chromium_with_no_script_error_and_the_markup_name_a
     """Headless Chromium (Debian's) over every page: no console error, no dialog, no <img> from the model's name;
     a screenshot of each page (FERRY_SCREENSHOTS, else the test's temporary folder) and keyboard focus reaching
     every link of the navigation."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     shots = Path(os.environ.get("FERRY_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     base, sid = f"{console['server'].url}/ferry/console", console["sid"]
@@ -187,29 +186,20 @@ def test_every_page_loads_in_chromium_with_no_script_error_and_the_markup_name_a
         "login": f"{base}/login",
         "rollback": f"{base}/services/{sid}/rollback?to=2",
     }
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
-            for name, url in pages.items():
-                page.goto(url)
-                page.wait_for_load_state("load")  # not "networkidle": live pages poll every heartbeat
-                page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
-                assert page.evaluate("() => document.querySelectorAll('main img').length") == 0, name
-            page.goto(pages["models"])
-            assert MARKUP in page.inner_text("main")  # shown, as text
-            violations = _serious_violations(browser, pages)
-            page.goto(pages["services"])
-            focused = []
-            for _ in range(3):
-                page.keyboard.press("Tab")
-                focused.append(page.evaluate("() => document.activeElement.textContent.trim()"))
-        finally:
-            browser.close()
+    with chromium_page(viewport={"width": 1280, "height": 900}) as (page, problems):
+        for name, url in pages.items():
+            page.goto(url)
+            page.wait_for_load_state("load")  # not "networkidle": live pages poll every heartbeat
+            page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
+            assert page.evaluate("() => document.querySelectorAll('main img').length") == 0, name
+        page.goto(pages["models"])
+        assert MARKUP in page.inner_text("main")  # shown, as text
+        violations = _serious_violations(page.context.browser, pages)
+        page.goto(pages["services"])
+        focused = []
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            focused.append(page.evaluate("() => document.activeElement.textContent.trim()"))
     assert not problems, problems
     assert not violations, violations
     assert focused == ["ferry", "services", "models"]  # the navigation, in order, by keyboard
@@ -261,33 +251,28 @@ def tags(server: Server, n: int = 20) -> set[str]:
 def test_canary_weights_and_a_rollback_made_in_the_page_reach_the_server(console: dict) -> None:
     """In Chromium: the canary's weights set to 0 / 1 in the service page, then the revision before rolled back
     to from the revisions page (its confirm step); the next requests follow each, the rollback within 2 s."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     server, sid = console["server"], console["sid"]
     base = f"{server.url}/ferry/console/services/{sid}"
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(base)
-            page.fill("#w-1-1", "0")
-            page.fill("#w-1-2", "1")
-            page.click("form.weights button")
-            page.wait_for_url(base)
-            assert "tag/2 100.0%" in page.inner_text("main")
-            server.wait_for(lambda: tags(server) == {"tag/2"}, 5, "the new weights served")
-            weighted = server.client.get("/health/ready").json()["revision"]
-            page.goto(f"{base}/revisions")
-            assert f"console, {os_user()} on this machine" in page.inner_text("main")  # the weights' author
-            page.click(f'a[href$="/rollback?to={weighted - 1}"]')
-            assert "canary tag" in page.inner_text("main")  # the confirm step lists what changes
-            page.click("#confirm-rollback")
-            page.wait_for_url(f"{base}/revisions")
-            clicked = time.monotonic()
-            server.wait_for(lambda: tags(server) == {"tag/1", "tag/2"}, 5, "the rollback served")
-            took = time.monotonic() - clicked
-            assert f"rollback to revision {weighted - 1}" in page.inner_text("main")
-        finally:
-            browser.close()
+    with chromium_page() as (page, problems):
+        page.goto(base)
+        page.fill("#w-1-1", "0")
+        page.fill("#w-1-2", "1")
+        page.click("form.weights button")
+        page.wait_for_url(base)
+        assert "tag/2 100.0%" in page.inner_text("main")
+        server.wait_for(lambda: tags(server) == {"tag/2"}, 5, "the new weights served")
+        weighted = server.client.get("/health/ready").json()["revision"]
+        page.goto(f"{base}/revisions")
+        assert f"{os_user()} on this machine (console)" in page.inner_text("main")  # the weights' author
+        page.click(f'a[href$="/rollback?to={weighted - 1}"]')
+        assert "canary tag" in page.inner_text("main")  # the confirm step lists what changes
+        page.click("#confirm-rollback")
+        page.wait_for_url(f"{base}/revisions")
+        clicked = time.monotonic()
+        server.wait_for(lambda: tags(server) == {"tag/1", "tag/2"}, 5, "the rollback served")
+        took = time.monotonic() - clicked
+        assert f"rollback to revision {weighted - 1}" in page.inner_text("main")
+    assert not problems, problems
     assert took < 2.0, f"the rollback was served {took:.2f} s after the click"
 
 
@@ -365,6 +350,21 @@ def test_without_admin_tokens_only_loopback_may_write() -> None:
         gate.check({"client": ("10.1.2.3", 5000)}, headers, form)
 
 
+def test_a_write_s_author_is_the_admin_token_s_holder() -> None:
+    """With admin tokens, a write records its token's name (``TOKEN NAME`` in the file), else the token's digest
+    prefix; the token itself is never shown."""
+    from ferry.console.writes import Gate
+    from ferry.tokens import load_tokens
+
+    gate = Gate.of(load_tokens("s3cret Grace Hopper, other-token"), b"key")
+    form, headers = {"form_token": gate.token()}, {b"origin": "http://ferry:8080", b"host": "ferry:8080"}
+    remote = {"client": ("10.1.2.3", 5000)}
+    assert gate.check(remote, {**headers, b"authorization": "Bearer s3cret"}, form) == "Grace Hopper (console)"
+    assert gate.check(remote, {**headers, b"cookie": "ferry_token=s3cret"}, form) == "Grace Hopper (console)"
+    unnamed = gate.check(remote, {**headers, b"authorization": "Bearer other-token"}, form)
+    assert re.fullmatch(r"token [0-9a-f]{8} \(console\)", unnamed) and "other" not in unnamed
+
+
 def test_ferry_console_serves_every_service_without_loading_a_model(console: dict, e2e_home: Path, e2e_ferry: Ferry):
     other = e2e_ferry.service("second service")
     server = Server(e2e_home.parent, command="console")
@@ -397,22 +397,17 @@ COUNT_AT_LEAST = """n => {
 def test_counts_refresh_in_the_page_without_a_reload(console: dict) -> None:
     """Chromium on the service page: requests sent meanwhile show in the page's counts within a few heartbeats
     (0.3 s here), and the page was not reloaded (a marker set on its window survives)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     server, sid = console["server"], console["sid"]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{server.url}/ferry/console/services/{sid}")
-            page.evaluate("() => { window.__ferry_marker = 1; }")
-            before = int(re.search(r"tag/2\s+custom.*?(\d+) requests", page.inner_text("main"), re.S).group(1))
-            for _ in range(7):
-                server.serve("tag/2", {})
-            page.wait_for_function(COUNT_AT_LEAST, arg=before + 7, timeout=5000)
-            assert page.evaluate("() => window.__ferry_marker") == 1  # the same page: no reload
-            assert "live, updated" in page.inner_text("#live-status")
-        finally:
-            browser.close()
+    with chromium_page() as (page, problems):
+        page.goto(f"{server.url}/ferry/console/services/{sid}")
+        page.evaluate("() => { window.__ferry_marker = 1; }")
+        before = int(re.search(r"tag/2\s+custom.*?(\d+) requests", page.inner_text("main"), re.S).group(1))
+        for _ in range(7):
+            server.serve("tag/2", {})
+        page.wait_for_function(COUNT_AT_LEAST, arg=before + 7, timeout=5000)
+        assert page.evaluate("() => window.__ferry_marker") == 1  # the same page: no reload
+        assert "live, updated" in page.inner_text("#live-status")
+    assert not problems, problems
 
 
 def test_a_service_of_50_endpoints_and_10_instances_stays_responsive(e2e_home: Path, e2e_ferry: Ferry, console: dict):

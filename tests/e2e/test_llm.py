@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.browser import ARGS, chromium_path
+from tests.browser import chromium_page
 from tests.budget import examples
 from tests.conftest import Ferry
 from tests.e2e.conftest import FAST_POLL
@@ -401,21 +401,47 @@ def test_response_format_json_schema_is_followed_by_the_answer(client) -> None:
 
 def test_the_console_s_chat_box_streams_an_answer_from_an_llm_endpoint(llm_server: Server, e2e_service: str) -> None:
     """Chromium on the service page: a message typed in the chat box of `chat` gets a streamed answer, shown as text."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{llm_server.url}/console/services/{e2e_service}")
-            box = page.locator('form.chat[data-endpoint="chat"]')
-            box.locator("textarea").fill("Hello <b>there</b>")
-            box.locator("button").click()
-            box.locator('.answer[data-done="1"]').wait_for(timeout=30000)
-            answer = box.locator(".answer").inner_text()
-            bold = page.evaluate("() => document.querySelectorAll('form.chat .answer b').length")
-        finally:
-            browser.close()
+    with chromium_page() as (page, problems):
+        page.goto(f"{llm_server.url}/console/services/{e2e_service}")
+        answer, bold = _chat_in_page(page)
     assert answer and not answer.startswith("error:"), answer
-    assert not errors and bold == 0
+    assert not problems and bold == 0
+
+
+def _chat_in_page(page) -> tuple[str, int]:
+    """Send a message with markup from the service page's chat box of `chat`: the answer, and how many <b> it made."""
+    box = page.locator('form.chat[data-endpoint="chat"]')
+    box.locator("textarea").fill("Hello <b>there</b>")
+    box.locator("button").click()
+    box.locator('.answer[data-done="1"]').wait_for(timeout=30000)
+    return box.locator(".answer").inner_text(), page.evaluate(
+        "() => document.querySelectorAll('form.chat .answer b').length"
+    )
+
+
+def test_the_chat_box_works_behind_serve_tokens(e2e_home: Path, e2e_service: str, llm_server: Server, tmp_path: Path):
+    """A server whose routes need a token: the browser logs in with a serve token and chats (the login cookie stands
+    for the bearer header, through /console/chat); that route wants the console's header and a token."""
+    (tmp_path / "tokens").write_text("reader-token Ada Lovelace\n")
+    server = Server(e2e_home.parent, "--id", e2e_service, "--token-file", str(tmp_path / "tokens"), env=FAST_POLL)
+    try:
+        server.wait_ready(timeout=60)
+        body = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert server.post("/console/chat", body).status_code == 401  # no token, no cookie
+        with chromium_page() as (page, problems):
+            page.goto(f"{server.url}/console/services/{e2e_service}")  # sent to the login page first
+            page.fill("#token", "reader-token")
+            page.click("form.login button")
+            page.goto(f"{server.url}/console/services/{e2e_service}")
+            answer, bold = _chat_in_page(page)
+            seen = list(problems)  # before the refused fetch below logs its 403
+            bare = page.evaluate(CHAT_WITHOUT_HEADER, body)
+    finally:
+        server.stop()
+    assert answer and not answer.startswith("error:"), answer
+    assert not seen and bold == 0
+    assert bare == 403  # the cookie alone does not chat: a page of another site could not add the header
+
+
+CHAT_WITHOUT_HEADER = """async (body) => (await fetch("/console/chat", {
+    method: "POST", body: JSON.stringify(body), headers: {"content-type": "application/json"}})).status"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import httpx
@@ -10,7 +11,8 @@ import pytest
 from ferry.cli.serve import is_loopback
 from ferry.errors import InvalidInput
 from ferry.rest.app import FerryApp
-from ferry.rest.auth import BearerAuth, load_tokens
+from ferry.rest.auth import BearerAuth
+from ferry.tokens import KnownTokens, load_tokens
 
 pytestmark = pytest.mark.anyio
 
@@ -82,10 +84,25 @@ async def test_without_tokens_serving_stays_open(service):
 def test_token_file_skips_blank_lines_and_comments(tmp_path: Path):
     path = tmp_path / "tokens"
     path.write_text("# ops team\nalpha-123\n\n   beta-456  \n  # old: gamma\n")
-    assert load_tokens(path=str(path)) == TOKENS
-    assert load_tokens(" alpha-123 , ,beta-456", str(path)) == TOKENS
-    assert load_tokens("x,y") == {"x", "y"}
-    assert load_tokens() == frozenset()
+    assert load_tokens(path=str(path)).keys() == TOKENS
+    assert load_tokens(" alpha-123 , ,beta-456", str(path)).keys() == TOKENS
+    assert load_tokens("x,y") == {"x": "", "y": ""}
+    assert load_tokens() == {}
+
+
+def test_a_token_may_name_its_holder(tmp_path: Path):
+    """A name after the token (file line or variable part) is who holds it: the author of the revisions it makes."""
+    path = tmp_path / "tokens"
+    path.write_text("alpha-123   Ada  Lovelace \nbeta-456\n")
+    assert load_tokens("gamma-789 ops bot", str(path)) == {
+        "alpha-123": "Ada Lovelace",
+        "beta-456": "",
+        "gamma-789": "ops bot",
+    }
+    known = KnownTokens(load_tokens(path=str(path)))
+    assert known.holder("alpha-123") == "Ada Lovelace"
+    assert known.holder("beta-456") == "token " + hashlib.sha256(b"beta-456").hexdigest()[:8]  # named, not shown
+    assert known.holder("alpha-123   Ada") is None and known.holder("Ada") is None
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n  \n"])
@@ -110,7 +127,7 @@ def test_tokens_variable_of_only_commas_is_an_error():
 
 def test_every_token_is_compared(monkeypatch: pytest.MonkeyPatch):
     """No early exit: a match on the first token costs the same comparisons as no match at all."""
-    import ferry.rest.auth as auth
+    import ferry.tokens as auth
 
     calls = []
     real = auth.hmac.compare_digest

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ferry.control.spec import NAME_MAX, STORED, TENSOR_NAME_MAX, EndpointSpec, ServiceConfig, TensorSpec
 from ferry.control.store import Store
-from tests.browser import ARGS, chromium_path
+from tests.browser import chromium_page
 from tests.conftest import Ferry
 from tests.server import Server
 
@@ -112,21 +112,13 @@ def markup_server(ferry_sqlite: Ferry, tmp_path: Path):
 
 def test_docs_shows_markup_in_a_name_as_text_and_runs_no_script(markup_server: Server):
     assert MARKUP in markup_server.client.get("/openapi.json").text  # the name is served as it is
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            page = browser.new_page()
-            dialogs: list[str] = []
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-            page.goto(f"{markup_server.url}/docs")
-            page.wait_for_selector("section h3")
-            page.wait_for_load_state("networkidle")
-            text = page.inner_text("#paths")
-            pwned = page.evaluate("() => window.__ferry_pwned === 1")
-            images = page.evaluate("() => document.querySelectorAll('#paths img').length")
-        finally:
-            browser.close()
-    assert not pwned and not dialogs, "the name ran as script"
+    with chromium_page() as (page, problems):
+        page.goto(f"{markup_server.url}/docs")
+        page.wait_for_selector("section h3")
+        page.wait_for_load_state("networkidle")
+        text = page.inner_text("#paths")
+        pwned = page.evaluate("() => window.__ferry_pwned === 1")
+        images = page.evaluate("() => document.querySelectorAll('#paths img').length")
+    assert not pwned and not [p for p in problems if p.startswith("dialog")], "the name ran as script"
     assert images == 0, "the name became markup"
     assert "POST /serve/e" in text and MARKUP in text  # shown, as text

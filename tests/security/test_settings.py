@@ -12,9 +12,9 @@ from ferry.control.aux_config import validate_aux_config
 from ferry.control.aux_models import MAX_BATCH, MAX_DELAY_MS, MAX_INSTANCES
 from ferry.control.spec import EndpointSpec
 from ferry.errors import InvalidInput
-from ferry.rest.auth import load_tokens
 from ferry.serving.batching.batcher import BatchPolicy
 from ferry.serving.revisions.swap import _check_delay
+from ferry.tokens import load_tokens
 from tests.conftest import FERRY_BIN, Ferry, free_port
 
 
@@ -25,7 +25,7 @@ def test_a_token_setting_that_holds_no_token_is_refused(inline):
 
 
 def test_an_empty_token_variable_means_unset():
-    assert load_tokens("") == frozenset()
+    assert load_tokens("") == {}
 
 
 @pytest.mark.parametrize("inline", [" ", ","])

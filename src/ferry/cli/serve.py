@@ -21,9 +21,9 @@ from typing import Any
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.metrics import MULTIPROC_ENV
-from ferry.rest.auth import load_tokens, read_token_file
 from ferry.serving.batching.instances import WORKERS_ENV
 from ferry.stopping import DEADLINE_S, Stop
+from ferry.tokens import load_tokens, read_token_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--admin-token-file",
         default=None,
         metavar="FILE",
-        help="tokens (one a line) that the web console's writes (rollback, canary weights, publish, tags) need; "
+        help="tokens (one a line, optionally followed by a space and the holder's name, which the revisions record) "
+        "that the web console's writes (rollback, canary weights, publish, tags) need; "
         "default $FERRY_ADMIN_TOKENS_FILE, $FERRY_ADMIN_TOKENS adds comma-separated ones; with none, writes are "
         "accepted from this machine (loopback) only",
     )

@@ -21,9 +21,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ferry.console.forms import read_form
 from ferry.console.views import Views
-from ferry.console.writes import COOKIE, Gate, Writes, same_origin
+from ferry.console.writes import Gate, Writes, same_origin
 from ferry.control.store import AUTHOR
 from ferry.errors import FerryError, Forbidden, InvalidInput, MethodNotAllowed, NotFound
+from ferry.tokens import COOKIE
 
 PREFIX = "/console"
 CSP = (
@@ -94,7 +95,6 @@ class ConsoleRoutes:
             template, values, status = "error.html", {"error": exc}, exc.status_code
         html = self.templates.get_template(template).render(
             console=console,
-            api=console[: -len(PREFIX)],
             chat=self.chat,
             form_token=self.gate.token(),
             refresh_ms=self.refresh_ms,
@@ -123,7 +123,7 @@ class ConsoleRoutes:
             case []:
                 return "services.html", {"services": views.services()}
             case ["login"]:
-                return "login.html", {"needed": self.can_read is not None, "admins": bool(self.gate.admin_digests)}
+                return "login.html", {"needed": self.can_read is not None, "admins": bool(self.gate.admins)}
             case ["models"]:
                 return "models.html", {"models": views.models()}
             case ["services", sid]:

@@ -20,9 +20,8 @@ import hmac
 import ipaddress
 import os
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,9 +30,8 @@ from ferry.control.service import ServiceControl
 from ferry.control.store import Revision, os_user
 from ferry.errors import Forbidden, InvalidInput
 from ferry.registry.models import ModelRecord
+from ferry.tokens import KnownTokens, login_token
 
-COOKIE = "ferry_token"
-"""The login cookie (the same name rest/auth.py reads for the serve tokens)."""
 SECRET_ENV = "FERRY_CONSOLE_SECRET"
 """The key of the forms' token: set once by ``ferry serve`` for all its workers (random when unset)."""
 
@@ -48,57 +46,49 @@ def form_secret() -> bytes:
 
 @dataclass(frozen=True)
 class Gate:
-    """Who may write: the admin tokens' digests (none: loopback only), and the forms' key."""
+    """Who may write: the admin tokens (none: loopback only), and the forms' key."""
 
     secret: bytes
-    admin_digests: tuple[bytes, ...] = ()
+    admins: KnownTokens = field(default_factory=KnownTokens)
 
     @classmethod
-    def of(cls, admin_tokens: Iterable[str], secret: bytes) -> Gate:
-        return cls(secret, tuple(_digest(t) for t in admin_tokens))
+    def of(cls, admin_tokens: Mapping[str, str] | Iterable[str], secret: bytes) -> Gate:
+        """``admin_tokens``: token -> holder's name (``ferry.tokens.load_tokens``), or tokens alone."""
+        return cls(secret, KnownTokens(admin_tokens))
 
     def token(self) -> str:
         """The token every console form carries."""
         return hmac.new(self.secret, b"ferry console form", hashlib.sha256).hexdigest()
 
     def check(self, scope: dict[str, Any], headers: dict[bytes, str], form: dict[str, str]) -> str:
-        """Who writes (the revision's author: "console, admin token <digest prefix>" or "console, <user> on this
-        machine"); Forbidden (403), naming what is missing, unless the write may go on."""
+        """Who writes (the revision's author: "<the admin token's name> (console)", for an unnamed token
+        "token <digest prefix> (console)", with no admin tokens "<OS user> on this machine (console)"); Forbidden
+        (403), naming what is missing, unless the write may go on."""
         if not same_origin(headers):
             raise Forbidden(
                 "console writes come from the console's own pages (this request's Origin is another site's)"
             )
         if not hmac.compare_digest(form.get("form_token", ""), self.token()):
             raise Forbidden("the form's token is missing or stale: reload the page and try again")
-        if self.admin_digests:
+        if self.admins:
             scheme, _, given = headers.get(b"authorization", "").partition(" ")
-            token = given.strip() if scheme.lower() == "bearer" else login_cookie(headers.get(b"cookie", ""))
-            if not self.is_admin(token):
+            token = given.strip() if scheme.lower() == "bearer" else login_token(headers.get(b"cookie", ""))
+            holder = self.admins.holder(token) if token else None
+            if holder is None:
                 raise Forbidden(
                     "console writes need an admin token: log in with one at /console/login, or send "
                     "'Authorization: Bearer <admin token>'"
                 )
-            return f"console, admin token {_digest(token).hex()[:8]}"  # names the token without showing it
+            return f"{holder} (console)"
         if not _loopback(scope):
             raise Forbidden(
                 "console writes are open to this machine only while no admin token is set: start ferry serve with "
                 "--admin-token-file FILE (or FERRY_ADMIN_TOKENS) and send one"
             )
-        return f"console, {os_user()} on this machine"
+        return f"{os_user()} on this machine (console)"
 
     def is_admin(self, token: str) -> bool:
-        return bool(token) and _known(token, self.admin_digests)
-
-
-def login_cookie(header: str) -> str:
-    """The token in the console's login cookie (``ferry_token``), or ''."""
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return ""
-    morsel = jar.get(COOKIE)
-    return morsel.value if morsel is not None else ""
+        return bool(token) and self.admins.holder(token) is not None
 
 
 class Writes:
@@ -153,15 +143,3 @@ def _loopback(scope: dict[str, Any]) -> bool:
         return ipaddress.ip_address(client[0]).is_loopback
     except ValueError:
         return False
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
-
-
-def _known(token: str, digests: tuple[bytes, ...]) -> bool:
-    given = hashlib.sha256(token.encode("latin-1")).digest()
-    found = False
-    for digest in digests:  # no early exit
-        found |= hmac.compare_digest(given, digest)
-    return found

@@ -12,9 +12,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from ferry.errors import EngineError, FerryError, NotFound, NotReady, UserCodeError
+from ferry.errors import EngineError, FerryError, Forbidden, NotFound, NotReady, UserCodeError
 from ferry.rest.auth import BearerAuth
 from ferry.rest.http import decode_body, header, read_body, send, send_error
+from ferry.rest.openai import PREFIX as OPENAI
 from ferry.rest.openai import OpenAIRoutes, is_openai, stream_events
 from ferry.rest.openapi import DOCS_CSP, DOCS_HTML, openapi
 from ferry.rest.v2 import V2Routes, is_v2
@@ -31,6 +32,11 @@ GET_ROUTES = frozenset(
 )
 """The paths this app answers to GET (other methods get 405 there, 404 elsewhere)."""
 DOCS_HEADERS = ((b"content-security-policy", DOCS_CSP), (b"x-content-type-options", b"nosniff"))
+CONSOLE_CHAT = "/console/chat"
+"""The console's chat box posts here: the OpenAI chat route, reached with the console's login cookie (a page cannot
+send a bearer header), and only with the header ``x-ferry-console``, which no other site's page may add without
+this server's leave (a CORS preflight that it never grants), so no site can chat in a visitor's name."""
+OPENAI_CHAT = OPENAI + "chat/completions"
 ROUTING_KEY = b"x-ferry-routing-key"
 """A request carrying this header lands on the same canary target while the canary stays the same."""
 
@@ -100,6 +106,8 @@ class FerryApp:
                 return await self._serve(scope, receive, send_, path[len(SERVE) :])
             if is_v2(path):
                 return await self.v2.handle(scope, receive, send_)
+            if path == CONSOLE_CHAT and self.pages is not None:
+                return await self._chat(scope, receive, send_)
             if self.pages is not None and self.pages.owns(path):
                 return await self.pages.handle(scope, receive, lambda *answer: send(send_, *answer))
             if method not in ("GET", "HEAD"):
@@ -117,6 +125,13 @@ class FerryApp:
             error = EngineError(f"internal error on {method} {path}: {type(exc).__name__}: {exc}")
             error.__cause__ = exc  # send_error logs it with this traceback and answers only an id
             await send_error(send_, error)
+
+    async def _chat(self, scope: dict, receive: Any, send_: Any) -> None:
+        """The console's chat box: its message goes to the OpenAI chat route as if sent there (the token check
+        took the login cookie, as for every console path)."""
+        if not header(scope, b"x-ferry-console"):
+            raise Forbidden(f"{CONSOLE_CHAT} is the console's chat box: it takes the header x-ferry-console")
+        await self.openai.handle({**scope, "path": OPENAI_CHAT}, receive, send_)
 
     async def _serve(self, scope: dict, receive: Any, send_: Any, rest: str) -> None:
         endpoint, version = _split(rest)

@@ -24,8 +24,9 @@
   setInterval(refresh, every);
 })();
 
-// The chat box of an LLM endpoint (the service page, under ferry serve): the message goes to the OpenAI route of
-// this server, streamed; each chunk's text is appended as text (never as markup).
+// The chat box of an LLM endpoint (the service page, under ferry serve): the message goes to the OpenAI chat route
+// of this server through /console/chat (which takes the login cookie where the server needs a token), streamed;
+// each chunk's text is appended as text (never as markup).
 (function () {
   for (const form of document.querySelectorAll("form.chat")) {
     form.addEventListener("submit", async (event) => {
@@ -36,7 +37,8 @@
       const body = { model: form.dataset.endpoint, messages: [{ role: "user", content: message }], stream: true };
       try {
         const response = await fetch(form.dataset.url, {
-          method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+          method: "POST", body: JSON.stringify(body),
+          headers: { "content-type": "application/json", "x-ferry-console": "chat" }, credentials: "same-origin",
         });
         if (!response.ok) throw new Error((await response.json()).error || "HTTP " + response.status);
         const reader = response.body.getReader();
