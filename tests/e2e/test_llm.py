@@ -419,20 +419,24 @@ def _chat_in_page(page) -> tuple[str, int]:
     )
 
 
-def test_the_chat_box_works_behind_serve_tokens(e2e_home: Path, e2e_service: str, llm_server: Server, tmp_path: Path):
+def test_the_chat_box_works_behind_serve_tokens(e2e_home: Path, e2e_ferry: Ferry, llm_server: Server, tmp_path: Path):
     """A server whose routes need a token: the browser logs in with a serve token and chats (the login cookie stands
     for the bearer header, through /console/chat); that route wants the console's header and a token."""
+    sid = e2e_ferry.service("locked chat")  # one LLM endpoint: the tiny model that llm_server's set-up uploaded
+    e2e_ferry(
+        "--id", sid, "model", "add", "--engine", "llm", "--endpoint", "chat", "--name", "tiny", "--project", "llm"
+    )
     (tmp_path / "tokens").write_text("reader-token Ada Lovelace\n")
-    server = Server(e2e_home.parent, "--id", e2e_service, "--token-file", str(tmp_path / "tokens"), env=FAST_POLL)
+    server = Server(e2e_home.parent, "--id", sid, "--token-file", str(tmp_path / "tokens"), env=FAST_POLL)
     try:
         server.wait_ready(timeout=60)
         body = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
         assert server.post("/console/chat", body).status_code == 401  # no token, no cookie
         with chromium_page() as (page, problems):
-            page.goto(f"{server.url}/console/services/{e2e_service}")  # sent to the login page first
+            page.goto(f"{server.url}/console/services/{sid}")  # sent to the login page first
             page.fill("#token", "reader-token")
             page.click("form.login button")
-            page.goto(f"{server.url}/console/services/{e2e_service}")
+            page.goto(f"{server.url}/console/services/{sid}")
             answer, bold = _chat_in_page(page)
             seen = list(problems)  # before the refused fetch below logs its 403
             bare = page.evaluate(CHAT_WITHOUT_HEADER, body)
