@@ -1,8 +1,9 @@
 """``ferry serve --ray``: deploy the service on Ray Serve and keep its model deployments equal to the store.
 
-The ingress application is deployed once; each endpoint version of the newest revision gets a model
-application (``apps.model_app``). A new or changed version's application is deployed when its revision
-appears; the ingress replicas wait for it to run and warm it before they route to it. An application
+The ingress application is deployed once, without waiting for it to run (a replica starting may need a model
+application that only this loop deploys: one of a revision made meanwhile); each endpoint version of the newest
+revision gets a model application (``apps.model_app``). A new or changed version's application is deployed when
+its revision appears; the ingress replicas wait for it to run and warm it before they route to it. An application
 that left the revision is deleted once no live ingress replica routes to it any more.
 """
 
@@ -23,7 +24,7 @@ from ferry.control.spec import EndpointSpec
 from ferry.control.store import Store
 from ferry.rayserve import proxy_guard
 from ferry.rayserve.apps import QUIET, Pace, colocated, ingress_app, model_app, model_options
-from ferry.rayserve.engine import ROLE
+from ferry.rayserve.engine import ROLE, app_status
 from ferry.rayserve.ingress import Ingress
 from ferry.rayserve.model import ModelStage
 from ferry.serving.revisions.swap import with_triton_addresses
@@ -63,17 +64,21 @@ class Launcher:
         self._next_beat = 0.0
         self._deleting: set[str] = set()
         self._stop = threading.Event()
+        self.ingress_running = False
 
     def run(self) -> None:
         """Deploy the models of the newest revision, then the ingress; follow the store until ``stop``."""
         self.instance_id = self.store.register_instance(self.service_id, socket.gethostname(), os.getpid())
-        self.tick()
+        self._tick_safely()  # the models first: the ingress replicas wait for their applications
         self._deploy_ingress()
         while not self._stop.wait(min(self.settings.poll_interval, LAUNCHER_POLL_S)):
-            try:
-                self.tick()
-            except Exception as exc:  # the store or Serve failing: the cluster keeps serving what it has
-                log.warning("following the store failed: %s; the cluster serves what it has", exc)
+            self._tick_safely()
+
+    def _tick_safely(self) -> None:
+        try:
+            self.tick()
+        except Exception as exc:  # the store or Serve failing: the cluster keeps serving what it has
+            log.warning("following the store failed: %s; the cluster serves what it has", exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,6 +86,9 @@ class Launcher:
     def tick(self) -> None:
         """Deploy what a new head revision added or changed; every heartbeat interval, read Serve's state,
         delete what the revision dropped once nothing routes to it, and heartbeat."""
+        if not self.ingress_running and app_status(ingress_app(self.service_id))[0] == "RUNNING":
+            self.ingress_running = True
+            log.info("ingress %s running", ingress_app(self.service_id))
         head = self.store.head(self.service_id)
         if head != self.applied:
             config = self.store.get_revision(self.service_id, head).config
@@ -123,10 +131,14 @@ class Launcher:
                 log.info("deploying %s (%s)", target.name, self.desired[target.name].key)
 
     def _deploy_ingress(self) -> None:
+        """Deploy the ingress and go on: ``tick`` says when it runs. Waiting here for it to run could wait forever:
+        a replica that starts while the store is down, and finds a new revision when it is back, waits for that
+        revision's model applications, which only ``tick`` deploys."""
         # a Deployment (@serve.deployment): mypy keeps a decorated class's own type
         app = Ingress.options(**self.ingress).bind(self.env)  # type: ignore[attr-defined]
-        serve.run(app, name=ingress_app(self.service_id), route_prefix="/")
-        log.info("ingress %s running", ingress_app(self.service_id))
+        target = serve.RunTarget(target=app, name=ingress_app(self.service_id), route_prefix="/")
+        serve.run_many([target], wait_for_applications_running=False)
+        log.info("deploying the ingress %s", ingress_app(self.service_id))
 
     def _delete_unrouted(self) -> None:
         running = self.running()

@@ -114,3 +114,30 @@ def replica_logs() -> str:
         Path("/tmp/ray/session_latest/logs/serve").glob("replica_*ingress*.log"), key=lambda p: p.stat().st_mtime
     )
     return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs[-3:])
+
+
+@pytest.mark.usefixtures("bare_serve")
+def test_a_revision_made_while_the_ingress_starts_is_deployed_and_served(
+    cluster: Cluster, postgres: Postgres, tmp_path: Path
+):
+    """The store stopped as the launcher deploys the ingress, so its replicas cannot read it; a version added once
+    it is back is what they load first, so they wait for its model application: the launcher deploys it without
+    waiting for the ingress to run (it once waited there, and neither moved: seen in CI as a replica left
+    STARTING)."""
+    ferry = Ferry(tmp_path)
+    ferry.service()
+    ferry("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "before"), *SMALL)
+    server = Server(tmp_path, "--ray", "--address", cluster.address, env=FAST_POLL)
+    try:
+        server.wait_for(lambda: "deploying ferry-" in server.log(), 60, "the launcher deploying the model")
+        postgres.stop()  # before an ingress replica has started (a process, imports: seconds)
+        time.sleep(3.0)  # the replica fails to reach the store, and waits to try again
+        postgres.start()
+        ferry(
+            "model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "after"), *SMALL
+        )
+        server.wait_ready(timeout=60)
+        server.wait_for(lambda: server.post("/serve/m", {}).json().get("tag") == "after", 30, "the new version served")
+        assert "following the store failed" in server.log()  # the launcher went on through the outage
+    finally:
+        server.stop()
