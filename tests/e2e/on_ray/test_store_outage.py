@@ -88,7 +88,7 @@ def test_the_cluster_serves_through_a_store_outage_then_takes_a_change(
             server.wait_for(lambda: answers[(200, "after")] > 0, 60, "the change made after the outage served")
             try:
                 server.wait_for(lambda: ingress_replicas() == {"RUNNING": 2}, 60, "the new ingress replica running")
-            except AssertionError as exc:  # seen once in CI (2026-12-05, after the other Ray tests): say more
+            except AssertionError as exc:  # say what the replicas did (twice in CI: the deadlock the next test shows)
                 raise AssertionError(f"{exc}\ningress replicas: {ingress_replicas()}\n{replica_logs()}") from None
     finally:
         server.stop()
