@@ -19,10 +19,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class GrammarMatcher:
     def allowed(self, vocab: int) -> torch.Tensor:
         """A bool tensor (``vocab``,) on the CPU: True where the grammar allows the token next. End of sequence is
         allowed only where the grammar may end; ids past the tokenizer's vocabulary never are."""
+        import torch  # here, not at the top: ``check`` runs in the OpenAI face of a server without torch
+
         bits = np.unpackbits(np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
         allowed = torch.from_numpy(bits.view(np.bool_))  # 0 and 1 bytes are bools: no copy
         if allowed.shape[0] >= vocab:

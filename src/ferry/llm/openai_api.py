@@ -57,14 +57,37 @@ infinity), as vLLM does.
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ferry.llm import grammar
+from ferry.llm.openai_fields import (
+    CHAT_RULES,
+    COMPLETION_RULES,
+    InvalidRequest,
+    apply_rules,
+    boolean,
+    error_body,
+    json_object,
+    known_fields,
+    model_name,
+    number,
+    show,
+    user_field,
+)
+from ferry.llm.openai_messages import parse_messages
 from ferry.llm.params import SamplingParams
+
+__all__ = [  # InvalidRequest and error_body are part of this module's face: the routes import them from here
+    "EmbeddingRequest",
+    "GenerationRequest",
+    "InvalidRequest",
+    "error_body",
+    "parse_chat",
+    "parse_completion",
+    "parse_embeddings",
+]
 
 MAX_N = 16
 """The most choices one request may ask for (``n``)."""
@@ -72,165 +95,7 @@ MAX_LOGPROBS = 20
 """The most alternatives per token (chat ``top_logprobs``, completions ``logprobs``)."""
 MAX_STOP = 4
 """The most stop strings, as OpenAI allows."""
-ROLES = ("system", "developer", "user", "assistant", "tool")
 _INT64 = (-(2**63), 2**63 - 1)
-
-# ---- errors ----------------------------------------------------------------------------------------------------
-
-
-class InvalidRequest(ValueError):
-    """A body the API refuses: answered 400 with OpenAI's error body naming ``param``."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        """The error body to answer with (status 400)."""
-        return error_body(self.message, param=self.param, code=self.code)
-
-
-def error_body(
-    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | int | None = None
-) -> dict[str, Any]:
-    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-# ---- field checks ----------------------------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    """A value as the client sent it (JSON), cut short so an error message stays one line."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _range_text(lo: float | None, hi: float | None, lo_open: bool) -> str:
-    if lo_open:
-        return f"greater than {lo}" + (f" and at most {hi}" if hi is not None else "")
-    if lo is not None and hi is not None:
-        return f"between {lo} and {hi}"
-    return f"at least {lo}" if lo is not None else f"at most {hi}"
-
-
-def _number(
-    body: dict[str, Any],
-    name: str,
-    default: Any,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    integer: bool = False,
-    lo_open: bool = False,
-) -> Any:
-    """``body[name]`` checked to be a number (an integer if asked) in range; ``default`` when absent or null."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise InvalidRequest(f"{name} must be {'an integer' if integer else 'a number'}, got {_show(value)}", name)
-    too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    if (isinstance(value, float) and not math.isfinite(value)) or too_low or (hi is not None and value > hi):
-        raise InvalidRequest(f"{name} must be {_range_text(lo, hi, lo_open)}, got {_show(value)}", name)
-    return value if integer else float(value)
-
-
-def _bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{name} must be true or false, got {_show(value)}", name)
-    return value
-
-
-def _object(body: Any, where: str | None = None) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"{where or 'the request body'} must be a JSON object, got {_show(body)}", where)
-    return body
-
-
-def _known_fields(body: dict[str, Any], known: frozenset[str]) -> None:
-    for name in body:
-        if name not in known:
-            raise InvalidRequest(f"unknown field {name!r}", name)
-
-
-def _model(body: dict[str, Any]) -> str:
-    value = body.get("model")
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"model must be a non-empty string, got {_show(value)}", "model")
-    return value
-
-
-def _user(body: dict[str, Any]) -> str | None:
-    value = body.get("user")
-    if value is not None and not isinstance(value, str):
-        raise InvalidRequest(f"user must be a string, got {_show(value)}", "user")
-    return value
-
-
-# ---- fields accepted without effect, or refused ----------------------------------------------------------------
-
-_Rule = Callable[[Any], str | None]
-"""A non-null field's value -> None when accepted without effect, else why it is refused."""
-
-
-def _only(accepted: Any, refusal: str) -> _Rule:
-    return lambda value: None if value == accepted and type(value) is type(accepted) else refusal
-
-
-def _never(refusal: str) -> _Rule:
-    return lambda value: refusal
-
-
-_COMMON_RULES: dict[str, _Rule] = {
-    "user": lambda value: None if isinstance(value, str) else f"user must be a string, got {_show(value)}",
-    "logit_bias": _only({}, "logit_bias is not supported yet; only an empty object is accepted"),
-    "skip_special_tokens": _only(True, "skip_special_tokens false is not supported yet"),
-    "include_stop_str_in_output": _only(False, "include_stop_str_in_output true is not supported yet"),
-}
-_CHAT_RULES: dict[str, _Rule] = {
-    **_COMMON_RULES,
-    "store": lambda value: None if isinstance(value, bool) else "store must be true or false",
-    "metadata": lambda value: None if isinstance(value, dict) else "metadata must be an object",
-    "parallel_tool_calls": lambda value: None if isinstance(value, bool) else "parallel_tool_calls must be a boolean",
-    "service_tier": lambda value: None if isinstance(value, str) else "service_tier must be a string",
-    "tools": _only([], "tools are not supported yet"),
-    "tool_choice": _only("none", 'tool_choice is not supported yet; only "none" is accepted'),
-    "modalities": _only(["text"], 'modalities other than ["text"] are not supported'),
-    "functions": _never("functions are not supported"),
-    "function_call": _never("function_call is not supported"),
-    "audio": _never("audio output is not supported"),
-    "prediction": _never("prediction (predicted outputs) is not supported"),
-    "web_search_options": _never("web_search_options is not supported"),
-}
-_COMPLETION_RULES: dict[str, _Rule] = {
-    **_COMMON_RULES,
-    "suffix": _never("suffix is not supported"),
-    "best_of": _only(1, "best_of other than 1 is not supported"),
-}
-
-
-def _apply_rules(body: dict[str, Any], rules: dict[str, _Rule]) -> tuple[str, ...]:
-    """The names of the fields present and accepted without effect; InvalidRequest for the first refused one."""
-    accepted = []
-    for name, rule in rules.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        refusal = rule(value)
-        if refusal is not None:
-            raise InvalidRequest(refusal, name)
-        accepted.append(name)
-    return tuple(accepted)
-
 
 # ---- sampling parameters ---------------------------------------------------------------------------------------
 
@@ -248,7 +113,7 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or len(items) > MAX_STOP or not all(isinstance(s, str) and s for s in items):
         raise InvalidRequest(
-            f"stop must be a non-empty string or a list of up to {MAX_STOP} non-empty strings, got {_show(value)}",
+            f"stop must be a non-empty string or a list of up to {MAX_STOP} non-empty strings, got {show(value)}",
             "stop",
         )
     return tuple(items)
@@ -264,20 +129,20 @@ def _stop_token_ids(body: dict[str, Any]) -> tuple[int, ...]:
         return ()
     if not _token_ids(value):
         raise InvalidRequest(
-            f"stop_token_ids must be a list of token ids (integers >= 0), got {_show(value)}", "stop_token_ids"
+            f"stop_token_ids must be a list of token ids (integers >= 0), got {show(value)}", "stop_token_ids"
         )
     return tuple(value)
 
 
 def _top_k(body: dict[str, Any]) -> int:
-    value = _number(body, "top_k", 0, integer=True)
+    value = number(body, "top_k", 0, integer=True)
     if value < -1:
         raise InvalidRequest(f"top_k must be -1 or 0 (off) or at least 1, got {value}", "top_k")
     return max(value, 0)
 
 
 def _min_tokens(body: dict[str, Any], max_tokens: int | None) -> int:
-    value = _number(body, "min_tokens", 0, 0, integer=True)
+    value = number(body, "min_tokens", 0, 0, integer=True)
     if max_tokens is not None and value > max_tokens:
         raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens}), got {value}", "min_tokens")
     return value
@@ -289,17 +154,17 @@ def _sampling(
     return SamplingParams(
         max_tokens=max_tokens,
         min_tokens=_min_tokens(body, max_tokens),
-        temperature=_number(body, "temperature", 1.0, 0, 2),
-        top_p=_number(body, "top_p", 1.0, 0, 1, lo_open=True),
+        temperature=number(body, "temperature", 1.0, 0, 2),
+        top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True),
         top_k=_top_k(body),
-        min_p=_number(body, "min_p", 0.0, 0, 1),
-        seed=_number(body, "seed", None, *_INT64, integer=True),
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2, 2),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2, 2),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0, lo_open=True),
+        min_p=number(body, "min_p", 0.0, 0, 1),
+        seed=number(body, "seed", None, *_INT64, integer=True),
+        presence_penalty=number(body, "presence_penalty", 0.0, -2, 2),
+        frequency_penalty=number(body, "frequency_penalty", 0.0, -2, 2),
+        repetition_penalty=number(body, "repetition_penalty", 1.0, 0, lo_open=True),
         stop=_stop(body),
         stop_token_ids=_stop_token_ids(body),
-        ignore_eos=_bool(body, "ignore_eos"),
+        ignore_eos=boolean(body, "ignore_eos"),
         logprobs=logprobs,
         response_format=response_format,
     )
@@ -312,8 +177,8 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     if not stream:
         raise InvalidRequest("stream_options is only allowed when stream is true", "stream_options")
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise InvalidRequest(f'stream_options may only hold "include_usage", got {_show(options)}', "stream_options")
-    return _bool(options, "include_usage")
+        raise InvalidRequest(f'stream_options may only hold "include_usage", got {show(options)}', "stream_options")
+    return boolean(options, "include_usage")
 
 
 # ---- response_format -----------------------------------------------------------------------------------------
@@ -340,26 +205,24 @@ def _response_format(body: dict[str, Any]) -> str | None:
     if kind == "json_schema" and set(value) == {"type", "json_schema"}:
         _json_schema(value["json_schema"])
         return _honoured_format(value)
-    raise InvalidRequest(f"{_FORMAT_SHAPE}, got {_show(value)}", "response_format")
+    raise InvalidRequest(f"{_FORMAT_SHAPE}, got {show(value)}", "response_format")
 
 
 def _json_schema(value: Any) -> None:
     where = "response_format.json_schema"
-    value = _object(value, where)
+    value = json_object(value, where)
     for name in value:
         if name not in _JSON_SCHEMA_FIELDS:
             raise InvalidRequest(f"unknown field {name!r} in {where}", f"{where}.{name}")
     name = value.get("name")
     if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-        raise InvalidRequest(
-            f"{where}.name must be 1 to 64 letters, digits, _ or -, got {_show(name)}", f"{where}.name"
-        )
+        raise InvalidRequest(f"{where}.name must be 1 to 64 letters, digits, _ or -, got {show(name)}", f"{where}.name")
     if not isinstance(value.get("schema"), dict):
         raise InvalidRequest(
-            f"{where}.schema must be a JSON schema object, got {_show(value.get('schema'))}", f"{where}.schema"
+            f"{where}.schema must be a JSON schema object, got {show(value.get('schema'))}", f"{where}.schema"
         )
     if value.get("strict") is not None and not isinstance(value["strict"], bool):
-        raise InvalidRequest(f"{where}.strict must be true or false, got {_show(value['strict'])}", f"{where}.strict")
+        raise InvalidRequest(f"{where}.strict must be true or false, got {show(value['strict'])}", f"{where}.strict")
     if value.get("description") is not None and not isinstance(value["description"], str):
         raise InvalidRequest(f"{where}.description must be a string", f"{where}.description")
 
@@ -399,71 +262,71 @@ class GenerationRequest:
 
 
 _CHAT_FIELDS = frozenset(
-    [*_SAMPLING_FIELDS, "messages", "max_completion_tokens", "top_logprobs", "response_format", *_CHAT_RULES]
+    [*_SAMPLING_FIELDS, "messages", "max_completion_tokens", "top_logprobs", "response_format", *CHAT_RULES]
 )
-_COMPLETION_FIELDS = frozenset([*_SAMPLING_FIELDS, "prompt", "echo", *_COMPLETION_RULES])
+_COMPLETION_FIELDS = frozenset([*_SAMPLING_FIELDS, "prompt", "echo", *COMPLETION_RULES])
 
 
 def parse_chat(body: Any) -> GenerationRequest:
     """A /chat/completions body checked field by field (see the module docstring); InvalidRequest names the field."""
-    body = _object(body)
-    _known_fields(body, _CHAT_FIELDS)
-    accepted = _apply_rules(body, _CHAT_RULES)
-    model = _model(body)
-    messages = _messages(body.get("messages"))
-    legacy_max = _number(body, "max_tokens", None, 1, integer=True)
-    max_tokens = _number(body, "max_completion_tokens", legacy_max, 1, integer=True)
+    body = json_object(body)
+    known_fields(body, _CHAT_FIELDS)
+    accepted = apply_rules(body, CHAT_RULES)
+    model = model_name(body)
+    messages = parse_messages(body.get("messages"))
+    legacy_max = number(body, "max_tokens", None, 1, integer=True)
+    max_tokens = number(body, "max_completion_tokens", legacy_max, 1, integer=True)
     response_format = _response_format(body)
     if response_format is None and body.get("response_format") is not None:
         accepted += ("response_format",)  # {"type": "text"}
     params = _sampling(body, max_tokens, _chat_logprobs(body), response_format)
-    stream = _bool(body, "stream")
+    stream = boolean(body, "stream")
     return GenerationRequest(
         kind="chat",
         model=model,
         messages=messages,
         prompts=[],
         params=params,
-        n=_number(body, "n", 1, 1, MAX_N, integer=True),
+        n=number(body, "n", 1, 1, MAX_N, integer=True),
         stream=stream,
         include_usage=_include_usage(body, stream),
         echo=False,
-        user=_user(body),
+        user=user_field(body),
         accepted_without_effect=accepted,
     )
 
 
 def parse_completion(body: Any) -> GenerationRequest:
     """A /completions body checked field by field (see the module docstring); InvalidRequest names the field."""
-    body = _object(body)
-    _known_fields(body, _COMPLETION_FIELDS)
-    accepted = _apply_rules(body, _COMPLETION_RULES)
-    model = _model(body)
+    body = json_object(body)
+    known_fields(body, _COMPLETION_FIELDS)
+    accepted = apply_rules(body, COMPLETION_RULES)
+    model = model_name(body)
     prompts = _prompts(body.get("prompt"))
-    logprobs = _number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
-    echo = _bool(body, "echo")
+    logprobs = number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    echo = boolean(body, "echo")
     if echo and logprobs is not None:
         raise InvalidRequest("echo together with logprobs is not supported yet", "echo")
-    params = _sampling(body, _number(body, "max_tokens", None, 1, integer=True), logprobs)
-    stream = _bool(body, "stream")
+    params = _sampling(body, number(body, "max_tokens", None, 1, integer=True), logprobs)
+    stream = boolean(body, "stream")
     return GenerationRequest(
         kind="completion",
         model=model,
         messages=None,
         prompts=prompts,
         params=params,
-        n=_number(body, "n", 1, 1, MAX_N, integer=True),
+        n=number(body, "n", 1, 1, MAX_N, integer=True),
         stream=stream,
         include_usage=_include_usage(body, stream),
         echo=echo,
-        user=_user(body),
+        user=user_field(body),
         accepted_without_effect=accepted,
     )
 
 
 def _chat_logprobs(body: dict[str, Any]) -> int | None:
-    wanted = _bool(body, "logprobs")
-    top = _number(body, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    wanted = boolean(body, "logprobs")
+    top = number(body, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
     if top is not None and not wanted:
         raise InvalidRequest("top_logprobs needs logprobs set to true", "top_logprobs")
     return (top or 0) if wanted else None
@@ -476,66 +339,10 @@ def _prompts(value: Any) -> list[str | list[int]]:
     elif isinstance(value, list) and (all(isinstance(p, str) for p in value) or all(_token_ids(p) for p in value)):
         items = value
     else:
-        raise InvalidRequest(f"{shape}, got {_show(value)}", "prompt")
+        raise InvalidRequest(f"{shape}, got {show(value)}", "prompt")
     if not items or not all(items):
-        raise InvalidRequest(f"prompt must not be empty (nor any of its prompts), got {_show(value)}", "prompt")
+        raise InvalidRequest(f"prompt must not be empty (nor any of its prompts), got {show(value)}", "prompt")
     return items
-
-
-# ---- chat messages ---------------------------------------------------------------------------------------------
-
-_MESSAGE_FIELDS = frozenset(["role", "content", "name", "tool_call_id"])
-_ASSISTANT_NULL_FIELDS = frozenset(["refusal", "audio", "function_call", "tool_calls"])
-_REFUSED_PARTS = {"image_url": "image", "input_image": "image", "input_audio": "audio", "file": "file"}
-
-
-def _messages(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest(f"messages must be a non-empty list of messages, got {_show(value)}", "messages")
-    return [_message(message, f"messages[{i}]") for i, message in enumerate(value)]
-
-
-def _message(message: Any, where: str) -> dict[str, Any]:
-    message = _object(message, where)
-    role = message.get("role")
-    if role not in ROLES:
-        raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {_show(role)}", f"{where}.role")
-    _message_fields(message, role, where)
-    content = message.get("content")
-    if content is None and role != "assistant":
-        raise InvalidRequest(f"{where}.content is required for a {role} message", f"{where}.content")
-    text = "" if content is None else _content_text(content, f"{where}.content")
-    return {"role": "system" if role == "developer" else role, "content": text}
-
-
-def _message_fields(message: dict[str, Any], role: str, where: str) -> None:
-    for name, value in message.items():
-        if name in _MESSAGE_FIELDS or (role == "assistant" and name == "annotations"):
-            continue
-        if role == "assistant" and name in _ASSISTANT_NULL_FIELDS:
-            if value is None or value == []:
-                continue
-            raise InvalidRequest(
-                f"{where}.{name} is not supported (tool and function calls are not)", f"{where}.{name}"
-            )
-        raise InvalidRequest(f"unknown field {name!r} in {where}", f"{where}.{name}")
-
-
-def _content_text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{where} must be a string or a list of text parts, got {_show(content)}", where)
-    return "".join(_part_text(part, f"{where}[{i}]") for i, part in enumerate(content))
-
-
-def _part_text(part: Any, where: str) -> str:
-    kind = part.get("type") if isinstance(part, dict) else None
-    if isinstance(kind, str) and kind in _REFUSED_PARTS:
-        raise InvalidRequest(f"{_REFUSED_PARTS[kind]} content parts are not supported, only text", f"{where}.type")
-    if kind != "text" or not isinstance(part.get("text"), str) or set(part) != {"type", "text"}:
-        raise InvalidRequest(f'{where} must be {{"type": "text", "text": "..."}}, got {_show(part)}', where)
-    return part["text"]
 
 
 # ---- embeddings ------------------------------------------------------------------------------------------------
@@ -558,17 +365,19 @@ _EMBEDDING_FIELDS = frozenset(["model", "input", "encoding_format", "dimensions"
 
 def parse_embeddings(body: Any) -> EmbeddingRequest:
     """An /embeddings body checked field by field (see the module docstring); InvalidRequest names the field."""
-    body = _object(body)
-    _known_fields(body, _EMBEDDING_FIELDS)
-    model = _model(body)
+    body = json_object(body)
+    known_fields(body, _EMBEDDING_FIELDS)
+    model = model_name(body)
     inputs = _embedding_inputs(body.get("input"))
     sent = body.get("encoding_format")
     if sent not in (None, "float", "base64"):
-        raise InvalidRequest(f'encoding_format must be "float" or "base64", got {_show(sent)}', "encoding_format")
+        raise InvalidRequest(f'encoding_format must be "float" or "base64", got {show(sent)}', "encoding_format")
     encoding: Literal["float", "base64"] = "base64" if sent == "base64" else "float"
     if body.get("dimensions") is not None:
         raise InvalidRequest("dimensions is not supported yet", "dimensions")
-    return EmbeddingRequest(model=model, inputs=inputs, encoding_format=encoding, dimensions=None, user=_user(body))
+    return EmbeddingRequest(
+        model=model, inputs=inputs, encoding_format=encoding, dimensions=None, user=user_field(body)
+    )
 
 
 def _embedding_inputs(value: Any) -> list[str]:
@@ -577,6 +386,4 @@ def _embedding_inputs(value: Any) -> list[str]:
         return items
     if isinstance(items, list) and items and (_token_ids(items) or all(_token_ids(x) for x in items)):
         raise InvalidRequest("token-id inputs are not supported; send text", "input")
-    raise InvalidRequest(
-        f"input must be a non-empty string or a list of non-empty strings, got {_show(value)}", "input"
-    )
+    raise InvalidRequest(f"input must be a non-empty string or a list of non-empty strings, got {show(value)}", "input")
