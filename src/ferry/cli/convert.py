@@ -48,8 +48,9 @@ def register(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
 
 
 def convert(ctx: Context, args: argparse.Namespace) -> None:
-    from ferry.convert import command_line, quantize, read_samples, shape_text
+    from ferry.convert import command_line, shape_text
     from ferry.convert import convert as run
+    from ferry.quantize import quantize, read_samples
 
     if args.opset < 7 or args.atol < 0 or args.min_speedup < 0:
         raise InvalidInput("--opset must be 7 or more, --atol and --min-speedup 0 or more")
