@@ -28,7 +28,8 @@ def header(scope: dict, name: bytes) -> str:
 async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
     """The whole request body, inflated per its Content-Encoding; PayloadTooLarge past ``limit`` bytes (declared,
     received or inflated)."""
-    return await inflate(await _read_raw(scope, receive, limit), header(scope, b"content-encoding"), limit)
+    raw, encoding = await _read_raw(scope, receive, limit), header(scope, b"content-encoding")
+    return await inflate(raw, encoding, limit) if encoding else raw  # no coroutine for the usual plain body
 
 
 async def _read_raw(scope: dict, receive: Any, limit: int) -> bytes:

@@ -324,11 +324,13 @@ class DynamicBatcher:
         lengths: dict[int, list[int]] = {}
         for name in feeds_list[0]:
             arrays = [f[name] for f in feeds_list]
+            ragged = False  # only -1 axes can differ (``stack_key``): most batches have none that do
             for axis in self.axes.inputs.get(name, ()):
                 sizes = [a.shape[axis] for a in arrays]
                 if axis < arrays[0].ndim and len(set(sizes)) > 1:
                     lengths.setdefault(axis, sizes)
-            stacked[name] = np.concatenate(self._pad(arrays), axis=0)
+                    ragged = True
+            stacked[name] = np.concatenate(self._pad(arrays) if ragged else arrays, axis=0)
             own = sum(a.size for a in arrays)
             tally.elements += stacked[name].size
             tally.padded += stacked[name].size - own
