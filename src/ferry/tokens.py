@@ -55,8 +55,8 @@ def _from_inline(inline: str, variable: str) -> dict[str, str]:
 
 
 def _named(entry: str) -> tuple[str, str]:
-    token, _, name = entry.partition(" ")
-    return token, " ".join(name.split())
+    token, *name = entry.split(None, 1)  # a space or a tab ends the token
+    return token, " ".join(name[0].split()) if name else ""
 
 
 class KnownTokens:

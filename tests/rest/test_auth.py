@@ -93,11 +93,12 @@ def test_token_file_skips_blank_lines_and_comments(tmp_path: Path):
 def test_a_token_may_name_its_holder(tmp_path: Path):
     """A name after the token (file line or variable part) is who holds it: the author of the revisions it makes."""
     path = tmp_path / "tokens"
-    path.write_text("alpha-123   Ada  Lovelace \nbeta-456\n")
+    path.write_text("alpha-123   Ada  Lovelace \nbeta-456\ndelta-000\tops\n")
     assert load_tokens("gamma-789 ops bot", str(path)) == {
         "alpha-123": "Ada Lovelace",
         "beta-456": "",
         "gamma-789": "ops bot",
+        "delta-000": "ops",
     }
     known = KnownTokens(load_tokens(path=str(path)))
     assert known.holder("alpha-123") == "Ada Lovelace"
