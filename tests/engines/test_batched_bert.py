@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec, TensorSpec
 from ferry.engines import load_engine
-from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher
+from ferry.serving.batching.padding import batch_axes
 from tests.budget import examples
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ferry.control.spec import EndpointSpec, TensorSpec
-from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher
+from ferry.serving.batching.padding import batch_axes
 from ferry.serving.batching.patience import FACTOR, Patience
 from tests.budget import examples
 

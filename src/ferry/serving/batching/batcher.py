@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from ferry.control.spec import EndpointSpec
 from ferry.engines.tensor import Feeds, TensorEngine
 from ferry.errors import FerryError, NotReady, UserCodeError
 from ferry.metrics.collectors import NULL_METER, EndpointMeter, NullMeter
-from ferry.serving.batching.padding import cut_by_length
+from ferry.serving.batching.padding import Axes, cut_by_length, pad_to_largest, unpad
 from ferry.serving.batching.patience import Patience
 from ferry.serving.request.inline import INLINE_BUDGET_S, CostMeter
 
@@ -78,27 +77,6 @@ class _Tally:
 
     elements: int = 0
     padded: int = 0
-
-
-@dataclass(frozen=True)
-class Axes:
-    """Which axes may differ between requests of one batch: only those declared -1 in the endpoint's spec."""
-
-    inputs: dict[str, frozenset[int]] = field(default_factory=dict)
-    """Per input name, the axes after the batch axis declared -1; those are padded to the longest request."""
-    outputs: tuple[frozenset[int], ...] | None = None
-    """Per output (in order), the axes declared -1 that are cut back to the request's own length; None: none."""
-
-    def stack_key(self, feeds: Feeds) -> tuple[Any, ...]:
-        """Requests with equal keys can be stacked: same inputs, dtypes, ranks and sizes on fixed axes."""
-        key = []
-        for name, array in feeds.items():
-            if array.ndim == 0:
-                return (id(feeds),)  # a scalar has no batch axis to stack on: it runs alone
-            padded = self.inputs.get(name, frozenset())
-            fixed = tuple(-1 if axis in padded else size for axis, size in enumerate(array.shape) if axis)
-            key.append((name, array.dtype.str, fixed))
-        return tuple(key)
 
 
 class DynamicBatcher:
@@ -330,21 +308,11 @@ class DynamicBatcher:
                 if axis < arrays[0].ndim and len(set(sizes)) > 1:
                     lengths.setdefault(axis, sizes)
                     ragged = True
-            stacked[name] = np.concatenate(self._pad(arrays) if ragged else arrays, axis=0)
+            stacked[name] = np.concatenate(pad_to_largest(arrays, self.policy.pad_value) if ragged else arrays, axis=0)
             own = sum(a.size for a in arrays)
             tally.elements += stacked[name].size
             tally.padded += stacked[name].size - own
         return stacked, lengths
-
-    def _pad(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Pad each array to the largest size on every axis (only -1 axes can differ: see ``stack_key``)."""
-        target = np.max([a.shape for a in arrays], axis=0)
-        out = []
-        for array in arrays:
-            widths = [(0, 0)] + [(0, int(target[ax]) - array.shape[ax]) for ax in range(1, array.ndim)]
-            padded = any(w for _, w in widths)
-            out.append(np.pad(array, widths, constant_values=self.policy.pad_value) if padded else array)
-        return out
 
     def _scatter(self, outputs: list[np.ndarray], rows: list[int], lengths: dict[int, list[int]]) -> list[Any]:
         total = sum(rows)
@@ -355,7 +323,7 @@ class DynamicBatcher:
         results, start = [], 0
         for index, count in enumerate(rows):
             mine = [out[start : start + count] for out in outputs]
-            results.append([_unpad(o, cut[i] if i < len(cut) else (), lengths, index) for i, o in enumerate(mine)])
+            results.append([unpad(o, cut[i] if i < len(cut) else (), lengths, index) for i, o in enumerate(mine)])
             start += count
         return results
 
@@ -383,15 +351,6 @@ class DynamicBatcher:
         return NotReady(f"endpoint {self.key} was unloaded while this request waited; retry", retry_after=1.0)
 
 
-def _unpad(output: np.ndarray, axes: Iterable[int], lengths: dict[int, list[int]], index: int) -> np.ndarray:
-    """Cut the output's declared -1 axes that were padded back to this request's own length."""
-    for axis in axes:
-        sizes = lengths.get(axis)
-        if sizes and axis < output.ndim and output.shape[axis] == max(sizes) and sizes[index] < output.shape[axis]:
-            output = np.take(output, np.arange(sizes[index]), axis=axis)
-    return output
-
-
 def _rows(feeds: Feeds, key: str) -> int:
     counts = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
     if len(counts) != 1:
@@ -404,20 +363,3 @@ def _resolve(future: asyncio.Future[Any], result: Any) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-def batch_axes(spec: EndpointSpec, input_names: tuple[str, ...], rows_only: bool = False) -> Axes:
-    """The axes declared -1 in ``--input-size`` (padded) and ``--output-size`` (cut back); none for row engines."""
-    if rows_only:
-        return Axes()
-    inputs: dict[str, frozenset[int]] = {}
-    for index, tensor in enumerate(spec.inputs):
-        name = tensor.name or (input_names[index] if index < len(input_names) else None)
-        if name and tensor.shape is not None:
-            inputs[name] = _variable(tensor.shape)
-    outputs = tuple(_variable(t.shape) if t.shape else frozenset() for t in spec.outputs) if spec.outputs else None
-    return Axes(inputs, outputs)
-
-
-def _variable(shape: tuple[int, ...]) -> frozenset[int]:
-    return frozenset(axis for axis, size in enumerate(shape) if size == -1 and axis > 0)

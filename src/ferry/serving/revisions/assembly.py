@@ -17,8 +17,9 @@ from ferry.control.spec import EndpointSpec
 from ferry.engines import Engine, load_engine
 from ferry.engines.tensor import RowBatching, TensorEngine
 from ferry.errors import EngineError, FerryError, UserCodeError
-from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher, batch_axes
+from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher
 from ferry.serving.batching.instances import default_instances
+from ferry.serving.batching.padding import batch_axes
 from ferry.serving.request.inline import INLINE_BUDGET_S
 from ferry.serving.usercode.userclass import Hook, UserCode, load_user_code
 
