@@ -94,3 +94,17 @@ def test_every_import_between_parts_is_drawn_in_the_architecture():
 
 def test_no_two_parts_import_each_other():
     assert cycles(set(code_arrows())) == []
+
+
+def test_every_part_and_subpackage_is_in_the_parts_list():
+    """The map's parts list names every module at ferry's root, every subpackage and every sub-subpackage (once a
+    whole data plane went missing from it unnoticed)."""
+    block = re.search(r"## The parts\n\n```\n(.*?)```", DOC.read_text(), re.S)
+    assert block, f"{DOC} has no parts list"
+    named = set(re.findall(r"^\s+([\w.]+/?)\s", block.group(1), re.M))
+    wanted = {p.name for p in SOURCE.glob("*.py") if p.name != "__init__.py"}
+    wanted |= {f"{p.name}/" for p in SOURCE.iterdir() if (p / "__init__.py").exists()}
+    wanted |= {
+        f"{p.name}/" for p in SOURCE.glob("*/*") if (p / "__init__.py").exists() and p.parent.name != "migrations"
+    }
+    assert not wanted - named, f"{DOC}'s parts list lacks {sorted(wanted - named)}"
