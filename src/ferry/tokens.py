@@ -1,15 +1,17 @@
 """Tokens: the serve and admin token sets, read from a variable or a file, each with its holder's name if given.
 
-A token may be followed on its line (or in its comma-separated part) by whitespace and a name: the holder a
-revision records as its author when a change is made with that token (the console's writes). Tokens are kept as
-SHA-256 digests and every lookup compares all of them, so the time a check takes says nothing about which token
-matched. A bearer token holds no whitespace (RFC 6750), so the first space always ends the token.
+A token may be followed on its line (or in its comma-separated part) by a comment, `` # `` and a name: the holder
+a revision records as its author when a change is made with that token (the console's writes). Only whitespace
+then ``#`` ends a token, so a token with spaces in it (a passphrase) stays whole, as it always was. Tokens are
+kept as SHA-256 digests and every lookup compares all of them, so the time a check takes says nothing about which
+token matched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -17,8 +19,8 @@ from pathlib import Path
 from ferry.errors import InvalidInput
 
 FILE_FORMAT = (
-    "one token per line, optionally followed by a space and the holder's name (revisions made with it record "
-    "the name); blank lines and lines starting with # are ignored"
+    "one token per line, optionally followed by ' # ' and the holder's name (revisions made with it record the "
+    "name); blank lines and lines starting with # are ignored"
 )
 COOKIE = "ferry_token"
 """The console's login cookie: a browser cannot send a bearer header, so under /console the token comes from here."""
@@ -54,8 +56,12 @@ def _from_inline(inline: str, variable: str) -> dict[str, str]:
     return tokens
 
 
+_NAME = re.compile(r"\s+#")
+"""Whitespace then # ends a token: what follows names its holder."""
+
+
 def _named(entry: str) -> tuple[str, str]:
-    token, *name = entry.split(None, 1)  # a space or a tab ends the token
+    token, *name = _NAME.split(entry, maxsplit=1)
     return token, " ".join(name[0].split()) if name else ""
 
 

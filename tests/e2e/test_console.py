@@ -351,12 +351,12 @@ def test_without_admin_tokens_only_loopback_may_write() -> None:
 
 
 def test_a_write_s_author_is_the_admin_token_s_holder() -> None:
-    """With admin tokens, a write records its token's name (``TOKEN NAME`` in the file), else the token's digest
+    """With admin tokens, a write records its token's name (``TOKEN # NAME`` in the file), else the token's digest
     prefix; the token itself is never shown."""
     from ferry.console.writes import Gate
     from ferry.tokens import load_tokens
 
-    gate = Gate.of(load_tokens("s3cret Grace Hopper, other-token"), b"key")
+    gate = Gate.of(load_tokens("s3cret # Grace Hopper, other-token"), b"key")
     form, headers = {"form_token": gate.token()}, {b"origin": "http://ferry:8080", b"host": "ferry:8080"}
     remote = {"client": ("10.1.2.3", 5000)}
     assert gate.check(remote, {**headers, b"authorization": "Bearer s3cret"}, form) == "Grace Hopper (console)"

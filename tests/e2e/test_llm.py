@@ -426,7 +426,7 @@ def test_the_chat_box_works_behind_serve_tokens(e2e_home: Path, e2e_ferry: Ferry
     e2e_ferry(
         "--id", sid, "model", "add", "--engine", "llm", "--endpoint", "chat", "--name", "tiny", "--project", "llm"
     )
-    (tmp_path / "tokens").write_text("reader-token Ada Lovelace\n")
+    (tmp_path / "tokens").write_text("reader-token  # Ada Lovelace\n")
     server = Server(e2e_home.parent, "--id", sid, "--token-file", str(tmp_path / "tokens"), env=FAST_POLL)
     try:
         server.wait_ready(timeout=60)

@@ -93,17 +93,21 @@ def test_token_file_skips_blank_lines_and_comments(tmp_path: Path):
 def test_a_token_may_name_its_holder(tmp_path: Path):
     """A name after the token (file line or variable part) is who holds it: the author of the revisions it makes."""
     path = tmp_path / "tokens"
-    path.write_text("alpha-123   Ada  Lovelace \nbeta-456\ndelta-000\tops\n")
-    assert load_tokens("gamma-789 ops bot", str(path)) == {
+    path.write_text("alpha-123   # Ada  Lovelace \nbeta-456\ndelta-000\t#ops\ncorrect horse battery\nx#y\n")
+    assert load_tokens("gamma-789 # ops bot", str(path)) == {
         "alpha-123": "Ada Lovelace",
         "beta-456": "",
         "gamma-789": "ops bot",
         "delta-000": "ops",
+        "correct horse battery": "",  # a passphrase stays whole: only whitespace then # starts a name
+        "x#y": "",
     }
     known = KnownTokens(load_tokens(path=str(path)))
     assert known.holder("alpha-123") == "Ada Lovelace"
     assert known.holder("beta-456") == "token " + hashlib.sha256(b"beta-456").hexdigest()[:8]  # named, not shown
-    assert known.holder("alpha-123   Ada") is None and known.holder("Ada") is None
+    assert known.holder("alpha-123   # Ada") is None and known.holder("Ada Lovelace") is None
+    assert known.holder("correct horse battery") == "token " + hashlib.sha256(b"correct horse battery").hexdigest()[:8]
+    assert known.holder("correct") is None
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n  \n"])

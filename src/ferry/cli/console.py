@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--admin-token-file",
         default=None,
         metavar="FILE",
-        help="tokens (one a line, optionally followed by a space and the holder's name, which the revisions record) "
+        help="tokens (one a line, optionally followed by ' # ' and the holder's name, which the revisions record) "
         "that the console's writes need (default $FERRY_ADMIN_TOKENS_FILE); with none, writes are "
         "accepted from this machine (loopback) only",
     )
