@@ -410,6 +410,36 @@ def test_counts_refresh_in_the_page_without_a_reload(console: dict) -> None:
     assert not problems, problems
 
 
+HIDE = """hidden => {
+    Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+"""In the page: the tab hidden (true) or shown again (false), as the browser says it when the user switches tabs."""
+
+
+def test_a_hidden_tab_does_not_poll_and_catches_up_when_shown(console: dict) -> None:
+    server, sid = console["server"], console["sid"]
+    with chromium_page() as (page, problems):
+        page.goto(f"{server.url}/ferry/console/services/{sid}")
+        page.evaluate(COUNT_FETCHES)
+        page.wait_for_function("() => window.__polls >= 2", timeout=5000)  # every 0.3 s here
+        page.evaluate(HIDE, True)
+        hidden = page.evaluate("() => window.__polls")
+        page.wait_for_timeout(1500)
+        quiet = page.evaluate("() => window.__polls") - hidden
+        page.evaluate(HIDE, False)
+        page.wait_for_function("n => window.__polls > n", arg=hidden + quiet, timeout=1000)  # at once, not a beat later
+    assert quiet == 0, f"{quiet} polls while hidden"
+    assert not problems, problems
+
+
+COUNT_FETCHES = """() => {
+    window.__polls = 0;
+    const fetch = window.fetch;
+    window.fetch = (...args) => { window.__polls += 1; return fetch(...args); };
+}"""
+
+
 def test_a_service_of_50_endpoints_and_10_instances_stays_responsive(e2e_home: Path, e2e_ferry: Ferry, console: dict):
     """50 endpoints and 10 instances' heartbeats (written to the store here): the page renders within a second and
     carries every endpoint with a state from every instance."""

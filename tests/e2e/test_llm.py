@@ -436,6 +436,7 @@ def test_the_chat_box_works_behind_serve_tokens(e2e_home: Path, e2e_ferry: Ferry
             page.goto(f"{server.url}/console/services/{sid}")  # sent to the login page first
             page.fill("#token", "reader-token")
             page.click("form.login button")
+            page.wait_for_url(f"{server.url}/console/")  # logged in: the cookie is set
             page.goto(f"{server.url}/console/services/{sid}")
             answer, bold = _chat_in_page(page)
             seen = list(problems)  # before the refused fetch below logs its 403

@@ -1,13 +1,14 @@
 // ferry console: keeps the parts of a page marked data-live current without a reload. Every
 // data-refresh-ms (the instances' heartbeat interval) it fetches the same page and swaps in the new
 // content of each [data-live] element; forms are outside those parts, so nothing being typed is lost.
-// The HTML comes from this server, rendered with every value escaped.
+// The HTML comes from this server, rendered with every value escaped. Hidden tabs do not poll.
 "use strict";
 (function () {
   const every = Number(document.body.dataset.refreshMs || 0);
   if (!every || !document.querySelector("[data-live]")) return;
   const status = document.getElementById("live-status");
   async function refresh() {
+    if (document.hidden) return;  // a tab in the background asks the server for nothing; it catches up when shown
     try {
       const answer = await fetch(location.href, { headers: { "x-ferry-live": "1" }, credentials: "same-origin" });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
@@ -22,6 +23,7 @@
     }
   }
   setInterval(refresh, every);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
 })();
 
 // The chat box of an LLM endpoint (the service page, under ferry serve): the message goes to the OpenAI chat route
