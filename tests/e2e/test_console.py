@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import joblib
 import numpy as np
 import pytest
@@ -363,6 +364,31 @@ def test_a_write_s_author_is_the_admin_token_s_holder() -> None:
     assert gate.check(remote, {**headers, b"cookie": "ferry_token=s3cret"}, form) == "Grace Hopper (console)"
     unnamed = gate.check(remote, {**headers, b"authorization": "Bearer other-token"}, form)
     assert re.fullmatch(r"token [0-9a-f]{8} \(console\)", unnamed) and "other" not in unnamed
+
+
+def test_with_two_workers_a_form_from_one_posts_to_either(console: dict, e2e_home: Path, e2e_ferry: Ferry) -> None:
+    """`ferry serve --workers 2`: both workers take the form key the parent set, so a form rendered by one is
+    accepted by the other (each write on a new connection, which the kernel hands to either worker)."""
+    sid = e2e_ferry.service("two workers")
+    server = Server(e2e_home.parent, "--id", sid, "--workers", "2", env=FAST_POLL)
+    try:
+        server.wait_for(lambda: server.client.get("/health/live").status_code == 200, 30, "the workers up")
+        server.wait_for(lambda: len(_instances(server, sid)) == 2, 20, "both workers' heartbeats")
+        tokens = {_form_token(httpx.get(f"{server.url}/console/models").text) for _ in range(8)}
+        url, form = f"{server.url}/console/models/{console['mid']}/tags", {"form_token": tokens.pop(), "tags": "w2"}
+        codes = [httpx.post(url, data=form, headers={"origin": server.url}).status_code for _ in range(8)]
+    finally:
+        server.stop()
+    assert not tokens, "the workers rendered different form tokens"
+    assert codes == [303] * 8, codes
+
+
+def _form_token(html: str) -> str:
+    return re.search(r'name="form_token" value="([0-9a-f]+)"', html).group(1)
+
+
+def _instances(server: Server, sid: str) -> list[str]:
+    return re.findall(r"pid (\d+)", server.client.get(f"/console/services/{sid}/instances").text)
 
 
 def test_ferry_console_serves_every_service_without_loading_a_model(console: dict, e2e_home: Path, e2e_ferry: Ferry):
