@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -93,3 +94,13 @@ class Settings(BaseSettings):
 
     def cache_path(self) -> Path:
         return (self.cache_dir or self.home_dir() / "cache").expanduser()
+
+
+WORKERS_ENV = "FERRY_WORKERS"
+"""``ferry serve`` sets it for its workers: the cores and the memory are shared among that many processes."""
+
+
+def serving_workers() -> int:
+    """How many serving processes of this server share the machine (FERRY_WORKERS; 1 when unset or not a count)."""
+    given = os.environ.get(WORKERS_ENV, "1")
+    return int(given) if given.isdigit() and int(given) > 0 else 1

@@ -318,6 +318,11 @@ def test_the_budget_comes_from_tokens_bytes_or_free_memory_and_cuts_max_model_le
     by_share = plan_budget(per_token, lm.device)
     assert 0 < by_share.bytes <= free_memory(lm.device) * DEFAULT_SHARE + per_token * 16
     assert "free on cpu" in by_share.source
+    with pytest.MonkeyPatch.context() as env:  # `ferry serve --workers 4`: each worker's engine takes a quarter
+        env.setenv("FERRY_WORKERS", "4")
+        shared = plan_budget(per_token, lm.device)
+    assert 0 < shared.bytes <= free_memory(lm.device) * DEFAULT_SHARE / 4 + per_token * 16
+    assert shared.bytes < by_share.bytes / 2 and "split between 4 workers" in shared.source
     with pytest.raises(ValueError, match="too small"):
         plan_budget(per_token, lm.device, tokens=8)
     loop = EngineLoop(lm, "small", budget=_budget(lm, 64))

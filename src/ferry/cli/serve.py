@@ -21,7 +21,6 @@ from typing import Any
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
 from ferry.metrics import MULTIPROC_ENV
-from ferry.serving.batching.instances import WORKERS_ENV
 from ferry.stopping import DEADLINE_S, Stop
 from ferry.tokens import load_tokens, read_token_file
 
@@ -118,7 +117,9 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     service_id, service_name = _stop.call(_service, ctx)
     workers = args.workers or _env_workers() or settings.workers
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
-    os.environ[WORKERS_ENV] = str(workers)  # each worker's share of the cores sets its model instances
+    from ferry.settings import WORKERS_ENV  # here: pydantic loads only when a command runs, not for --help
+
+    os.environ[WORKERS_ENV] = str(workers)  # each worker's share of the cores and memory sizes its models
     if args.poll_interval is not None:
         os.environ["FERRY_POLL_INTERVAL"] = str(args.poll_interval)
     if args.metrics is False:

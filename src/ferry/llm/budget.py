@@ -2,8 +2,10 @@
 
 Given in tokens (``kv_cache_tokens``) or bytes (``kv_cache_memory_bytes``, vLLM's name), else a share
 (``DEFAULT_SHARE``) of the memory free on the model's device when it loads: MemAvailable on a CPU, the free memory
-CUDA reports on a GPU. Never less than one sequence of ``max_model_len`` tokens needs; where the budget is
-smaller than that, ``max_model_len`` shrinks to it (with a warning), so a lone sequence always fits.
+CUDA reports on a GPU. That share is the server's, split between its workers (``ferry serve --workers N`` loads
+the model in each of them), so more workers never take more of the machine. Never less than one sequence of
+``max_model_len`` tokens needs; where the budget is smaller than that, ``max_model_len`` shrinks to it (with a
+warning), so a lone sequence always fits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ferry.settings import serving_workers
 
 DEFAULT_SHARE = 0.25
 """Of the memory free at load time, what the KV cache may take by default."""
@@ -52,9 +56,10 @@ def plan_budget(
     elif memory_bytes is not None:
         tokens, source = memory_bytes // bytes_per_token, f"kv_cache_memory_bytes={memory_bytes}"
     else:
-        free = free_memory(device)
-        tokens = int(free * DEFAULT_SHARE) // bytes_per_token
-        source = f"{DEFAULT_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {device.type}"
+        free, workers = free_memory(device), serving_workers()
+        tokens = int(free * DEFAULT_SHARE / workers) // bytes_per_token
+        split = f", split between {workers} workers" if workers > 1 else ""
+        source = f"{DEFAULT_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {device.type}{split}"
     if tokens < MIN_TOKENS:
         raise ValueError(f"a KV budget of {tokens} tokens ({source}) is too small: give at least {MIN_TOKENS}")
     return KVBudget(-(-tokens // block_size), block_size, bytes_per_token, source)

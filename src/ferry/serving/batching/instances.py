@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-WORKERS_ENV = "FERRY_WORKERS"
-"""``ferry serve`` sets it for its workers: the cores are shared among that many processes."""
+from ferry.settings import serving_workers
 
 
 def usable_cores() -> int:
@@ -30,8 +29,7 @@ def default_instances(engine: Any) -> int:
     """
     if not getattr(engine, "releases_gil", False):
         return 1
-    given = os.environ.get(WORKERS_ENV, "1")
-    workers = int(given) if given.isdigit() and int(given) > 0 else 1
+    workers = serving_workers()
     return max(1, usable_cores() // workers) + (1 if workers == 1 else 0)
 
 
