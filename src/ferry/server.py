@@ -29,14 +29,24 @@ from ferry.tokens import load_tokens
 def create_console_app() -> PagesApp:
     """``ferry console``: the web console over the store of FERRY_* settings, for every service, no models loaded."""
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = Store(make_sql_engine(settings.store_url(), create_tables=False))
-    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=False)
-    registry = ModelRegistry(store.sql, artifacts)
-    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
-    admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
+    store, artifacts, registry = _stores(settings, progress=False)
+    tokens, admins = _token_sets(settings)
     auth = BearerAuth(tokens, admins) if tokens else None
     return PagesApp(_console(settings, store, registry, artifacts, admins, auth, chat=False), auth)
+
+
+def _stores(settings: Settings, progress: bool) -> tuple[Store, ArtifactStore, ModelRegistry]:
+    """Logging set up, then the store (not reached yet: it may be down), the artifacts and the registry."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Store(make_sql_engine(settings.store_url(), create_tables=False))
+    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=progress)
+    return store, artifacts, ModelRegistry(store.sql, artifacts)
+
+
+def _token_sets(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
+    """The serve tokens and the admin tokens, each token with its holder's name."""
+    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
+    return tokens, load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
 
 
 def _console(
@@ -57,18 +67,14 @@ def create_app(reconciler_cls: type[Reconciler] = Reconciler) -> FerryApp:
     """The app for this process, from FERRY_* settings. Nothing here may need the store: it can be down when
     a worker starts (the reconciler waits for it)."""
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = Store(make_sql_engine(settings.store_url(), create_tables=False))
-    artifacts = ArtifactStore(settings.artifact_url(), settings.cache_path(), progress=sys.stderr.isatty())
-    registry = ModelRegistry(store.sql, artifacts)
+    store, artifacts, registry = _stores(settings, progress=sys.stderr.isatty())
     plane = DataPlane(request_timeout_s=settings.request_timeout_s, metrics=Metrics() if settings.metrics else None)
     reconciler = reconciler_cls(
         plane, store, registry, artifacts, settings.service, settings.poll_interval, settings.heartbeat_interval
     )
     reconciler.swap.drain_timeout = settings.drain_timeout_s
-    tokens = load_tokens(settings.serve_tokens, settings.serve_tokens_file)
+    tokens, admins = _token_sets(settings)
     max_body = int(settings.max_body_mb * (1 << 20))
-    admins = load_tokens(settings.admin_tokens, settings.admin_tokens_file, "FERRY_ADMIN_TOKENS")
     app = FerryApp(plane, reconciler, max_body, settings.startup_timeout, tokens, admins)
     app.pages = _console(settings, store, registry, artifacts, admins, app.auth)
     if settings.grpc_port:

@@ -236,13 +236,13 @@ def _serious_violations(browser, pages: dict[str, str]) -> list[str]:
 
 
 def test_root_path_is_taken_as_a_plain_prefix() -> None:
-    from ferry.cli.serve import _root_path
+    from ferry.cli.serve import plain_root_path
     from ferry.errors import InvalidInput
 
-    assert [_root_path(p) for p in ("", "/", "ferry", "/ferry/", "/a/b")] == ["", "", "/ferry", "/ferry", "/a/b"]
+    assert [plain_root_path(p) for p in ("", "/", "ferry", "/ferry/", "/a/b")] == ["", "", "/ferry", "/ferry", "/a/b"]
     for bad in ("/a b", "/a?x=1", "/a#b", "/a//b"):
         with pytest.raises(InvalidInput, match="plain path prefix"):
-            _root_path(bad)
+            plain_root_path(bad)
 
 
 def tags(server: Server, n: int = 20) -> set[str]:

@@ -6,7 +6,7 @@ import argparse
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console
-from ferry.cli.serve import _free, _lock, _root_path, console_settings
+from ferry.cli.serve import console_settings, plain_root_path, port_free, token_lock
 
 APP = "ferry.server:create_console_app"
 
@@ -45,10 +45,10 @@ def console(ctx: Context, args: argparse.Namespace) -> None:
 
     settings = ctx.settings
     ctx.store.list_services()  # an unreachable store fails here, in one line, before the port opens
-    host, root = args.host or settings.host, _root_path(args.root_path)
-    _free(host, args.port, "--port")
+    host, root = args.host or settings.host, plain_root_path(args.root_path)
+    port_free(host, args.port, "--port")
     console_settings(args.admin_token_file)
-    locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
+    locked = token_lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     err_console.print(f"console for every service in the store on http://{host}:{args.port}{root}/console/{locked}")
     config = uvicorn.Config(
         APP, factory=True, host=host, port=args.port, root_path=root, loop="uvloop", log_level="warning",

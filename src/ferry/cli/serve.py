@@ -125,14 +125,14 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
     if args.metrics is False:
         os.environ["FERRY_METRICS"] = "0"
     console_settings(args.admin_token_file)
-    root_path = _root_path(args.root_path)
+    root_path = plain_root_path(args.root_path)
     host, port = args.host or settings.host, args.port or settings.port
     grpc_port = args.grpc_port or settings.grpc_port
     if not args.ray:  # Ray Serve's proxy takes the port; it may be its own, already up
-        _free(host, port, "--port")
+        port_free(host, port, "--port")
         if grpc_port:
-            _free(host, grpc_port, "--grpc-port")
-    locked = _lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
+            port_free(host, grpc_port, "--grpc-port")
+    locked = token_lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     where = f"http://{host}:{port}" + _grpc(host, port, grpc_port)
     how = "on Ray Serve" if args.ray else f"with {workers} worker(s)"
     err_console.print(f"serving service {service_id} ({service_name}) on {where} {how}{locked}", highlight=False)
@@ -173,7 +173,7 @@ def console_settings(admin_token_file: str | None) -> None:
     os.environ.setdefault("FERRY_CONSOLE_SECRET", secrets.token_hex(32))
 
 
-def _root_path(given: str) -> str:
+def plain_root_path(given: str) -> str:
     """``--root-path`` as uvicorn takes it: '' or '/a/b' (a leading slash added, a trailing one dropped)."""
     from ferry.errors import InvalidInput
 
@@ -290,7 +290,7 @@ def _shared_metrics(workers: int) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _lock(inline: str, token_file: str, host: str) -> str:
+def token_lock(inline: str, token_file: str, host: str) -> str:
     """Check the tokens before any worker starts and hand their file to the workers; never print a token."""
     if token_file:
         token_file = str(Path(token_file).expanduser().resolve())  # workers may run in another directory
@@ -306,7 +306,7 @@ def _lock(inline: str, token_file: str, host: str) -> str:
     return ""
 
 
-def _free(host: str, port: int, flag: str) -> None:
+def port_free(host: str, port: int, flag: str) -> None:
     """Fail now, before any model loads, when ``host:port`` cannot be listened on (uvicorn finds out only after)."""
     from ferry.errors import InvalidInput
 

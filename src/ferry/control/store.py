@@ -52,6 +52,11 @@ AUTHOR: ContextVar[str | None] = ContextVar("ferry_revision_author", default=Non
 """Who the revisions committed in this context are by, where it is not the OS user (the console sets it)."""
 
 
+def author_of(given: str | None = None) -> str:
+    """A revision's author: ``given``, else the context's (``AUTHOR``), else the OS user; cut to the column's 255."""
+    return (given or AUTHOR.get() or os_user())[:255]
+
+
 def os_user() -> str:
     """The OS user running this process, as a revision's default author."""
     try:
@@ -114,7 +119,7 @@ class Store:
                     created_at=record.created_at,
                     summary=f"service {name!r} created",
                     config=ServiceConfig().model_dump_json(),
-                    author=(AUTHOR.get() or os_user())[:255],
+                    author=author_of(),
                 )
             )
         return record
@@ -216,7 +221,7 @@ class Store:
         returns the very config it was given writes nothing; the head revision is returned.
         """
         self.get_service(service_id)
-        author = author or AUTHOR.get() or os_user()
+        author = author_of(author)
         return retry_on_conflict(lambda: self._commit_once(service_id, change, author))
 
     def _commit_once(self, service_id: str, change: Change, author: str) -> Revision:
@@ -236,7 +241,7 @@ class Store:
             config, summary = change(head)
             if config is head:  # the change returned the head itself: nothing to write
                 return _revision(row)
-            revision = Revision(service_id, row["number"] + 1, time.time(), summary, config, author[:255])
+            revision = Revision(service_id, row["number"] + 1, time.time(), summary, config, author)
             conn.execute(
                 insert(revisions).values(
                     service_id=service_id,

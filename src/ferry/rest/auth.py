@@ -48,7 +48,7 @@ class BearerAuth:
         error = self.refusal(authorization, self._console if console else self._serve)
         if error is None:
             return True
-        if scope["path"].startswith("/console/") and scope["method"] in ("GET", "HEAD"):  # a browser: log in first
+        if console and scope["method"] in ("GET", "HEAD"):  # a browser: log in first
             login = (scope.get("root_path", "").rstrip("/") + "/console/login").encode()
             await send(send_, 303, b"", b"text/plain", [(b"location", login)])
             return False
