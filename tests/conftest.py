@@ -24,6 +24,10 @@ from tests import cli_runner
 
 FERRY_BIN = str(Path(sys.executable).with_name("ferry"))
 
+os.environ["FERRY_WORKERS"] = "1"
+"""Every `ferry serve` a test starts runs one worker unless it asks for more: the pytest-xdist workers already use
+the cores, and `auto` (the default) would start one per core in each. tests/e2e/test_serve.py runs `auto`."""
+
 
 PORTS = range(20000, 32768)
 """Where ``free_port`` picks: below Linux's ephemeral range (32768-60999), which the kernel also hands out as the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,8 +39,9 @@ class Settings(BaseSettings):
     grpc_port: int | None = None
     """Port ``ferry serve`` answers KServe V2 gRPC on (``--grpc-port``); unset: no gRPC."""
 
-    workers: int = 1
-    """Serving processes sharing the port."""
+    workers: int | Literal["auto"] = "auto"
+    """Serving processes sharing the port; ``auto``: one per usable core (at most 8), one for a service with an
+    LLM endpoint (``ferry/cli/workers.py``)."""
 
     poll_interval: float = 1.0
     """Seconds between an instance's checks of the store for a new revision."""
@@ -98,6 +100,27 @@ class Settings(BaseSettings):
 
 WORKERS_ENV = "FERRY_WORKERS"
 """``ferry serve`` sets it for its workers: the cores and the memory are shared among that many processes."""
+
+
+def usable_cores() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, cpusets), cut to a cgroup v2 CPU quota
+    (``docker --cpus``, a Kubernetes limit) rounded up."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The cgroup's CPU limit in whole cores (``200000 100000`` -> 2, ``150000 100000`` -> 2); None when unlimited."""
+    try:
+        with open(path) as limit:
+            quota, period = limit.read().split()[:2]
+        return -(-int(quota) // int(period)) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def serving_workers() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ferry.serving.batching.instances import usable_cores
+from ferry.settings import usable_cores
 from tests.conftest import Ferry
 from tests.e2e.conftest import Converted
 from tests.server import Server

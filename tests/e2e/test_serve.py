@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from ferry.cli.workers import AUTO_MAX
+from ferry.settings import usable_cores
 from tests.conftest import Ferry, free_port
 from tests.e2e.conftest import FAST_POLL
 from tests.server import Server
@@ -214,6 +216,25 @@ def test_two_workers_both_serve_and_age_out(ferry_sqlite: Ferry, tmp_path: Path)
     while ferry_sqlite("status", "--json").json()["instances"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ferry_sqlite("status", "--json").json()["instances"] == []
+
+
+def test_by_default_one_worker_per_core_serves(ferry_sqlite: Ferry, tmp_path: Path):
+    """`ferry serve` with no worker setting (the suite pins FERRY_WORKERS=1; auto is the default) starts one
+    worker per usable core, says why, and each reports as an instance."""
+    ferry_sqlite.service()
+    add_tagged(ferry_sqlite, tmp_path, "w", "w")
+    cores = usable_cores()
+    server = Server(tmp_path, env={"FERRY_WORKERS": "auto"})
+    try:
+        server.wait_ready()
+        assert server.post("/serve/w", {}).json() == {"tag": "w"}
+        expected = min(cores, AUTO_MAX)
+        assert f"with {expected} worker(s) (auto: one per core, {cores} usable" in server.log(), server.log()
+        server.wait_for(
+            lambda: len(ferry_sqlite("status", "--json").json()["instances"]) == expected, what=f"{expected} instances"
+        )
+    finally:
+        server.stop()
 
 
 def test_live_changes_on_every_store(ferry: Ferry, tmp_path: Path):

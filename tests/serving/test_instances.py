@@ -16,10 +16,10 @@ from ferry.engines.onnxruntime import OnnxRuntimeEngine
 from ferry.engines.sklearn import SklearnEngine
 from ferry.engines.torchscript import TorchScriptEngine
 from ferry.serving.batching.batcher import BatchPolicy, DynamicBatcher
-from ferry.serving.batching.instances import default_instances, usable_cores
+from ferry.serving.batching.instances import default_instances
 from ferry.serving.batching.padding import Axes
 from ferry.serving.request.inline import BLOCKED_FACTOR, SAMPLES, STRIKES, CostMeter
-from ferry.settings import WORKERS_ENV
+from ferry.settings import WORKERS_ENV, usable_cores
 from tests.budget import examples
 
 

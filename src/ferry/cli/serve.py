@@ -16,13 +16,17 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
+from ferry.cli.workers import resolve_workers, workers_arg
 from ferry.metrics import MULTIPROC_ENV
 from ferry.stopping import DEADLINE_S, Stop
 from ferry.tokens import load_tokens, read_token_file
+
+if TYPE_CHECKING:
+    from ferry.control.spec import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=workers_arg,
         default=None,
-        help="serving processes sharing the port (default $FERRY_WORKERS, $CLEARML_SERVING_NUM_PROCESS or 1)",
+        metavar="N|auto",
+        help="serving processes sharing the port; auto: one per core (at most 8), one when the service has an LLM "
+        "endpoint (default $FERRY_WORKERS, $CLEARML_SERVING_NUM_PROCESS or auto)",
     )
     p.add_argument("--poll-interval", type=float, default=None, help="seconds between checks for a new revision")
     p.add_argument(
@@ -115,7 +121,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
 
     settings = ctx.settings
     service_id, service_name = _stop.call(_service, ctx)
-    workers = args.workers or _env_workers() or settings.workers
+    workers, chosen = resolve_workers(args.workers or _env_workers() or settings.workers, lambda: _config(ctx))
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
     from ferry.settings import WORKERS_ENV  # here: pydantic loads only when a command runs, not for --help
 
@@ -134,7 +140,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
             port_free(host, grpc_port, "--grpc-port")
     locked = token_lock(settings.serve_tokens, args.token_file or settings.serve_tokens_file, host)
     where = f"http://{host}:{port}" + _grpc(host, port, grpc_port)
-    how = "on Ray Serve" if args.ray else f"with {workers} worker(s)"
+    how = "on Ray Serve" if args.ray else f"with {workers} worker(s)" + (f" ({chosen})" if chosen else "")
     err_console.print(f"serving service {service_id} ({service_name}) on {where} {how}{locked}", highlight=False)
     if not args.ray:
         err_console.print(f"console: http://{host}:{port}{root_path}/console/", highlight=False)
@@ -370,6 +376,16 @@ def _service(ctx: Context) -> tuple[str, str]:
         err_console.print(f"warning: the store is unreachable ({reason}); serving starts once it answers")
         return wanted, "store unreachable"
     return service.id, service.name
+
+
+def _config(ctx: Context) -> ServiceConfig | None:
+    """The service's current configuration; None while the store cannot be read (``_service`` said so)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return ctx.store.get_revision(ctx.service.id).config
+    except DBAPIError:
+        return None
 
 
 def _env_workers() -> int | None:

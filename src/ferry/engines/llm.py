@@ -25,6 +25,7 @@ from ferry.llm.loop import EngineLoop
 from ferry.llm.model import LoadedLM, load_lm
 from ferry.llm.paged import kv_bytes_per_token
 from ferry.llm.params import SamplingParams, Step
+from ferry.settings import serving_workers
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class LLMEngine(GeneratingEngine):
             max_model_len=_int(aux.get("max_model_len")),
             chat_template=aux.get("chat_template") or settings.get("chat_template"),
         )
-        for warning in warnings:
+        for warning in [*warnings, *_workers_warning()]:
             log.warning("endpoint %s: %s", spec.key, warning)
         budget = plan_budget(
             kv_bytes_per_token(self.lm),
@@ -113,6 +114,16 @@ def _vllm_args(spec: EndpointSpec) -> dict[str, Any]:
     if ignored:
         log.info("endpoint %s: VLLM_ENGINE_ARGS %s have no effect on ferry's llm engine", spec.key, ", ".join(ignored))
     return honoured
+
+
+def _workers_warning() -> list[str]:
+    workers = serving_workers()
+    if workers == 1:
+        return []
+    return [
+        f"each of the {workers} workers loads this model and runs its own engine on its share of the cores: an LLM "
+        "endpoint batches best in one process (ferry serve --workers 1, what --workers auto picks for it)"
+    ]
 
 
 def _log_budget(spec: EndpointSpec, budget: KVBudget, loop: EngineLoop) -> None:

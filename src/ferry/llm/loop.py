@@ -33,6 +33,7 @@ from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 from ferry.llm.sampling import Pick, Sampler
 from ferry.llm.scheduler import KVSeq, Scheduled, Scheduler
 from ferry.llm.text import Detokenizer, StopMatcher
+from ferry.settings import serving_workers, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class EngineLoop:
     # the engine thread --------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        _take_share_of_cores()
         try:
             while self._turn():
                 pass
@@ -319,3 +321,14 @@ def _chunk(item: Scheduled) -> Chunk:
     seq = item.seq
     tokens = seq.tokens[seq.computed : seq.computed + item.count]
     return Chunk(seq.id, tokens, seq.computed, seq.blocks, item.completes)
+
+
+def _take_share_of_cores() -> None:
+    """With `ferry serve --workers N`, this engine thread's torch ops use its worker's share of the cores: N
+    engines each spreading over every core would take turns on them. torch's thread count is the calling
+    thread's (OpenMP), so the engine thread sets its own."""
+    workers = serving_workers()
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, usable_cores() // workers))

@@ -5,15 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ferry.settings import serving_workers
-
-
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity mask, so a container's or taskset's limit counts)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+from ferry.settings import serving_workers, usable_cores
 
 
 def default_instances(engine: Any) -> int:
