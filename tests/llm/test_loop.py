@@ -13,6 +13,7 @@ from ferry.errors import EngineError, Overloaded
 from ferry.llm.loop import EngineLoop
 from ferry.llm.model import load_lm
 from ferry.llm.params import SamplingParams
+from ferry.settings import usable_cores
 from tests.llm.sinks import Collector
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -112,3 +113,26 @@ def test_stop_strings_cut_the_text_and_min_tokens_hold_them_off(lm: Any) -> None
         assert cut[0].text == free[: free.index(stop)] and cut[0].steps[-1].finish_reason == "stop"
     finally:
         loop.close()
+
+
+def test_with_several_workers_the_engine_thread_uses_its_worker_s_share_of_the_cores(
+    lm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ferry serve --workers N` (FERRY_WORKERS): the engine's torch ops run on cores / N threads, not on every core
+    (N engines would take turns on them). A thread keeps its own count once it ran torch ops (OpenMP)."""
+    import torch
+
+    cores = usable_cores()
+    if cores == 1:
+        pytest.skip("one usable core: a share of it is the whole")
+    monkeypatch.setenv("FERRY_WORKERS", str(cores))
+    torch.set_num_threads(cores)  # what a new thread starts with by default (single_torch_thread restores it)
+    seen: list[int] = []
+    hook = lm.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    loop = EngineLoop(lm, "shared")
+    try:
+        _run(loop, [[5, 6, 7]], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    finally:
+        loop.close()
+        hook.remove()
+    assert seen and set(seen) == {1}, seen

@@ -76,11 +76,12 @@ class ConsoleRoutes:
         try:
             if scope["method"] == "POST" and parts == ["login"]:
                 return await self._login(scope, receive, send, console)
-            if scope["method"] == "POST" and _is_form(parts):
+            write = self._form(parts) if scope["method"] == "POST" else None
+            if write is not None:
                 form = parse_qs((await read_form(scope, receive)).decode("utf-8", "replace"))
                 author = self.gate.check(scope, _headers(scope), {k: v[0] for k, v in form.items()})
                 AUTHOR.set(author)  # to_thread copies this context: the write's revision records it
-                target = await asyncio.to_thread(self._write, parts, form)
+                target = await asyncio.to_thread(write, form)
                 return await send(303, b"", b"text/plain", (*HEADERS, (b"location", (console + target).encode())))
             if scope["method"] not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"/console/{'/'.join(parts)} is a page: GET it (only the console's forms POST)")
@@ -141,31 +142,35 @@ class ConsoleRoutes:
                 return "instances.html", views.instances(sid)
         raise NotFound(f"the console has no page /console/{'/'.join(parts)}: start at /console/")
 
-    def _write(self, parts: list[str], form: dict[str, list[str]]) -> str:
-        """Run the form's operation; the console path to show next."""
+    def _form(self, parts: list[str]) -> Callable[[Form], str] | None:
+        """The write of the form that posts to this path (it returns the console path to show next); None when no
+        form posts here, so a stray POST is refused before its body is read."""
         writes = self.writes
         match parts:
             case ["services", sid, "rollback"]:
-                writes.rollback(sid, _required_int(form, "to"))
-                return f"/services/{sid}/revisions"
+                return lambda form: _then(writes.rollback(sid, _required_int(form, "to")), f"/services/{sid}/revisions")
             case ["services", sid, "canaries", name]:
-                writes.canary_weights(sid, name, [_number(w) for w in form.get("weight", [])])
-                return f"/services/{sid}"
+                return lambda form: _then(
+                    writes.canary_weights(sid, name, [_number(w) for w in form.get("weight", [])]), f"/services/{sid}"
+                )
             case ["models", mid, "publish"]:
-                writes.publish(mid)
-                return f"/models#{mid}"
+                return lambda form: _then(writes.publish(mid), f"/models#{mid}")
             case ["models", mid, "tags"]:
-                writes.tag(mid, [t for t in re.split(r"[,\s]+", form.get("tags", [""])[0]) if t])
-                return f"/models#{mid}"
-        raise NotFound(f"the console has no form at /console/{'/'.join(parts)}")
+                return lambda form: _then(writes.tag(mid, _tags(form)), f"/models#{mid}")
+        return None
 
 
-def _is_form(parts: list[str]) -> bool:
-    """Whether a path under /console takes a form's POST (``ConsoleRoutes._write`` runs it)."""
-    match parts:
-        case ["services", _, "rollback"] | ["services", _, "canaries", _] | ["models", _, "publish" | "tags"]:
-            return True
-    return False
+Form = dict[str, list[str]]
+"""A posted form, as parse_qs reads it."""
+
+
+def _then(_done: object, target: str) -> str:
+    """``target``, once the write that is the first argument has run (the forms' lambdas read as write, then go)."""
+    return target
+
+
+def _tags(form: Form) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", form.get("tags", [""])[0]) if t]
 
 
 def _headers(scope: dict[str, Any]) -> dict[bytes, str]:

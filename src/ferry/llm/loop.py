@@ -325,8 +325,8 @@ def _chunk(item: Scheduled) -> Chunk:
 
 def _take_share_of_cores() -> None:
     """With `ferry serve --workers N`, this engine thread's torch ops use its worker's share of the cores: N
-    engines each spreading over every core would take turns on them. torch's thread count is the calling
-    thread's (OpenMP), so the engine thread sets its own."""
+    engines each spreading over every core would take turns on them. torch keeps a count per thread (OpenMP's),
+    which a new thread takes from the last ``set_num_threads``: the engine thread sets its own, first thing."""
     workers = serving_workers()
     if workers > 1:
         import torch
