@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     """Port ``ferry serve`` answers KServe V2 gRPC on (``--grpc-port``); unset: no gRPC."""
 
     workers: int | Literal["auto"] = "auto"
-    """Serving processes sharing the port; ``auto``: one per usable core (at most 8), one for a service with an
-    LLM endpoint (``ferry/cli/workers.py``)."""
+    """Serving processes sharing the port; ``auto``: one per usable core (at most 8, as many as half the free memory
+    holds), one for a service with an LLM endpoint (``ferry/cli/workers.py``)."""
 
     poll_interval: float = 1.0
     """Seconds between an instance's checks of the store for a new revision."""
@@ -111,6 +111,18 @@ def usable_cores() -> int:
         cores = os.cpu_count() or 1
     quota = _cgroup_cpu_quota()
     return max(1, min(cores, quota)) if quota else cores
+
+
+def memory_available(path: str = "/proc/meminfo") -> int | None:
+    """Bytes of memory new allocations can take now without swapping (Linux MemAvailable); None where unknown."""
+    try:
+        with open(path, encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from ferry.cli.workers import AUTO_MAX, resolve_workers, workers_arg
+from ferry.cli.workers import AUTO_MAX, MEMORY_SHARE, Machine, resolve_workers, workers_arg
 from ferry.control.spec import AutoUpdateSpec, EndpointSpec, ModelQuery, ServiceConfig
-from ferry.settings import Settings, _cgroup_cpu_quota, usable_cores
+from ferry.settings import Settings, _cgroup_cpu_quota, memory_available, usable_cores
+
+GIB = 2**30
+
+
+def no_models(config: ServiceConfig) -> int:
+    return 0
 
 
 def config(*engines: str, rule_engine: str | None = None) -> ServiceConfig:
@@ -23,27 +29,44 @@ def config(*engines: str, rule_engine: str | None = None) -> ServiceConfig:
 
 
 def test_auto_is_one_per_usable_core_at_most_eight():
-    workers, why = resolve_workers("auto", lambda: config("sklearn", "onnxruntime"))
+    workers, why = resolve_workers("auto", lambda: config("sklearn", "onnxruntime"), no_models)
     assert workers == min(usable_cores(), AUTO_MAX) >= 1
     assert why.startswith(f"auto: one per core, {usable_cores()} usable"), why
+    workers, why = resolve_workers("auto", lambda: config("sklearn"), no_models, lambda: Machine(64, 256 * GIB))
+    assert workers == AUTO_MAX and why == "auto: one per core, 64 usable, at most 8", why
+
+
+@pytest.mark.parametrize(
+    "model_gib, free_gib, workers", [(1, 64, 8), (4, 64, 8), (5, 64, 6), (20, 64, 1), (40, 64, 1), (1, None, 8)]
+)
+def test_auto_keeps_the_models_copies_within_half_the_memory(model_gib: int, free_gib: int | None, workers: int):
+    """Each worker loads every model: auto starts no more than half the free memory holds (at least one)."""
+    machine = Machine(8, free_gib * GIB if free_gib else None)
+    got, why = resolve_workers("auto", lambda: config("onnxruntime"), lambda _: model_gib * GIB, lambda: machine)
+    assert got == workers
+    assert got == 1 or free_gib is None or got * model_gib <= free_gib * MEMORY_SHARE
+    assert ("keep to half of" in why) == (free_gib is not None and model_gib * 8 > free_gib * MEMORY_SHARE), why
 
 
 @pytest.mark.parametrize("engines, rule", [(("sklearn", "llm"), None), (("vllm",), None), (("sklearn",), "llm")])
 def test_auto_is_one_when_an_endpoint_or_a_rule_runs_an_llm(engines: tuple[str, ...], rule: str | None):
-    workers, why = resolve_workers("auto", lambda: config(*engines, rule_engine=rule))
+    workers, why = resolve_workers("auto", lambda: config(*engines, rule_engine=rule), no_models)
     assert workers == 1 and "LLM endpoint" in why and "--workers N" in why, why
 
 
 def test_auto_is_one_while_the_store_cannot_be_read():
-    assert resolve_workers("auto", lambda: None) == (1, "auto: 1 until the store answers (its endpoints decide)")
+    assert resolve_workers("auto", lambda: None, no_models) == (
+        1,
+        "auto: 1 until the store answers (its endpoints decide)",
+    )
 
 
 def test_a_count_given_is_kept_and_the_store_not_read():
     def unread() -> ServiceConfig:
         raise AssertionError("a count given needs no configuration")
 
-    assert resolve_workers(3, unread) == (3, "")
-    assert resolve_workers(1, unread) == (1, "")
+    assert resolve_workers(3, unread, no_models) == (3, "")
+    assert resolve_workers(1, unread, no_models) == (1, "")
 
 
 @pytest.mark.parametrize("text, value", [("auto", "auto"), ("AUTO", "auto"), ("1", 1), ("12", 12)])
@@ -75,3 +98,12 @@ def test_a_cgroup_cpu_quota_is_whole_cores_rounded_up(tmp_path: Path, text: str,
 def test_usable_cores_are_within_the_affinity_mask(tmp_path: Path):
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
     assert _cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+def test_memory_available_is_meminfo_s_and_none_where_unknown(tmp_path: Path):
+    (tmp_path / "meminfo").write_text("MemTotal: 2048 kB\nMemFree: 100 kB\nMemAvailable: 1024 kB\n")
+    assert memory_available(str(tmp_path / "meminfo")) == 1024 * 1024
+    (tmp_path / "bare").write_text("MemTotal: 2048 kB\n")
+    assert memory_available(str(tmp_path / "bare")) is None
+    assert memory_available(str(tmp_path / "absent")) is None
+    assert (memory_available() or 0) > 0  # this Linux machine's

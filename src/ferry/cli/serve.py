@@ -56,8 +56,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=workers_arg,
         default=None,
         metavar="N|auto",
-        help="serving processes sharing the port; auto: one per core (at most 8), one when the service has an LLM "
-        "endpoint (default $FERRY_WORKERS, $CLEARML_SERVING_NUM_PROCESS or auto)",
+        help="serving processes sharing the port, each loading every model; auto: one per core (at most 8, and as "
+        "many as half the free memory holds), one when the service has an LLM endpoint (default $FERRY_WORKERS, "
+        "$CLEARML_SERVING_NUM_PROCESS or auto)",
     )
     p.add_argument("--poll-interval", type=float, default=None, help="seconds between checks for a new revision")
     p.add_argument(
@@ -121,7 +122,8 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
 
     settings = ctx.settings
     service_id, service_name = _stop.call(_service, ctx)
-    workers, chosen = resolve_workers(args.workers or _env_workers() or settings.workers, lambda: _config(ctx))
+    given = args.workers or _env_workers() or settings.workers
+    workers, chosen = resolve_workers(given, lambda: _config(ctx), lambda config: _model_bytes(ctx, config))
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
     from ferry.settings import WORKERS_ENV  # here: pydantic loads only when a command runs, not for --help
 
@@ -386,6 +388,17 @@ def _config(ctx: Context) -> ServiceConfig | None:
         return ctx.store.get_revision(ctx.service.id).config
     except DBAPIError:
         return None
+
+
+def _model_bytes(ctx: Context, config: ServiceConfig) -> int:
+    """The artifact sizes of the models ``config``'s endpoints serve (a model the registry lost counts 0)."""
+    from ferry.errors import NotFound
+
+    total = 0
+    for model_id in {spec.model_id for spec in config.endpoints.values() if spec.model_id}:
+        with contextlib.suppress(NotFound):
+            total += ctx.registry.get(model_id).size
+    return total
 
 
 def _env_workers() -> int | None:

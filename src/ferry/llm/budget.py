@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ferry.settings import serving_workers
+from ferry.settings import memory_available, serving_workers
 
 DEFAULT_SHARE = 0.25
 """Of the memory free at load time, what the KV cache may take by default."""
@@ -70,8 +70,7 @@ def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    with open("/proc/meminfo", encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/meminfo has no MemAvailable: give kv_cache_tokens or kv_cache_memory_bytes")
+    available = memory_available()
+    if available is None:
+        raise RuntimeError("/proc/meminfo has no MemAvailable: give kv_cache_tokens or kv_cache_memory_bytes")
+    return available
