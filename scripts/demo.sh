@@ -44,4 +44,5 @@ for text in "what a great movie" "a dull, boring mess" "the actors were superb" 
        -d "{\"text\": \"$text\"}"
   echo
 done
+sleep 2.5  # one heartbeat (every 2 s): `status` shows each instance's counts as of its last one
 ferry --id "$sid" status
