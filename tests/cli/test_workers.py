@@ -57,7 +57,7 @@ def test_auto_is_one_when_an_endpoint_or_a_rule_runs_an_llm(engines: tuple[str, 
 def test_auto_is_one_while_the_store_cannot_be_read():
     assert resolve_workers("auto", lambda: None, no_models) == (
         1,
-        "auto: 1 until the store answers (its endpoints decide)",
+        "auto: 1, as the store could not be read to see the endpoints (--workers N to choose)",
     )
 
 

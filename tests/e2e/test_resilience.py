@@ -122,16 +122,18 @@ def test_postgres_down_30_s_serves_every_request_then_takes_a_change(postgres: P
 
 
 def test_a_store_down_at_start_is_waited_for(postgres: Postgres, tmp_path: Path):
-    """`ferry serve --id S` with PostgreSQL down: 503 with the reason, then serving once the store is back."""
+    """`ferry serve --id S` with PostgreSQL down: 503 with the reason, then serving once the store is back; the
+    default worker count (auto), which reads the endpoints, takes one."""
     ferry = Ferry(tmp_path)
     service = ferry.service()
     ferry("model", "add", "--engine", "custom", "--endpoint", "m", "--preprocess", tagged(tmp_path, "up"))
     postgres.stop()
-    server = Server(tmp_path, "--id", service, env={"FERRY_STARTUP_TIMEOUT": "1"})
+    server = Server(tmp_path, "--id", service, env={"FERRY_STARTUP_TIMEOUT": "1", "FERRY_WORKERS": "auto"})
     try:
         server.wait_for(
             lambda: server.client.get("/health/ready").status_code == 503, what="503 while the store is down"
         )
+        assert "with 1 worker(s) (auto: 1, as the store could not be read" in server.log(), server.log()
         ready = server.client.get("/health/ready").json()
         assert ready["status"] == "unavailable" and ready["reason"].startswith("store unreachable"), ready
         assert server.serve("m", {}).status_code in (404, 503)  # nothing served yet, and no 500

@@ -57,7 +57,7 @@ def resolve_workers(
         return given, ""
     current = config()
     if current is None:
-        return 1, "auto: 1 until the store answers (its endpoints decide)"
+        return 1, "auto: 1, as the store could not be read to see the endpoints (--workers N to choose)"
     llm = sorted(generative_endpoints(current))
     if llm:
         return 1, f"auto: 1 for the LLM endpoint {llm[0]!r}, whose engine uses every core (--workers N to change)"
