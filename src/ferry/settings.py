@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     workers: int | Literal["auto"] = "auto"
     """Serving processes sharing the port; ``auto``: one per usable core (at most 8, as many as half the free memory
     holds), one for a service with an LLM endpoint (``ferry/cli/workers.py``)."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> int | str:
+        workers = parse_workers(str(value))
+        if workers is None:
+            raise ValueError(f"FERRY_WORKERS={value!r}: give a count of processes (1, 2, ...) or auto")
+        return workers
 
     poll_interval: float = 1.0
     """Seconds between an instance's checks of the store for a new revision."""
@@ -96,6 +104,14 @@ class Settings(BaseSettings):
 
     def cache_path(self) -> Path:
         return (self.cache_dir or self.home_dir() / "cache").expanduser()
+
+
+def parse_workers(text: str) -> int | Literal["auto"] | None:
+    """A worker count as ``--workers`` and FERRY_WORKERS take it: a positive count or ``auto``; None otherwise."""
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 WORKERS_ENV = "FERRY_WORKERS"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ferry.cli.workers import AUTO_MAX, MEMORY_SHARE, Machine, resolve_workers, workers_arg
 from ferry.control.spec import AutoUpdateSpec, EndpointSpec, ModelQuery, ServiceConfig
@@ -85,6 +86,12 @@ def test_the_setting_defaults_to_auto_and_reads_a_count(monkeypatch: pytest.Monk
     assert Settings().workers == "auto"
     monkeypatch.setenv("FERRY_WORKERS", "3")
     assert Settings().workers == 3
+    monkeypatch.setenv("FERRY_WORKERS", "Auto")
+    assert Settings().workers == "auto"
+    for wrong in ("0", "two"):
+        monkeypatch.setenv("FERRY_WORKERS", wrong)
+        with pytest.raises(ValidationError, match=f"FERRY_WORKERS='{wrong}': give a count of processes"):
+            Settings()
 
 
 @pytest.mark.parametrize(

@@ -36,11 +36,12 @@ class Machine:
 
 def workers_arg(text: str) -> Workers:
     """argparse's type for ``--workers``: a positive count or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    if text.strip().isdigit() and int(text) > 0:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r}: give a count of processes (1, 2, ...) or auto")
+    from ferry.settings import parse_workers
+
+    workers = parse_workers(text)
+    if workers is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count of processes (1, 2, ...) or auto")
+    return workers
 
 
 def resolve_workers(

@@ -143,34 +143,43 @@ class ConsoleRoutes:
         raise NotFound(f"the console has no page /console/{'/'.join(parts)}: start at /console/")
 
     def _form(self, parts: list[str]) -> Callable[[Form], str] | None:
-        """The write of the form that posts to this path (it returns the console path to show next); None when no
-        form posts here, so a stray POST is refused before its body is read."""
+        """The write of the form that posts to this path (given the form, it returns the console path to show
+        next); None when no form posts here, so a stray POST is refused before its body is read."""
         writes = self.writes
         match parts:
             case ["services", sid, "rollback"]:
-                return lambda form: _then(writes.rollback(sid, _required_int(form, "to")), f"/services/{sid}/revisions")
+
+                def rollback(form: Form) -> str:
+                    writes.rollback(sid, _required_int(form, "to"))
+                    return f"/services/{sid}/revisions"
+
+                return rollback
             case ["services", sid, "canaries", name]:
-                return lambda form: _then(
-                    writes.canary_weights(sid, name, [_number(w) for w in form.get("weight", [])]), f"/services/{sid}"
-                )
+
+                def weights(form: Form) -> str:
+                    writes.canary_weights(sid, name, [_number(w) for w in form.get("weight", [])])
+                    return f"/services/{sid}"
+
+                return weights
             case ["models", mid, "publish"]:
-                return lambda form: _then(writes.publish(mid), f"/models#{mid}")
+
+                def publish(form: Form) -> str:
+                    writes.publish(mid)
+                    return f"/models#{mid}"
+
+                return publish
             case ["models", mid, "tags"]:
-                return lambda form: _then(writes.tag(mid, _tags(form)), f"/models#{mid}")
+
+                def tag(form: Form) -> str:
+                    writes.tag(mid, [t for t in re.split(r"[,\s]+", form.get("tags", [""])[0]) if t])
+                    return f"/models#{mid}"
+
+                return tag
         return None
 
 
 Form = dict[str, list[str]]
 """A posted form, as parse_qs reads it."""
-
-
-def _then(_done: object, target: str) -> str:
-    """``target``, once the write that is the first argument has run (the forms' lambdas read as write, then go)."""
-    return target
-
-
-def _tags(form: Form) -> list[str]:
-    return [t for t in re.split(r"[,\s]+", form.get("tags", [""])[0]) if t]
 
 
 def _headers(scope: dict[str, Any]) -> dict[bytes, str]:
