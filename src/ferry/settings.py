@@ -129,8 +129,16 @@ def usable_cores() -> int:
     return max(1, min(cores, quota)) if quota else cores
 
 
-def memory_available(path: str = "/proc/meminfo") -> int | None:
-    """Bytes of memory new allocations can take now without swapping (Linux MemAvailable); None where unknown."""
+def memory_available(path: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes of memory new allocations can take now without swapping: Linux MemAvailable, cut to what a cgroup v2
+    memory limit leaves (a container's, which /proc/meminfo does not show); None where unknown."""
+    machine, room = _meminfo_available(path), _cgroup_memory_room(cgroup)
+    if machine is None or room is None:
+        return room if machine is None else machine
+    return min(machine, room)
+
+
+def _meminfo_available(path: str) -> int | None:
     try:
         with open(path, encoding="ascii") as meminfo:
             for line in meminfo:
@@ -139,6 +147,16 @@ def memory_available(path: str = "/proc/meminfo") -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _cgroup_memory_room(folder: str) -> int | None:
+    """``memory.max`` less ``memory.current`` of this process's cgroup (v2); None when unlimited or unreadable."""
+    try:
+        with open(f"{folder}/memory.max") as limit, open(f"{folder}/memory.current") as used:
+            top = limit.read().strip()
+            return None if top == "max" else max(0, int(top) - int(used.read().strip()))
+    except (OSError, ValueError):
+        return None
 
 
 def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:

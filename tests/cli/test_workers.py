@@ -109,8 +109,19 @@ def test_usable_cores_are_within_the_affinity_mask(tmp_path: Path):
 
 def test_memory_available_is_meminfo_s_and_none_where_unknown(tmp_path: Path):
     (tmp_path / "meminfo").write_text("MemTotal: 2048 kB\nMemFree: 100 kB\nMemAvailable: 1024 kB\n")
-    assert memory_available(str(tmp_path / "meminfo")) == 1024 * 1024
+    assert memory_available(str(tmp_path / "meminfo"), cgroup=str(tmp_path)) == 1024 * 1024
     (tmp_path / "bare").write_text("MemTotal: 2048 kB\n")
-    assert memory_available(str(tmp_path / "bare")) is None
-    assert memory_available(str(tmp_path / "absent")) is None
+    assert memory_available(str(tmp_path / "bare"), cgroup=str(tmp_path)) is None
+    assert memory_available(str(tmp_path / "absent"), cgroup=str(tmp_path)) is None
     assert (memory_available() or 0) > 0  # this Linux machine's
+
+
+@pytest.mark.parametrize("limit, used, room", [("max", "100", None), ("1048576", "262144", 786432), ("100", "200", 0)])
+def test_a_cgroup_memory_limit_cuts_what_is_available(tmp_path: Path, limit: str, used: str, room: int | None):
+    """In a container /proc/meminfo shows the host's memory; the cgroup's limit less its use is what is left."""
+    (tmp_path / "meminfo").write_text("MemAvailable: 4096 kB\n")  # 4 MiB
+    (tmp_path / "memory.max").write_text(limit + "\n")
+    (tmp_path / "memory.current").write_text(used + "\n")
+    got = memory_available(str(tmp_path / "meminfo"), cgroup=str(tmp_path))
+    assert got == (4096 * 1024 if room is None else room)
+    assert memory_available(str(tmp_path / "absent"), cgroup=str(tmp_path)) == room
