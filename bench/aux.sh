@@ -4,14 +4,15 @@
 # the next every SECONDS for ROUNDS rounds (default 8). Short alternating runs against servers that stay up
 # see the same machine: on a shared VM whose speed drifts by 20-30 % within minutes, that is what lets a
 # 10 % difference show. Prints every round, each side's median req/s and its ratio to the first.
-#   ADAPTER (default ferry-default: plain `ferry serve`; ferry: --workers $FERRY_WORKERS), PEERS_HOME as elsewhere
+#   ADAPTER (default ferry-1worker: plain `ferry serve --workers 1`, as docs/aux-config.md measured; ferry-default:
+#   every default; ferry: --workers $FERRY_WORKERS), PEERS_HOME as elsewhere
 #   e.g. bash bench/aux.sh minilm 4 "max_batch_size=32 max_queue_delay_ms=2 instances=2" \
 #                                   "max_batch_size=32 max_queue_delay_ms=2 instances=3"
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 scenario=${1:?scenario: sklearn or minilm} secs=${2:?seconds per run}; shift 2
 (( $# >= 2 )) || { echo "give at least two aux configs to compare" >&2; exit 2; }
-rounds=${ROUNDS:-8} adapter=$here/${ADAPTER:-ferry-default}
+rounds=${ROUNDS:-8} adapter=$here/${ADAPTER:-ferry-1worker}
 source "$here/lib.sh"
 peers_env
 bash "$here/ferry/setup.sh"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cpu_split.sh [SCENARIO] [SECONDS]: where a plain `ferry serve` (one worker, the ferry-default adapter) spends its
+# cpu_split.sh [SCENARIO] [SECONDS]: where a plain `ferry serve` (one worker, the ferry-1worker adapter) spends its
 # CPU under the job's load: each thread's share of a core (the event loop is the process's main thread; the others
 # are model instances and helpers), the CPU per request, and, with py-spy in the venv, what the loop runs
 # (its own frames, the top ones; uvloop and the kernel's socket work count as Runner.run).
@@ -18,7 +18,7 @@ SCENARIO=$scenario ROUTE= BODY= && source "$here/ferry/scenario.sh"
 echo "# $(date -u '+%F %H:%M UTC')  $(nproc) cores  $(cpu)  $scenario  $conns connections  ${secs}s"
 side=$home/cpu-split && mkdir -p "$side" && ln -sfn "$home/models" "$side/models"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-PEERS_HOME=$side setsid "$here/ferry-default/serve.sh" "$scenario" "$port" >"$side/serve.log" 2>&1 &
+PEERS_HOME=$side setsid "$here/ferry-1worker/serve.sh" "$scenario" "$port" >"$side/serve.log" 2>&1 &
 server=$!
 trap 'kill -TERM -- "-$server" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 url="http://127.0.0.1:$port$ROUTE"

@@ -5,7 +5,7 @@
 # rate at each batch size (tokenise + ONNX Runtime, no HTTP), then C processes at batch CONNS/C against C
 # processes at batch 32, ROUNDS times (default 3) in turn, with the medians and their ratio: the most any
 # server can reach on the job before HTTP, JSON and the client's own CPU.
-# Then plain `ferry serve` (the ferry-default adapter) on the job in turns with that ceiling: the share a server
+# Then plain `ferry serve` (the ferry-1worker adapter) on the job in turns with that ceiling: the share a server
 # keeps (SERVE=0: the ceiling only).
 #   PEERS_DIR, PEERS_HOME as elsewhere; CONNS (default 32), ROUNDS (default 3), SERVE (default 1)
 set -euo pipefail
@@ -47,12 +47,12 @@ PY
 cd "$scripts" && PEERS_HOME=$home "$venv/bin/python" inflight.py "$secs" "$cores" "$conns" "$rounds"
 
 # The server against that ceiling in one run (SERVE=0 skips it): plain `ferry serve` with the job's aux config
-# (the ferry-default adapter, one worker), wrk at CONNS connections, in turns with a ceiling point, ROUNDS times.
+# (the ferry-1worker adapter, one worker), wrk at CONNS connections, in turns with a ceiling point, ROUNDS times.
 [[ ${SERVE:-1} == 1 ]] || exit 0
 SCENARIO=minilm && ROUTE= BODY= && source "$here/ferry/scenario.sh"
 side=$home/inflight && mkdir -p "$side" && ln -sfn "$home/models" "$side/models"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-PEERS_HOME=$side setsid "$here/ferry-default/serve.sh" minilm "$port" >"$side/serve.log" 2>&1 &
+PEERS_HOME=$side setsid "$here/ferry-1worker/serve.sh" minilm "$port" >"$side/serve.log" 2>&1 &
 server=$!
 trap 'kill -TERM -- "-$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$scripts"' EXIT
 wait_answering "http://127.0.0.1:$port$ROUTE" "$BODY" "$server" "$side/serve.log"

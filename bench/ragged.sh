@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ragged.sh [SECONDS]: the MiniLM job under a ragged load (bench/ragged.lua: the 80 sentences of
 # examples/huggingface/sentences.tsv in turn, 32 connections, wrk with 1 thread) served by plain `ferry serve`
-# (bench/ferry-default) with length grouping off (OFF, the default) and on (ON: `group_by_length=true`),
+# (bench/ferry-1worker) with length grouping off (OFF, the default) and on (ON: `group_by_length=true`),
 # alternating OFF ON OFF ON ... (ROUNDS rounds, default 3) in one run. Prints every run with the share of the
 # model's input that was padding (from /metrics, over the measured seconds), the medians and ON/OFF.
 #   PEERS_HOME (default /tmp/peers: models/minilm from shared/peers/models.py), FERRY_VENV (default <repo>/.venv)
@@ -39,7 +39,7 @@ padding() {
 one() {
   local port pid url line before after
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  PEERS_HOME=$work FERRY_BATCH="$batch${1:+ group_by_length=$1}" setsid "$here/ferry-default/serve.sh" minilm "$port" \
+  PEERS_HOME=$work FERRY_BATCH="$batch${1:+ group_by_length=$1}" setsid "$here/ferry-1worker/serve.sh" minilm "$port" \
     >"$work/serve-$1.log" 2>&1 &
   pid=$!
   url="http://127.0.0.1:$port/serve/minilm"
