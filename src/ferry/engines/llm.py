@@ -65,6 +65,7 @@ class LLMEngine(GeneratingEngine):
             max_num_batched_tokens=_int(aux.get("max_num_batched_tokens")),
             prefix_caching=bool(aux.get("enable_prefix_caching", True)),
             chunked_prefill=bool(aux.get("enable_chunked_prefill", True)),
+            packed_weights=bool(aux.get("packed_weights", True)),
         )
         self.max_model_len = self.loop.max_model_len  # the model's, cut to the KV budget where smaller
         _log_loaded(spec, self.lm, Path(model_path), time.monotonic() - started)

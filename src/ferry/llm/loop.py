@@ -28,6 +28,7 @@ from ferry.llm.blocks import BlockPool
 from ferry.llm.budget import KVBudget, plan_budget
 from ferry.llm.grammar import GrammarCompiler, GrammarMatcher
 from ferry.llm.model import LoadedLM
+from ferry.llm.packed import pack_linears, packing_pays
 from ferry.llm.paged import Chunk, PagedKV, kv_bytes_per_token, sliding_window
 from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 from ferry.llm.sampling import Pick, Sampler
@@ -98,8 +99,11 @@ class EngineLoop:
         max_num_batched_tokens: int | None = None,
         prefix_caching: bool = True,
         chunked_prefill: bool = True,
+        packed_weights: bool = False,
     ) -> None:
-        """``budget``: the KV cache's size (unset: ``plan_budget``'s default for the model's device)."""
+        """``budget``: the KV cache's size (unset: ``plan_budget``'s default for the model's device).
+        ``packed_weights``: the engine thread first packs the linear layers for steps of ``max_num_seqs`` rows
+        (``llm/packed.py``), where that pays."""
         budget = budget or plan_budget(kv_bytes_per_token(lm), lm.device)
         self.lm = lm
         self.name = name
@@ -107,6 +111,7 @@ class EngineLoop:
         self.max_waiting = max_waiting
         self.budget = budget
         self.prefix_caching = prefix_caching
+        self.packed_weights = packed_weights and packing_pays(lm.dtype, lm.device, max_num_seqs)
         self.max_model_len = _fit_max_model_len(lm, budget, name)
         """Prompt and output tokens of one sequence at most: the model's, cut to the KV budget where smaller."""
         self.stats = LoopStats(kv_blocks=budget.blocks)
@@ -178,6 +183,8 @@ class EngineLoop:
 
     def _run(self) -> None:
         _take_share_of_cores()
+        if self.packed_weights:
+            self._pack_weights()
         try:
             while self._turn():
                 pass
@@ -186,6 +193,24 @@ class EngineLoop:
             self._fail_all(exc)
         else:
             self._fail_all(None)
+
+    def _pack_weights(self) -> None:
+        """On this thread (see llm/packed.py), before the first step: requests wait for it (about a second)."""
+        started = time.monotonic()
+        try:
+            added = pack_linears(self.lm.model, self.max_num_seqs)
+        except (RuntimeError, AttributeError) as exc:  # an MKL that refuses: the plain product serves
+            log.warning("endpoint %s: the linear layers stay unpacked (%s)", self.name, exc)
+            self.packed_weights = False
+            return
+        log.info(
+            "endpoint %s: linear layers packed for steps of %d sequences in %.1f s (MKL; +%.0f MiB; aux config "
+            "packed_weights=false keeps them unpacked)",
+            self.name,
+            self.max_num_seqs,
+            time.monotonic() - started,
+            added / 2**20,
+        )
 
     def _turn(self) -> bool:
         """One turn: take in what was submitted and aborted, run a step, hand out. False when the loop is closed."""
