@@ -7,6 +7,7 @@
 #   transformers `transformers serve --continuous-batching` on the HF folder (same venv, same torch), CPU, float32
 #   ferry        ferry's llm engine on the HF folder (float32), default settings
 #   ferry-seq1   the same with --aux-config max_num_seqs=1: one sequence at a time (what its scheduler buys)
+#   ferry-unpacked  (asked for) the same with --aux-config packed_weights=false: what MKL's packed weights buy
 # and, not by default, the same weights computed in bfloat16 (a CPU with AVX-512 BF16 or AMX runs its matmuls
 # natively; elsewhere this is slow): llama-bf16 (a BF16 GGUF converted as the F32 one), transformers-bf16
 # (--dtype bfloat16), ferry-bf16 (--aux-config dtype=bfloat16)
@@ -185,6 +186,7 @@ start_server() {  # NAME CASES
     ferry) start_ferry ferry ;;
     ferry-bf16) start_ferry ferry-bf16 dtype=bfloat16 ;;
     ferry-seq1) start_ferry ferry-seq1 max_num_seqs=1 ;;
+    ferry-unpacked) start_ferry ferry-unpacked packed_weights=false ;;
     *) echo "unknown server $1" >&2; return 1 ;;
   esac
 }

@@ -78,3 +78,15 @@ def test_the_engine_packs_on_its_thread_and_answers_the_same(
     assert loop.packed_weights and any(isinstance(m, PackedLinear) for m in lm.model.modules())
     assert "linear layers packed for steps of 16 sequences" in caplog.text
     assert packed == plain
+
+
+def test_no_copy_where_it_would_crowd_the_memory(
+    tiny_llama: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is made only where it takes at most a tenth of the memory available (here: 1 MiB available)."""
+    caplog.set_level(logging.INFO, logger="ferry.llm.loop")
+    monkeypatch.setattr("ferry.llm.loop.memory_available", lambda: 2**20)
+    lm = load_lm(tiny_llama, dtype="float32")[0]
+    _, loop = _answers(lm, packed=True)
+    assert not loop.packed_weights and not any(isinstance(m, PackedLinear) for m in lm.model.modules())
+    assert "linear layers left unpacked: a packed copy" in caplog.text

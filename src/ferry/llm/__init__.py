@@ -8,6 +8,7 @@
 - ``budget``: how many tokens of KV cache the engine may hold; ``blocks``: the KV blocks and the prefix cache.
 - ``scheduler``: which tokens each step computes (decodes first, prefill in chunks, preemption).
 - ``paged``: one packed forward pass over the paged KV cache.
+- ``packed``: the linear layers on MKL's packed weights for full decoding steps (float32 on a CPU).
 - ``loop``: the engine loop thread that owns the running sequences of one loaded version.
 - ``openai_api``: OpenAI request bodies checked and turned into generation requests, with ``openai_fields`` (one
   field's check, the errors naming it) and ``openai_messages`` (chat messages to role and text).

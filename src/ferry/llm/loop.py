@@ -28,13 +28,14 @@ from ferry.llm.blocks import BlockPool
 from ferry.llm.budget import KVBudget, plan_budget
 from ferry.llm.grammar import GrammarCompiler, GrammarMatcher
 from ferry.llm.model import LoadedLM
-from ferry.llm.packed import pack_linears, packing_pays
+from ferry.llm.packed import MEMORY_SHARE as PACK_MEMORY_SHARE
+from ferry.llm.packed import linear_bytes, pack_linears, packing_pays
 from ferry.llm.paged import Chunk, PagedKV, kv_bytes_per_token, sliding_window
 from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 from ferry.llm.sampling import Pick, Sampler
 from ferry.llm.scheduler import KVSeq, Scheduled, Scheduler
 from ferry.llm.text import Detokenizer, StopMatcher
-from ferry.settings import serving_workers, usable_cores
+from ferry.settings import memory_available, serving_workers, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,18 @@ class EngineLoop:
 
     def _pack_weights(self) -> None:
         """On this thread (see llm/packed.py), before the first step: requests wait for it (about a second)."""
-        started = time.monotonic()
+        started, wanted, room = time.monotonic(), linear_bytes(self.lm.model), memory_available()
+        if room is not None and wanted > room * PACK_MEMORY_SHARE:
+            log.info(
+                "endpoint %s: linear layers left unpacked: a packed copy (%.0f MiB) would take over %.0f %% of the "
+                "%.0f MiB available",
+                self.name,
+                wanted / 2**20,
+                PACK_MEMORY_SHARE * 100,
+                room / 2**20,
+            )
+            self.packed_weights = False
+            return
         try:
             added = pack_linears(self.lm.model, self.max_num_seqs)
         except (RuntimeError, AttributeError) as exc:  # an MKL that refuses: the plain product serves

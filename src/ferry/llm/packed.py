@@ -24,6 +24,9 @@ MAX_ROWS = 32
 """Past this many rows the plain product is efficient enough that a copy of the weights does not pay."""
 MIN_ROWS = 4
 """A packed count below this gains nothing (one row: 0.93x)."""
+MEMORY_SHARE = 0.1
+"""The packed copy is made by default only where it takes at most this share of the memory available: it buys
+about 5 % tokens/s at full load through `ferry serve` (bench/README.md), not worth crowding a machine."""
 
 
 def packing_pays(lm_dtype: torch.dtype, device: torch.device, rows: int) -> bool:
@@ -56,6 +59,13 @@ class PackedLinear(torch.nn.Module):
             out = torch.ops.mkl._mkl_linear(flat, self.packed, self.weight, self.bias, self.rows)[:n]
             return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
+
+
+def linear_bytes(model: Any) -> int:
+    """The bytes of the float32 ``nn.Linear`` weights of ``model``: about what packing them adds."""
+    return sum(
+        m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+    )
 
 
 def pack_linears(model: Any, rows: int) -> int:
