@@ -184,9 +184,9 @@ class EngineLoop:
 
     def _run(self) -> None:
         _take_share_of_cores()
-        if self.packed_weights:
-            self._pack_weights()
         try:
+            if self.packed_weights:
+                self._pack_weights()
             while self._turn():
                 pass
         except BaseException as exc:  # a broken forward pass: every sequence hears of it, the loop ends
@@ -211,7 +211,7 @@ class EngineLoop:
             return
         try:
             added = pack_linears(self.lm.model, self.max_num_seqs)
-        except (RuntimeError, AttributeError) as exc:  # an MKL that refuses: the plain product serves
+        except Exception as exc:  # an optimisation: whatever refuses, the plain product serves (each layer swaps whole)
             log.warning("endpoint %s: the linear layers stay unpacked (%s)", self.name, exc)
             self.packed_weights = False
             return
