@@ -132,10 +132,8 @@ def usable_cores() -> int:
 def memory_available(path: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
     """Bytes of memory new allocations can take now without swapping: Linux MemAvailable, cut to what a cgroup v2
     memory limit leaves (a container's, which /proc/meminfo does not show); None where unknown."""
-    machine, room = _meminfo_available(path), _cgroup_memory_room(cgroup)
-    if machine is None or room is None:
-        return room if machine is None else machine
-    return min(machine, room)
+    known = [m for m in (_meminfo_available(path), _cgroup_memory_room(cgroup)) if m is not None]
+    return min(known) if known else None
 
 
 def _meminfo_available(path: str) -> int | None:
@@ -173,3 +171,8 @@ def serving_workers() -> int:
     """How many serving processes of this server share the machine (FERRY_WORKERS; 1 when unset or not a count)."""
     given = os.environ.get(WORKERS_ENV, "1")
     return int(given) if given.isdigit() and int(given) > 0 else 1
+
+
+def cores_per_worker() -> int:
+    """This serving process's share of the usable cores, at least one."""
+    return max(1, usable_cores() // serving_workers())

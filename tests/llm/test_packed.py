@@ -85,7 +85,7 @@ def test_no_copy_where_it_would_crowd_the_memory(
 ) -> None:
     """The copy is made only where it takes at most a tenth of the memory available (here: 1 MiB available)."""
     caplog.set_level(logging.INFO, logger="ferry.llm.loop")
-    monkeypatch.setattr("ferry.llm.loop.memory_available", lambda: 2**20)
+    monkeypatch.setattr("ferry.llm.packed.memory_available", lambda: 2**20)
     lm = load_lm(tiny_llama, dtype="float32")[0]
     _, loop = _answers(lm, packed=True)
     assert not loop.packed_weights and not any(isinstance(m, PackedLinear) for m in lm.model.modules())

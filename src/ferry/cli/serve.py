@@ -16,17 +16,14 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ferry.cli.context import Context
 from ferry.cli.output import err_console, warn
-from ferry.cli.workers import resolve_workers, workers_arg
+from ferry.cli.workers import workers_arg, workers_for
 from ferry.metrics import MULTIPROC_ENV
 from ferry.stopping import DEADLINE_S, Stop
 from ferry.tokens import load_tokens, read_token_file
-
-if TYPE_CHECKING:
-    from ferry.control.spec import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +119,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> None:
 
     settings = ctx.settings
     service_id, service_name = _stop.call(_service, ctx)
-    given = args.workers or _env_workers() or settings.workers
-    workers, chosen = resolve_workers(given, lambda: _config(ctx), lambda config: _model_bytes(ctx, config))
+    workers, chosen = workers_for(ctx, args.workers)
     os.environ["FERRY_SERVICE"] = service_id  # worker processes build the app from the environment
     from ferry.settings import WORKERS_ENV  # here: pydantic loads only when a command runs, not for --help
 
@@ -378,29 +374,3 @@ def _service(ctx: Context) -> tuple[str, str]:
         err_console.print(f"warning: the store is unreachable ({reason}); serving starts once it answers")
         return wanted, "store unreachable"
     return service.id, service.name
-
-
-def _config(ctx: Context) -> ServiceConfig | None:
-    """The service's current configuration; None while the store cannot be read (``_service`` said so)."""
-    from sqlalchemy.exc import DBAPIError
-
-    try:
-        return ctx.store.get_revision(ctx.service.id).config
-    except DBAPIError:
-        return None
-
-
-def _model_bytes(ctx: Context, config: ServiceConfig) -> int:
-    """The artifact sizes of the models ``config``'s endpoints serve (a model the registry lost counts 0)."""
-    from ferry.errors import NotFound
-
-    total = 0
-    for model_id in {spec.model_id for spec in config.endpoints.values() if spec.model_id}:
-        with contextlib.suppress(NotFound):
-            total += ctx.registry.get(model_id).size
-    return total
-
-
-def _env_workers() -> int | None:
-    value = os.environ.get("CLEARML_SERVING_NUM_PROCESS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -11,11 +11,14 @@ its engine batches every user's decoding step on all the cores, and a second wor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # pydantic loads when a command runs, not for --help
+    from ferry.cli.context import Context
     from ferry.control.spec import ServiceConfig
 
 AUTO_MAX = 8
@@ -42,6 +45,13 @@ def workers_arg(text: str) -> Workers:
     if workers is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a count of processes (1, 2, ...) or auto")
     return workers
+
+
+def workers_for(ctx: Context, flag: Workers | None) -> tuple[int, str]:
+    """``ferry serve``'s worker count: ``--workers``, else $CLEARML_SERVING_NUM_PROCESS, else FERRY_WORKERS (``auto``
+    by default), with ``auto`` resolved against the service's endpoints; and why, in words, when ``auto`` chose."""
+    given = flag or _clearml_workers() or ctx.settings.workers
+    return resolve_workers(given, lambda: _config(ctx), lambda config: _model_bytes(ctx, config))
 
 
 def resolve_workers(
@@ -89,3 +99,29 @@ def generative_endpoints(config: ServiceConfig) -> set[str]:
 
 def _gib(size: int) -> str:
     return f"{size / 2**30:.1f} GiB"
+
+
+def _clearml_workers() -> int | None:
+    value = os.environ.get("CLEARML_SERVING_NUM_PROCESS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _config(ctx: Context) -> ServiceConfig | None:
+    """The service's current configuration; None while the store cannot be read (``ferry serve`` said so)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return ctx.store.get_revision(ctx.service.id).config
+    except DBAPIError:
+        return None
+
+
+def _model_bytes(ctx: Context, config: ServiceConfig) -> int:
+    """The artifact sizes of the models ``config``'s endpoints serve (a model the registry lost counts 0)."""
+    from ferry.errors import NotFound
+
+    total = 0
+    for model_id in {spec.model_id for spec in config.endpoints.values() if spec.model_id}:
+        with contextlib.suppress(NotFound):
+            total += ctx.registry.get(model_id).size
+    return total

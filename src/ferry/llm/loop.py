@@ -28,14 +28,13 @@ from ferry.llm.blocks import BlockPool
 from ferry.llm.budget import KVBudget, plan_budget
 from ferry.llm.grammar import GrammarCompiler, GrammarMatcher
 from ferry.llm.model import LoadedLM
-from ferry.llm.packed import MEMORY_SHARE as PACK_MEMORY_SHARE
-from ferry.llm.packed import linear_bytes, pack_linears, packing_pays
+from ferry.llm.packed import crowding, pack_linears, packing_pays
 from ferry.llm.paged import Chunk, PagedKV, kv_bytes_per_token, sliding_window
 from ferry.llm.params import SamplingParams, Step, TokenLogprob, TopLogprob
 from ferry.llm.sampling import Pick, Sampler
 from ferry.llm.scheduler import KVSeq, Scheduled, Scheduler
 from ferry.llm.text import Detokenizer, StopMatcher
-from ferry.settings import memory_available, serving_workers, usable_cores
+from ferry.settings import cores_per_worker, serving_workers
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +196,9 @@ class EngineLoop:
 
     def _pack_weights(self) -> None:
         """On this thread (see llm/packed.py), before the first step: requests wait for it (about a second)."""
-        started, wanted, room = time.monotonic(), linear_bytes(self.lm.model), memory_available()
-        if room is not None and wanted > room * PACK_MEMORY_SHARE:
-            log.info(
-                "endpoint %s: linear layers left unpacked: a packed copy (%.0f MiB) would take over %.0f %% of the "
-                "%.0f MiB available",
-                self.name,
-                wanted / 2**20,
-                PACK_MEMORY_SHARE * 100,
-                room / 2**20,
-            )
+        started, crowded = time.monotonic(), crowding(self.lm.model)
+        if crowded:
+            log.info("endpoint %s: linear layers left unpacked: %s", self.name, crowded)
             self.packed_weights = False
             return
         try:
@@ -364,8 +356,7 @@ def _take_share_of_cores() -> None:
     """With `ferry serve --workers N`, this engine thread's torch ops use its worker's share of the cores: N
     engines each spreading over every core would take turns on them. torch keeps a count per thread (OpenMP's),
     which a new thread takes from the last ``set_num_threads``: the engine thread sets its own, first thing."""
-    workers = serving_workers()
-    if workers > 1:
+    if serving_workers() > 1:
         import torch
 
-        torch.set_num_threads(max(1, usable_cores() // workers))
+        torch.set_num_threads(cores_per_worker())

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ferry.settings import memory_available
+
 MAX_ROWS = 32
 """Past this many rows the plain product is efficient enough that a copy of the weights does not pay."""
 MIN_ROWS = 4
@@ -65,6 +67,18 @@ def linear_bytes(model: Any) -> int:
     """The bytes of the float32 ``nn.Linear`` weights of ``model``: about what packing them adds."""
     return sum(
         m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+    )
+
+
+def crowding(model: Any) -> str | None:
+    """Why a packed copy of ``model``'s linear layers would crowd the memory (over ``MEMORY_SHARE`` of what is
+    available), else None."""
+    wanted, room = linear_bytes(model), memory_available()
+    if room is None or wanted <= room * MEMORY_SHARE:
+        return None
+    return (
+        f"a packed copy ({wanted / 2**20:.0f} MiB) would take over {MEMORY_SHARE * 100:.0f} % of the "
+        f"{room / 2**20:.0f} MiB available"
     )
 
 

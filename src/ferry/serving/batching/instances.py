@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ferry.settings import serving_workers, usable_cores
+from ferry.settings import cores_per_worker, serving_workers
 
 
 def default_instances(engine: Any) -> int:
@@ -21,8 +21,7 @@ def default_instances(engine: Any) -> int:
     """
     if not getattr(engine, "releases_gil", False):
         return 1
-    workers = serving_workers()
-    return max(1, usable_cores() // workers) + (1 if workers == 1 else 0)
+    return cores_per_worker() + (1 if serving_workers() == 1 else 0)
 
 
 def resident_bytes() -> int:
