@@ -73,12 +73,19 @@ def page(console: dict, path: str, prefix: str = "/ferry") -> str:
     return answer.text
 
 
+def same_page_without_prefix(console: dict, path: str, tries: int = 10) -> bool:
+    """Whether ``path`` renders the same with and without the /ferry prefix. The page carries live figures (CPU %,
+    request counts) that a heartbeat between the two fetches changes (a CI run failed so), so a pair that
+    straddled one is fetched again."""
+    return any(page(console, path) == page(console, path, prefix="") for _ in range(tries))
+
+
 def test_the_services_page_links_each_service_under_the_prefix(console: dict) -> None:
     html = page(console, "/console/")
     sid = console["sid"]
     assert f'href="/ferry/console/services/{sid}"' in html
     assert "console &lt;b&gt;demo&lt;/b&gt;" in html and "<b>demo" not in html
-    assert page(console, "/console/", prefix="") == html  # a proxy that keeps the prefix, or none: same page
+    assert same_page_without_prefix(console, "/console/")  # a proxy that keeps the prefix, or none: same page
     client = console["server"].client
     assert client.post("/ferry/serve/tag/1", json={}).json() == client.post("/serve/tag/1", json={}).json()
     css = client.get("/ferry/console/static/console.css")
